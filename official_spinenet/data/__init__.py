@@ -1,0 +1,1 @@
+"""Data layer: tf.Example building, COCO to TFRecord conversion, synthetic shapes."""

@@ -1,0 +1,1 @@
+"""Keras models and layers of official_spinenet (no gin in here)."""

@@ -1,0 +1,1 @@
+"""Backbones: SpineNet and SpineNet-Mobile."""

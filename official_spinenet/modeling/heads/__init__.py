@@ -1,0 +1,1 @@
+"""Detection heads: the RetinaNet class/box head shared across pyramid levels."""

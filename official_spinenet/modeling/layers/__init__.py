@@ -1,0 +1,1 @@
+"""Keras layers: conv-norm-activation, activations, stochastic depth, resampling, blocks."""

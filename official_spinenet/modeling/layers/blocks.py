@@ -1,0 +1,169 @@
+"""Residual building blocks of SpineNet (Sec. 3 of the SpineNet paper).
+
+Both blocks follow ResNet (He et al., 2016) with BN after every conv and no conv bias;
+stochastic depth, when on, drops the residual branch before the addition. Sub-layer
+attribute names (`_shortcut`, `_norm0`, `_conv1`, ...) are part of the checkpoint
+format and match the layout of the published TF2 SpineNet checkpoints, so those
+restore without renaming.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras
+
+from official_spinenet.modeling.layers import conv_norm_act
+from official_spinenet.modeling.layers import graph_layout
+from official_spinenet.modeling.layers import stochastic_depth
+
+BOTTLENECK_EXPANSION = 4
+
+
+class _ResidualBase(tf_keras.layers.Layer):
+  """Shared constructor, config and shortcut of the residual blocks."""
+
+  def __init__(self, filters: int, strides: int = 1, use_projection: bool = False,
+               stochastic_depth_drop_rate: Optional[float] = None,
+               kernel_initializer='VarianceScaling', kernel_regularizer=None,
+               bias_regularizer=None, activation: str = 'relu',
+               use_sync_bn: bool = False, norm_momentum: float = 0.99,
+               norm_epsilon: float = 0.001, **kwargs):
+    super().__init__(**kwargs)
+    self._filters = filters
+    self._strides = strides
+    self._use_projection = use_projection
+    self._stochastic_depth_drop_rate = stochastic_depth_drop_rate
+    self._factory = conv_norm_act.LayerFactory(
+        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+        norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
+        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
+    self._activation_fn = self._factory.activation_fn()
+
+  @property
+  def output_filters(self) -> int:
+    raise NotImplementedError
+
+  def _build_shortcut_and_drop(self):
+    if self._use_projection:
+      self._shortcut = self._factory.conv(self.output_filters, 1, self._strides)
+      self._norm0 = self._factory.norm()
+    self._stochastic_depth = (
+        stochastic_depth.StochasticDepth(self._stochastic_depth_drop_rate)
+        if self._stochastic_depth_drop_rate else None)
+
+  def _shortcut_and_merge(self, inputs, residual, training):
+    shortcut = inputs
+    if self._use_projection:
+      shortcut = self._norm0(self._shortcut(inputs), training=training)
+    if self._stochastic_depth is not None:
+      residual = self._stochastic_depth(residual, training=training)
+    return self._activation_fn(residual + shortcut)
+
+  def get_config(self):
+    return {
+        **super().get_config(),
+        'filters': self._filters,
+        'strides': self._strides,
+        'use_projection': self._use_projection,
+        'stochastic_depth_drop_rate': self._stochastic_depth_drop_rate,
+        **self._factory.layer_kwargs(),
+    }
+
+
+@tf_keras.utils.register_keras_serializable(package='official_spinenet')
+class BottleneckBlock(_ResidualBase):
+  """1x1 (filters) -> 3x3 (filters, stride) -> 1x1 (4 x filters), plus shortcut.
+
+  Input [B, H, W, C]; output [B, H/stride, W/stride, 4 * filters].
+  """
+
+  @property
+  def output_filters(self) -> int:
+    return self._filters * BOTTLENECK_EXPANSION
+
+  def build(self, input_shape):
+    self._build_shortcut_and_drop()
+    f = self._factory
+    self._conv1 = f.conv(self._filters, 1)
+    self._norm1 = f.norm()
+    self._conv2 = f.conv(self._filters, 3, self._strides)
+    self._norm2 = f.norm()
+    self._conv3 = f.conv(self.output_filters, 1)
+    self._norm3 = f.norm()
+    super().build(input_shape)
+
+  def call(self, inputs, training=None):
+    act = self._activation_fn
+    x = act(self._norm1(self._conv1(inputs), training=training))
+    x = act(self._norm2(self._conv2(x), training=training))
+    x = self._norm3(self._conv3(x), training=training)
+    return self._shortcut_and_merge(inputs, x, training)
+
+
+@tf_keras.utils.register_keras_serializable(package='official_spinenet')
+class ResidualBlock(_ResidualBase):
+  """3x3 (filters, stride) -> 3x3 (filters), plus shortcut.
+
+  Input [B, H, W, C]; output [B, H/stride, W/stride, filters].
+  """
+
+  @property
+  def output_filters(self) -> int:
+    return self._filters
+
+  def build(self, input_shape):
+    self._build_shortcut_and_drop()
+    f = self._factory
+    self._conv1 = f.conv(self._filters, 3, self._strides)
+    self._norm1 = f.norm()
+    self._conv2 = f.conv(self._filters, 3)
+    self._norm2 = f.norm()
+    super().build(input_shape)
+
+  def call(self, inputs, training=None):
+    x = self._activation_fn(self._norm1(self._conv1(inputs), training=training))
+    x = self._norm2(self._conv2(x), training=training)
+    return self._shortcut_and_merge(inputs, x, training)
+
+
+RESIDUAL_BLOCKS = {'bottleneck': BottleneckBlock, 'residual': ResidualBlock}
+
+
+def block_output_filters(block_fn: str, filters: int) -> int:
+  """Channels a block of type `block_fn` and width `filters` outputs."""
+  return filters * BOTTLENECK_EXPANSION if block_fn == 'bottleneck' else filters
+
+
+def block_group(inputs: tf.Tensor, block_fn: str, filters: int, block_repeats: int,
+                strides: int = 1, stochastic_depth_drop_rate: Optional[float] = None,
+                **block_kwargs) -> tf.Tensor:
+  """Block repeat (SpineNet Sec. 4.1): `block_repeats` blocks in sequence.
+
+  SpineNet-96/143/190 deepen SpineNet-49 by repeating every block 2/3/4 times. The
+  first block projects the shortcut when the width or the stride changes; the rest
+  keep stride 1 and identity shortcuts. All share one drop rate.
+
+  Args:
+    inputs: functional-graph tensor [B, H, W, C].
+    block_fn: 'bottleneck' or 'residual'.
+    filters: block width.
+    block_repeats: number of blocks (>= 1).
+    strides: stride of the first block.
+    stochastic_depth_drop_rate: drop rate of every block, or None.
+    **block_kwargs: LayerFactory settings (activation, norm, initializers).
+
+  Returns:
+    [B, H/strides, W/strides, block_output_filters(block_fn, filters)].
+  """
+  if block_repeats < 1:
+    raise ValueError(f'block_repeats must be >= 1, got {block_repeats}.')
+  block_cls = RESIDUAL_BLOCKS[block_fn]
+  use_projection = not (inputs.shape[-1] == block_output_filters(block_fn, filters)
+                        and strides == 1)
+  x = inputs
+  for i in range(block_repeats):
+    x = block_cls(filters=filters, strides=strides if i == 0 else 1,
+                  use_projection=use_projection if i == 0 else False,
+                  stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+                  **block_kwargs)(x)
+  return graph_layout.pad_depth(x, graph_layout.BLOCK_GROUP_END_DEPTH)

@@ -1,0 +1,29 @@
+"""Installs official_spinenet: SpineNet, SpineNet-Mobile and NAS-FPN for TensorFlow 2."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    'tensorflow~=2.20.0',
+    'tf-keras~=2.20.0',
+    'tf-models-official~=2.20.0',
+    'pycocotools>=2.0.7',
+    'absl-py>=1.4',
+    'gin-config>=0.5',
+    'numpy',
+    'matplotlib>=3.7',
+    'pillow>=9',
+]
+
+setuptools.setup(
+    name='official_spinenet',
+    version='0.1.0',
+    description='SpineNet, SpineNet-Mobile and NAS-FPN detectors for TensorFlow 2.',
+    packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*']),
+    python_requires='>=3.10,<3.13',
+    install_requires=INSTALL_REQUIRES,
+    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},
+    entry_points={
+        'console_scripts': [
+            'spinenet-stats=official_spinenet.stats_main:run',
+        ],
+    },
+)
