@@ -24,6 +24,7 @@ setuptools.setup(
     entry_points={
         'console_scripts': [
             'spinenet-stats=official_spinenet.stats_main:run',
+            'spinenet-make-shapes=official_spinenet.data.shapes_main:run',
         ],
     },
 )

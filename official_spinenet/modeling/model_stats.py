@@ -158,15 +158,19 @@ def multiply_adds_by_layer(model: tf_keras.layers.Layer,
       return outputs
     return call
 
+  @tf.function(autograph=False)
+  def forward(inputs):
+    return model(inputs, training=False)
+
+  if not model.built:
+    # A layer creates its sublayers when first called: build it (one trace) before
+    # looking for the layers to instrument.
+    tf.function(forward.python_function, autograph=False).get_concrete_function(signature)
   try:
     for layer in _counted_layers(model):
       had_own = 'call' in layer.__dict__
       patched.append((layer, had_own, layer.__dict__.get('call')))
       object.__setattr__(layer, 'call', wrap(layer))
-
-    @tf.function(autograph=False)
-    def forward(inputs):
-      return model(inputs, training=False)
 
     forward.get_concrete_function(signature)
   finally:
