@@ -7,6 +7,7 @@ CPU, so the full models are built once per module and shared by the tests, which
 reset the weights they compare with.
 """
 
+import json
 import os
 
 from absl.testing import parameterized
@@ -24,19 +25,14 @@ from official_spinenet.modeling.layers import mobile_blocks
 from official_spinenet.modeling.layers import mobile_resample
 
 LEVELS = [str(level) for level in range(3, 8)]
-# Every constructor argument, explicitly; numerically neutral where they differ from
-# the defaults, so the same model serves the reference comparison.
-XS_KWARGS = dict(
-    input_specs=[None, 128, 128, 3], min_level=3, max_level=7,
-    block_specs=[s.to_dict() for s in spinenet_specs.build_block_specs(
-        default=spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS)],
-    endpoints_num_filters=24, se_ratio=0.2, expand_ratio=6, filter_size_scale=0.6,
-    init_stochastic_depth_rate=0.0, kernel_initializer='he_normal',
-    kernel_regularizer=tf_keras.regularizers.l2(4e-5), bias_regularizer=None,
-    activation='relu',
-    use_sync_bn=False, norm_momentum=0.99, norm_epsilon=0.001)
 # (model id, input size) pairs the tests build.
 CASES = {'49XS': 128, '49S': 128, '49': 256}
+# A short custom architecture (one output block per level, straight from the stem):
+# a quarter of the build time of the published one, for the tests that only need
+# some SpineNet-Mobile.
+SMALL_SPECS = [(3, 'mbconv', (0, 1), True), (4, 'mbconv', (1, 2), True),
+               (5, 'mbconv', (2, 3), True), (6, 'mbconv', (3, 4), True),
+               (7, 'mbconv', (4, 5), True)]
 
 _OURS = {}
 _REFERENCES = {}
@@ -45,11 +41,8 @@ _REFERENCES = {}
 def _ours(model_id):
   if model_id not in _OURS:
     size = CASES[model_id]
-    if model_id == '49XS':
-      _OURS[model_id] = spinenet_mobile.SpineNetMobile(**XS_KWARGS)
-    else:
-      _OURS[model_id] = spinenet_mobile.build_spinenet_mobile(
-          model_id, input_specs=[None, size, size, 3])
+    _OURS[model_id] = spinenet_mobile.build_spinenet_mobile(
+        model_id, input_specs=[None, size, size, 3])
   return _OURS[model_id]
 
 
@@ -102,10 +95,15 @@ def _max_difference(reference_outputs, outputs):
 
 class MakeDivisibleTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.parameters((144, 1, 144), (2.8, 1, 3), (2.4, 1, 2), (0.2, 1, 1),
+  @parameterized.parameters((144, 1, 144), (2.8, 1, 3), (2.2, 1, 2), (0.2, 1, 1),
                             (10, 8, 16), (36, 8, 40), (100, 8, 104))
   def test_values(self, value, divisor, expected):
     self.assertEqual(mobile_blocks.make_divisible(value, divisor), expected)
+
+  def test_round_down_protect(self):
+    # int(2.4 + 0.5) = 2 loses more than 10% of 2.4, so one divisor is added back.
+    self.assertEqual(mobile_blocks.make_divisible(2.4, 1), 3)
+    self.assertEqual(mobile_blocks.make_divisible(2.4, 1, round_down_protect=False), 2)
 
 
 class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
@@ -218,7 +216,7 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
     reference = reference_nn_blocks.InvertedBottleneckBlock(
         se_gating_activation='hard_sigmoid', **kwargs)
     ours = mobile_blocks.InvertedBottleneckBlock(
-        se_gating_activation='hard_sigmoid_tf_models', **kwargs)
+        se_gating_activation='hard_sigmoid_rounded', **kwargs)
     x = tf.random.normal([2, 8, 8, in_filters])
     reference(x)
     ours(x)
@@ -267,17 +265,42 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
       self.assertEqual(model.output_specs[str(level)].as_list(), [None] + expected[1:])
 
   def test_config_round_trip(self):
-    model = _ours('49XS')
+    kwargs = dict(
+        input_specs=[None, 128, 128, 3], min_level=3, max_level=7,
+        block_specs=[spinenet_specs.BlockSpec.from_any(s).to_dict() for s in SMALL_SPECS],
+        endpoints_num_filters=16, se_ratio=0.25, expand_ratio=4, filter_size_scale=0.5,
+        init_stochastic_depth_rate=0.2, kernel_initializer='he_normal',
+        kernel_regularizer=tf_keras.regularizers.l2(4e-5), bias_regularizer=None,
+        activation='swish', use_sync_bn=False, norm_momentum=0.97, norm_epsilon=1e-4)
+    model = spinenet_mobile.SpineNetMobile(**kwargs)
     # get_config serializes the regularizer; from_config turns it back.
-    expected = dict(XS_KWARGS, kernel_regularizer=tf_keras.regularizers.serialize(
-        XS_KWARGS['kernel_regularizer']))
+    expected = dict(kwargs, kernel_regularizer=tf_keras.regularizers.serialize(
+        kwargs['kernel_regularizer']))
     self.assertEqual(model.get_config(), expected)
+    self.assertEqual(json.loads(model.to_json())['config'], expected)
     clone = spinenet_mobile.SpineNetMobile.from_config(model.get_config())
     self.assertEqual(clone.get_config(), model.get_config())
     self.assertEqual(clone.count_params(), model.count_params())
+    self.assertEqual([w.shape for w in clone.weights], [w.shape for w in model.weights])
     self.assertNotEmpty(model.losses)
     self.assertLen(clone.losses, len(model.losses))
-    self.assertIn('official_spinenet>SpineNetMobile', model.to_json())
+    # Stochastic depth: none in the stem, init * i / N for block i of the N specs.
+    rates = [l.get_config()['stochastic_depth_drop_rate'] for l in model.layers
+             if isinstance(l, mobile_blocks.InvertedBottleneckBlock)]
+    self.assertEqual(rates.count(None), 2)
+    self.assertAllClose(sorted(r for r in rates if r is not None),
+                        [0.2 * i / 5 for i in range(1, 6)])
+
+  def test_dynamic_and_non_square_input(self):
+    model = spinenet_mobile.SpineNetMobile(block_specs=SMALL_SPECS, filter_size_scale=0.5,
+                                           endpoints_num_filters=16)
+    endpoints = model(tf.zeros([1, 128, 256, 3]))
+    self.assertEqual(endpoints['7'].shape, [1, 1, 2, 16])
+    self.assertEqual(endpoints['3'].shape, [1, 16, 32, 16])
+    with self.assertRaisesRegex(ValueError, 'input height 96 is not divisible'):
+      model(tf.zeros([1, 96, 128, 3]))
+    with self.assertRaises(ValueError):  # Keras' own check of a static model.
+      _ours('49XS')(tf.zeros([1, 96, 128, 3]))
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, 'not divisible by 2\\^max_level = 128'):
@@ -297,13 +320,9 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'filter_size_scale'):
       spinenet_mobile.SpineNetMobile(filter_size_scale=0.1)
 
-  def test_bad_input_size_at_call(self):
-    with self.assertRaisesRegex(ValueError, 'input height 96 is not divisible'):
-      _ours('49XS')(tf.zeros([1, 96, 128, 3]))
-
   def test_hard_sigmoid_constant(self):
     x = tf.constant([-4.0, 0.0, 1.0, 4.0])
-    self.assertAllClose(activations.get_activation('hard_sigmoid_tf_models')(x),
+    self.assertAllClose(activations.get_activation('hard_sigmoid_rounded')(x),
                         [0.0, 0.5 * 1.00002, 4.0 * 0.16667, 1.00002], atol=1e-7)
 
 
@@ -342,7 +361,14 @@ class SpineNetMobileReferenceTest(tf.test.TestCase, parameterized.TestCase):
     status.assert_existing_objects_matched()
     status.assert_consumed()
     x = tf.random.stateless_uniform([1, 128, 128, 3], seed=[3, 4], minval=-1, maxval=1)
-    diff, scale = _max_difference(reference(x, training=False), ours(x, training=False))
+    expected = reference(x, training=False)
+    diff, scale = _max_difference(expected, ours(x, training=False))
+    self.assertLessEqual(diff, 1e-4 * scale)
+    # Our architecture does not depend on the input size (the reference's does when
+    # the size is dynamic), so the checkpoint also restores into a dynamic model.
+    dynamic = spinenet_mobile.build_spinenet_mobile('49XS')
+    tf.train.Checkpoint(backbone=dynamic).read(path).assert_consumed()
+    diff, scale = _max_difference(expected, dynamic(x, training=False))
     self.assertLessEqual(diff, 1e-4 * scale)
 
 

@@ -12,6 +12,7 @@ cross-scale connections resample with depthwise convs and nearest upsampling
 `filter_size_scale`. One 1x1 conv, BN and activation per level make the endpoints.
 """
 
+import copy
 from typing import Dict, List
 
 import tensorflow as tf
@@ -30,7 +31,7 @@ STEM_LEVELS = (1, 2)
 STEM_STRIDES = (1, 2)
 # The SE gate of the published SpineNet-Mobile models: relu6(x + 3) * 0.16667, the
 # constant tf-models-official trains with (a 2e-5 relative difference to 1/6).
-SE_GATING_ACTIVATION = 'hard_sigmoid_tf_models'
+SE_GATING_ACTIVATION = 'hard_sigmoid_rounded'
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -108,7 +109,7 @@ class SpineNetMobile(tf_keras.Model):
     if expand_ratio < 1:
       raise ValueError(f'expand_ratio must be >= 1, got {expand_ratio}.')
 
-    self._config_dict = {
+    config = {
         'input_specs': input_shape,
         'min_level': min_level,
         'max_level': max_level,
@@ -126,6 +127,9 @@ class SpineNetMobile(tf_keras.Model):
         'norm_momentum': norm_momentum,
         'norm_epsilon': norm_epsilon,
     }
+    # Keras wraps dict and list attributes for tracking (DictWrapper is not a
+    # Mapping and does not serialize); a closure keeps the config plain.
+    self._constructor_config = lambda: copy.deepcopy(config)
     self._specs = specs
     self._min_level = min_level
     self._max_level = max_level
@@ -225,7 +229,7 @@ class SpineNetMobile(tf_keras.Model):
     return list(self._specs)
 
   def get_config(self):
-    config = dict(self._config_dict)
+    config = self._constructor_config()
     config['kernel_initializer'] = common.serialize_initializer(config['kernel_initializer'])
     config['kernel_regularizer'] = common.serialize_regularizer(config['kernel_regularizer'])
     config['bias_regularizer'] = common.serialize_regularizer(config['bias_regularizer'])

@@ -47,7 +47,7 @@ class BlockSpec:
     """Accepts a BlockSpec, a dict (JSON form) or a (level, fn, (a, b), out) tuple."""
     if isinstance(value, BlockSpec):
       return value
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) or hasattr(value, 'keys'):  # Keras wraps dicts.
       missing = {'level', 'block_fn', 'input_offsets', 'is_output'} - set(value)
       if missing:
         raise ValueError(f'Block spec {dict(value)} lacks the keys {sorted(missing)}.')

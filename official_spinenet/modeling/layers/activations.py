@@ -20,8 +20,8 @@ def hard_swish(x: tf.Tensor) -> tf.Tensor:
   return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
 
 
-def hard_sigmoid_tf_models(x: tf.Tensor) -> tf.Tensor:
-  """relu6(x + 3) * 0.16667: the hard sigmoid tf-models-official computes.
+def hard_sigmoid_rounded(x: tf.Tensor) -> tf.Tensor:
+  """relu6(x + 3) * 0.16667, the hard sigmoid of the published checkpoints.
 
   The published SpineNet-Mobile checkpoints were trained with this rounded constant
   (2e-5 relative to 1/6); SpineNet-Mobile gates its squeeze-excitation with it so
@@ -38,7 +38,7 @@ _ACTIVATIONS = {
     'hard_swish': hard_swish,
     'sigmoid': tf.nn.sigmoid,
     'hard_sigmoid': hard_sigmoid,
-    'hard_sigmoid_tf_models': hard_sigmoid_tf_models,
+    'hard_sigmoid_rounded': hard_sigmoid_rounded,
     'linear': tf.identity,
 }
 
