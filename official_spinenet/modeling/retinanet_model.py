@@ -1,0 +1,239 @@
+"""RetinaNet: a backbone, an optional decoder and the RetinaNet head.
+
+`RetinaNetModel.call` returns the raw per-level outputs (for the loss);
+`RetinaNetModel.detect` / `generate_detections` turn them into boxes with
+anchors from `official.vision.ops.anchor` and Model Garden's
+`MultilevelDetectionGenerator` (decode, per-class NMS).
+
+Model Garden is imported lazily, inside the functions that use it: importing any
+`official.vision` module runs `official/vision/__init__.py`, which imports all of
+its configs and tasks (gin, its SpineNet and NAS-FPN among them). Building,
+calling and checkpointing the model never does.
+"""
+
+import collections
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras
+
+from official_spinenet.modeling.heads import retinanet_head as retinanet_head_lib
+
+# Model Garden's RetinaNet inference defaults.
+PRE_NMS_TOP_K = 5000
+PRE_NMS_SCORE_THRESHOLD = 0.05
+NMS_IOU_THRESHOLD = 0.5
+MAX_NUM_DETECTIONS = 100
+
+
+def _by_level(outputs: Mapping[str, tf.Tensor]) -> 'collections.OrderedDict[str, tf.Tensor]':
+  """The same dict ordered by numeric level (the order anchors are laid out in)."""
+  return collections.OrderedDict((k, outputs[k]) for k in sorted(outputs, key=int))
+
+
+def multilevel_anchor_boxes(image_size: Tuple[int, int], min_level: int, max_level: int,
+                            num_scales: int = 3,
+                            aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                            anchor_size: float = 4.0,
+                            batch_size=None) -> Dict[str, tf.Tensor]:
+  """Anchors str(level) -> [H_l, W_l, 4 * A] (or [B, H_l, W_l, 4 * A] with batch_size)."""
+  from official.vision.ops import anchor as anchor_lib  # pylint: disable=g-import-not-at-top
+  boxes = anchor_lib.Anchor(
+      min_level=min_level, max_level=max_level, num_scales=num_scales,
+      aspect_ratios=list(aspect_ratios), anchor_size=anchor_size,
+      image_size=tuple(int(s) for s in image_size)).multilevel_boxes
+  boxes = _by_level({str(k): v for k, v in boxes.items()})
+  if batch_size is not None:
+    boxes = collections.OrderedDict(
+        (k, tf.tile(v[None], [batch_size, 1, 1, 1])) for k, v in boxes.items())
+  return boxes
+
+
+def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
+                        anchor_boxes: Mapping[str, tf.Tensor],
+                        image_shape: tf.Tensor,
+                        pre_nms_top_k: int = PRE_NMS_TOP_K,
+                        pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
+                        nms_iou_threshold: float = NMS_IOU_THRESHOLD,
+                        max_num_detections: int = MAX_NUM_DETECTIONS,
+                        nms_version: str = 'v1') -> Dict[str, tf.Tensor]:
+  """Decodes raw outputs with anchors and runs NMS (MultilevelDetectionGenerator).
+
+  Args:
+    outputs: {'cls_outputs': {level: [B, H, W, C * A]}, 'box_outputs': {level:
+      [B, H, W, 4 * A]}} as returned by `RetinaNetModel.call`.
+    anchor_boxes: str(level) -> [B, H, W, 4 * A] anchors in pixels (y1, x1, y2, x2);
+      unbatched [H, W, 4 * A] anchors are tiled over the batch.
+    image_shape: [B, 2] height and width of the (scaled, unpadded) image; boxes are
+      clipped to it.
+    pre_nms_top_k, pre_nms_score_threshold, nms_iou_threshold, max_num_detections:
+      NMS settings.
+    nms_version: 'v1', 'v2' or 'batched' (MultilevelDetectionGenerator).
+
+  Returns:
+    dict with detection_boxes [B, max, 4] (pixels, y1 x1 y2 x2), detection_scores
+    [B, max], detection_classes [B, max] and num_detections [B].
+  """
+  cls_outputs = _by_level(outputs['cls_outputs'])
+  box_outputs = _by_level(outputs['box_outputs'])
+  batch_size = tf.shape(next(iter(box_outputs.values())))[0]
+  anchors = collections.OrderedDict()
+  for level in box_outputs:
+    boxes = tf.cast(anchor_boxes[level], tf.float32)
+    if boxes.shape.rank == 3:
+      boxes = tf.tile(boxes[None], [batch_size, 1, 1, 1])
+    anchors[level] = boxes
+  from official.vision.modeling.layers import detection_generator as detection_generator_lib  # pylint: disable=g-import-not-at-top
+  generator = detection_generator_lib.MultilevelDetectionGenerator(
+      apply_nms=True, pre_nms_top_k=pre_nms_top_k,
+      pre_nms_score_threshold=pre_nms_score_threshold,
+      nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections,
+      nms_version=nms_version)
+  results = generator(
+      collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in box_outputs.items()),
+      collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in cls_outputs.items()),
+      anchors, tf.cast(image_shape, tf.float32))
+  return {key: results[key] for key in
+          ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')}
+
+
+@tf_keras.utils.register_keras_serializable(package='official_spinenet')
+class RetinaNetModel(tf_keras.Model):
+  """Backbone -> decoder (None = identity) -> RetinaNetHead.
+
+  `call(images, training)` returns {'cls_outputs': {str(level): logits},
+  'box_outputs': {str(level): box deltas}}, raw, for levels head.min..max.
+  """
+
+  def __init__(self,
+               backbone: tf_keras.Model,
+               head: retinanet_head_lib.RetinaNetHead,
+               decoder: Optional[tf_keras.layers.Layer] = None,
+               num_scales: int = 3,
+               aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+               anchor_size: float = 4.0,
+               **kwargs):
+    """Initializes the model.
+
+    Args:
+      backbone: maps images to dict str(level) -> features.
+      head: a RetinaNetHead; its min/max level are the model's.
+      decoder: optional layer dict -> dict between backbone and head.
+      num_scales: anchor scales per octave (for `detect`).
+      aspect_ratios: anchor aspect ratios (for `detect`).
+      anchor_size: anchor base size in units of the level stride (for `detect`).
+      **kwargs: passed to tf_keras.Model.
+    """
+    super().__init__(**kwargs)
+    expected = len(aspect_ratios) * num_scales
+    anchors_per_location = head.get_config()['num_anchors_per_location']
+    if anchors_per_location != expected:
+      raise ValueError(
+          f'The head predicts {anchors_per_location} anchors per location but '
+          f'num_scales * len(aspect_ratios) = {num_scales} * {len(aspect_ratios)} = {expected}.')
+    self._backbone = backbone
+    self._decoder = decoder
+    self._head = head
+    self._config_dict = {
+        'backbone': backbone, 'head': head, 'decoder': decoder,
+        'num_scales': num_scales, 'aspect_ratios': tuple(aspect_ratios),
+        'anchor_size': anchor_size,
+    }
+
+  @property
+  def backbone(self) -> tf_keras.Model:
+    return self._backbone
+
+  @property
+  def decoder(self) -> Optional[tf_keras.layers.Layer]:
+    return self._decoder
+
+  @property
+  def head(self) -> retinanet_head_lib.RetinaNetHead:
+    return self._head
+
+  @property
+  def min_level(self) -> int:
+    return self._head.levels[0]
+
+  @property
+  def max_level(self) -> int:
+    return self._head.levels[-1]
+
+  @property
+  def checkpoint_items(self) -> Dict[str, Any]:
+    """Sub-modules by checkpoint name: `Checkpoint(backbone=...)` restores into backbone."""
+    items = dict(backbone=self._backbone, head=self._head)
+    if self._decoder is not None:
+      items['decoder'] = self._decoder
+    return items
+
+  def call(self, images, training=None) -> Dict[str, Dict[str, tf.Tensor]]:
+    features = self._backbone(images, training=training)
+    if self._decoder is not None:
+      features = self._decoder(features, training=training)
+    cls_outputs, box_outputs = self._head(features, training=training)
+    return {'cls_outputs': cls_outputs, 'box_outputs': box_outputs}
+
+  def anchor_boxes(self, image_size: Tuple[int, int], batch_size=None) -> Dict[str, tf.Tensor]:
+    """The model's anchors for a (padded) input image size."""
+    return multilevel_anchor_boxes(
+        image_size, self.min_level, self.max_level, self._config_dict['num_scales'],
+        self._config_dict['aspect_ratios'], self._config_dict['anchor_size'], batch_size)
+
+  def detect(self, images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
+             anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
+             training: bool = False,
+             pre_nms_top_k: int = PRE_NMS_TOP_K,
+             pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
+             nms_iou_threshold: float = NMS_IOU_THRESHOLD,
+             max_num_detections: int = MAX_NUM_DETECTIONS,
+             nms_version: str = 'v1') -> Dict[str, tf.Tensor]:
+    """Runs the model and returns detections (see `generate_detections`).
+
+    Args:
+      images: [B, H, W, 3] with static H and W (unless anchor_boxes is given).
+      image_shape: [B, 2] unpadded image size (e.g. labels['image_info'][:, 1, :]);
+        defaults to the full input size.
+      anchor_boxes: optional anchors (e.g. labels['anchor_boxes']); default: built
+        from the model's anchor settings for the input size.
+      training: BN mode (normally False).
+      pre_nms_top_k, pre_nms_score_threshold, nms_iou_threshold,
+      max_num_detections, nms_version: NMS settings.
+
+    Returns:
+      The raw outputs plus detection_boxes, detection_scores, detection_classes and
+      num_detections.
+    """
+    outputs = self(images, training=training)
+    batch_size = tf.shape(images)[0]
+    if anchor_boxes is None:
+      height, width = images.shape[1], images.shape[2]
+      if height is None or width is None:
+        raise ValueError('detect() needs a static image size or anchor_boxes; '
+                         f'got images of shape {images.shape}.')
+      anchor_boxes = self.anchor_boxes((height, width))
+    if image_shape is None:
+      image_shape = tf.tile(tf.cast(tf.shape(images)[1:3], tf.float32)[None], [batch_size, 1])
+    detections = generate_detections(
+        outputs, anchor_boxes, image_shape, pre_nms_top_k=pre_nms_top_k,
+        pre_nms_score_threshold=pre_nms_score_threshold,
+        nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections,
+        nms_version=nms_version)
+    return {**outputs, **detections}
+
+  def get_config(self):
+    config = dict(self._config_dict)
+    for key in ('backbone', 'head', 'decoder'):
+      if config[key] is not None:
+        config[key] = tf_keras.layers.serialize(config[key])
+    config['aspect_ratios'] = list(config['aspect_ratios'])
+    return config
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    for key in ('backbone', 'head', 'decoder'):
+      if config.get(key) is not None:
+        config[key] = tf_keras.layers.deserialize(config[key], custom_objects=custom_objects)
+    return cls(**config)

@@ -1,0 +1,1 @@
+"""Training tasks (losses, training loops) built on the official_spinenet models."""
