@@ -11,7 +11,7 @@ variable is there with the right shape, and writing a checkpoint in our layout:
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -144,8 +144,3 @@ def restore_backbone(backbone: tf_keras.Model, checkpoint: str) -> None:
   status = tf.train.Checkpoint(**{_OWN_PREFIX: backbone}).read(checkpoint)
   status.expect_partial().assert_existing_objects_matched()
 
-
-def list_differences(a: Dict[str, Tuple[int, ...]], b: Dict[str, Tuple[int, ...]]
-                     ) -> List[str]:
-  """Keys whose presence or shape differs between two key maps (for tests/tools)."""
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

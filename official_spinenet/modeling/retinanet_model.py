@@ -183,12 +183,7 @@ class RetinaNetModel(tf_keras.Model):
 
   def detect(self, images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
              anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
-             training: bool = False,
-             pre_nms_top_k: int = PRE_NMS_TOP_K,
-             pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
-             nms_iou_threshold: float = NMS_IOU_THRESHOLD,
-             max_num_detections: int = MAX_NUM_DETECTIONS,
-             nms_version: str = 'v1') -> Dict[str, tf.Tensor]:
+             training: bool = False, **nms_settings) -> Dict[str, tf.Tensor]:
     """Runs the model and returns detections (see `generate_detections`).
 
     Args:
@@ -198,8 +193,8 @@ class RetinaNetModel(tf_keras.Model):
       anchor_boxes: optional anchors (e.g. labels['anchor_boxes']); default: built
         from the model's anchor settings for the input size.
       training: BN mode (normally False).
-      pre_nms_top_k, pre_nms_score_threshold, nms_iou_threshold,
-      max_num_detections, nms_version: NMS settings.
+      **nms_settings: keyword arguments of `generate_detections` (pre_nms_top_k,
+        pre_nms_score_threshold, nms_iou_threshold, max_num_detections, nms_version).
 
     Returns:
       The raw outputs plus detection_boxes, detection_scores, detection_classes and
@@ -215,11 +210,7 @@ class RetinaNetModel(tf_keras.Model):
       anchor_boxes = self.anchor_boxes((height, width))
     if image_shape is None:
       image_shape = tf.tile(tf.cast(tf.shape(images)[1:3], tf.float32)[None], [batch_size, 1])
-    detections = generate_detections(
-        outputs, anchor_boxes, image_shape, pre_nms_top_k=pre_nms_top_k,
-        pre_nms_score_threshold=pre_nms_score_threshold,
-        nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections,
-        nms_version=nms_version)
+    detections = generate_detections(outputs, anchor_boxes, image_shape, **nms_settings)
     return {**outputs, **detections}
 
   def get_config(self):
