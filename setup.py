@@ -25,6 +25,8 @@ setuptools.setup(
         'console_scripts': [
             'spinenet-stats=official_spinenet.stats_main:run',
             'spinenet-make-shapes=official_spinenet.data.shapes_main:run',
+            'spinenet-train=official_spinenet.train:main',
+            'spinenet-demo=official_spinenet.demo:run',
         ],
     },
 )

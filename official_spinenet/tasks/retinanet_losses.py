@@ -32,7 +32,8 @@ def retinanet_loss(outputs: Mapping[str, Any],
                    focal_loss_alpha: float = FOCAL_LOSS_ALPHA,
                    focal_loss_gamma: float = FOCAL_LOSS_GAMMA,
                    huber_loss_delta: float = HUBER_LOSS_DELTA,
-                   box_loss_weight: float = BOX_LOSS_WEIGHT) -> Dict[str, tf.Tensor]:
+                   box_loss_weight: float = BOX_LOSS_WEIGHT,
+                   sum_positives_across_replicas: bool = True) -> Dict[str, tf.Tensor]:
   """RetinaNet detection loss for one (per-replica) batch.
 
   Args:
@@ -45,6 +46,10 @@ def retinanet_loss(outputs: Mapping[str, Any],
     focal_loss_alpha, focal_loss_gamma: focal loss parameters.
     huber_loss_delta: Huber loss delta on the encoded box deltas.
     box_loss_weight: weight of the box loss in the total.
+    sum_positives_across_replicas: under a tf.distribute strategy, divide by the
+      positives of the global batch (all-reduced), so the per-replica losses add
+      up to exactly the loss one device computes on the whole batch (the trainer
+      sums gradients over replicas). Without a strategy this changes nothing.
 
   Returns:
     dict(total_loss=cls_loss + box_loss_weight * box_loss, cls_loss, box_loss);
@@ -63,7 +68,11 @@ def retinanet_loss(outputs: Mapping[str, Any],
   cls_weights = tf.cast(labels['cls_weights'], tf.float32)
   box_weights = tf.cast(labels['box_weights'], tf.float32)
   # Positives over the whole batch; +1 keeps the loss finite without positives.
-  num_positives = tf.reduce_sum(box_weights) + 1.0
+  num_positives = tf.reduce_sum(box_weights)
+  replica_context = tf.distribute.get_replica_context()
+  if sum_positives_across_replicas and replica_context is not None:
+    num_positives = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, num_positives)
+  num_positives += 1.0
   cls_weights = cls_weights / num_positives
   box_weights = box_weights / num_positives
 

@@ -1,0 +1,110 @@
+"""The one place that exposes library classes and functions to gin.
+
+Gin names (module `official_spinenet`, usable unqualified in gin files):
+
+  experiment                     what spinenet-train runs (task, trainer, optimizer)
+  TrainerConfig                  loop settings (steps, checkpoints, clipping, init)
+  learning_rate, sgd             the schedule and optimizer builders
+  RetinaNetTask, InputConfig     the RetinaNet task and its data splits
+  spinenet, spinenet_mobile      backbone builders (by model id + overrides)
+  RetinaNetHead                  the RetinaNet head
+
+A gin file binds parameters of these; the layers themselves never import gin.
+"""
+
+import inspect
+import os
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import gin
+import tf_keras
+
+from official_spinenet.modeling.backbones import spinenet
+from official_spinenet.modeling.backbones import spinenet_mobile
+from official_spinenet.modeling.heads import retinanet_head
+from official_spinenet.tasks import base_task
+from official_spinenet.tasks import retinanet_task
+from official_spinenet.training import optimization
+from official_spinenet.training import trainer
+
+MODULE = 'official_spinenet'
+# The repository's gin_configs/ (for `include 'retinanet/base.gin'` and for
+# --gin_file paths given relative to it).
+GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'gin_configs')
+
+
+def _register(fn, name: str):
+  return gin.external_configurable(fn, name=name, module=MODULE)
+
+
+# Builders that forward **kwargs to a class: bindings are checked against it.
+_FORWARDING_BUILDERS = {
+    'spinenet': (_register(spinenet.build_spinenet, 'spinenet'), spinenet.SpineNet),
+    'spinenet_mobile': (_register(spinenet_mobile.build_spinenet_mobile, 'spinenet_mobile'),
+                        spinenet_mobile.SpineNetMobile),
+}
+_register(retinanet_head.RetinaNetHead, 'RetinaNetHead')
+_register(retinanet_task.RetinaNetTask, 'RetinaNetTask')
+_register(base_task.InputConfig, 'InputConfig')
+_register(trainer.TrainerConfig, 'TrainerConfig')
+_register(optimization.build_learning_rate, 'learning_rate')
+_register(optimization.build_sgd_optimizer, 'sgd')
+
+
+@gin.configurable(module=MODULE)
+def experiment(task: base_task.Task = gin.REQUIRED,
+               trainer_config: trainer.TrainerConfig = gin.REQUIRED,
+               learning_rate: Callable[..., Any] = gin.REQUIRED,
+               optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (
+                   optimization.build_sgd_optimizer)) -> Dict[str, Any]:
+  """What one training run is: a task, loop settings and the optimizer builders."""
+  return dict(task=task, config=trainer_config, learning_rate=learning_rate,
+              optimizer=optimizer)
+
+
+def _check_forwarded_bindings() -> None:
+  """Unknown parameters of builders that take **kwargs fail now, not at build time."""
+  for name, (builder, target) in _FORWARDING_BUILDERS.items():
+    accepted = set(inspect.signature(target.__init__).parameters) | set(
+        inspect.signature(builder).parameters)
+    unknown = sorted(set(gin.get_bindings(builder)) - accepted)
+    if unknown:
+      raise ValueError(f'Unknown gin parameter(s) {unknown} for {name!r}; it accepts '
+                       f'{sorted(accepted - {"self", "kwargs"})}.')
+
+
+def resolve_gin_file(path: str) -> str:
+  """A gin file path as given, or relative to the repository's gin_configs/."""
+  if os.path.exists(path):
+    return path
+  candidate = os.path.join(GIN_CONFIGS_DIR, path)
+  if os.path.exists(candidate):
+    return candidate
+  raise ValueError(f'--gin_file {path!r} does not exist (also looked in {GIN_CONFIGS_DIR}).')
+
+
+def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = None) -> None:
+  """Parses gin files then bindings; any unknown name or parameter is an error.
+
+  Raises:
+    ValueError: a missing file, or an unknown configurable / parameter (the
+      message names the binding).
+  """
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_CONFIGS_DIR)
+  files = [resolve_gin_file(f) for f in gin_files or ()]
+  try:
+    gin.parse_config_files_and_bindings(files, list(gin_params or ()), skip_unknown=False,
+                                        finalize_config=False)
+  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    raise ValueError(f'Bad gin configuration: {e}') from e
+  _check_forwarded_bindings()
+
+
+def build_experiment() -> Dict[str, Any]:
+  """Calls `experiment` with the parsed bindings (builds configs, not models)."""
+  try:
+    return experiment()
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'Bad gin configuration: {e}') from e
