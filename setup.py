@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     'pillow>=9',
 ]
 
+SERVING_REQUIRES = ['tensorflow-serving-api~=2.20.0']
+
 setuptools.setup(
     name='official_spinenet',
     version='0.1.0',
@@ -20,13 +22,18 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*']),
     python_requires='>=3.10,<3.13',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},
+    extras_require={
+        # The gRPC path of spinenet-serve-client; REST needs nothing extra.
+        'serving': SERVING_REQUIRES,
+        'test': ['pytest>=7', 'pytest-xdist>=3'] + SERVING_REQUIRES,
+    },
     entry_points={
         'console_scripts': [
             'spinenet-stats=official_spinenet.stats_main:run',
             'spinenet-make-shapes=official_spinenet.data.shapes_main:run',
             'spinenet-train=official_spinenet.train:main',
             'spinenet-demo=official_spinenet.demo:run',
+            'spinenet-serve-client=official_spinenet.serving.serve_client:run',
         ],
     },
 )

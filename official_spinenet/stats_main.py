@@ -1,4 +1,4 @@
-r"""Parameters and multiply-adds of SpineNet / SpineNet-Mobile models vs. the papers.
+r"""Parameters and multiply-adds of SpineNet / SpineNet-Mobile / NAS-FPN models vs. the papers.
 
   spinenet-stats                                # every model, a text table
   spinenet-stats --models=49,190 --json         # some models, JSON
@@ -6,14 +6,18 @@ r"""Parameters and multiply-adds of SpineNet / SpineNet-Mobile models vs. the pa
   spinenet-stats --models=49 --json --resolution_override=256   # quick (tests)
 
 or `python -m official_spinenet.stats_main ...`. Model ids: the SpineNet ids
-49S, 49, 96, 143, 143L, 190 and the SpineNet-Mobile ids mobile-49, mobile-49S,
-mobile-49XS. Row kinds (--include):
+49S, 49, 96, 143, 143L, 190, the SpineNet-Mobile ids mobile-49, mobile-49S,
+mobile-49XS, and the RetinaNet NAS-FPN ids r50-nasfpn-3@256, r50-nasfpn-5@256,
+r50-nasfpn-7@256, r50-nasfpn-7@384 (Model Garden's ResNet-50 + our NAS-FPN with
+N repeats @ width, NAS-FPN paper Sec. 4.3 and Table 1). Row kinds (--include):
 
   retinanet       backbone + RetinaNetHead (91 classes, 9 anchors, levels 3-7) at the
                   paper's detection resolution. Head: 4 convs x 256 filters, except
                   49S (128 filters) and 190 (7 convs x 512); SpineNet-Mobile uses a
-                  separable head as wide as its endpoints (48 / 40 / 24).
-  backbone        the backbone alone at the same resolution (no published figure).
+                  separable head as wide as its endpoints (48 / 40 / 24). NAS-FPN
+                  rows: backbone + NAS-FPN decoder + 4 x 256 head.
+  backbone        the backbone alone at the same resolution (no published figure;
+                  not listed for the NAS-FPN rows, whose backbone is ResNet-50).
   classification  ImageNet: backbone at 224 + global average pool of the level-7
                   endpoint + Dense(1001). 224 is not divisible by 2^7, so the
                   backbone is counted at 256 and the multiply-adds scaled by
@@ -45,6 +49,7 @@ import tf_keras
 
 from official_spinenet.modeling import model_stats
 from official_spinenet.modeling.backbones import spinenet
+from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
 
 FLAGS = flags.FLAGS
@@ -63,7 +68,7 @@ MULTIPLY_ADDS_CONVENTION = (
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
   """A published model: how to build it and what the papers report."""
-  family: str  # 'spinenet' or 'spinenet_mobile'
+  family: str  # 'spinenet', 'spinenet_mobile' or 'resnet' (Model Garden's)
   model_id: str
   resolution: int
   head_filters: int
@@ -72,6 +77,14 @@ class ModelEntry:
   published_retinanet: Optional[Tuple[float, float]] = None  # (params M, mult-adds B)
   published_classification: Optional[Tuple[float, float]] = None
   note: str = ''
+  nasfpn: Optional[Tuple[int, int]] = None  # NAS-FPN decoder (num_repeats, num_filters)
+
+  @property
+  def name(self) -> str:
+    if self.nasfpn:
+      return f'R{self.model_id}-NAS-FPN {self.nasfpn[0]}@{self.nasfpn[1]}'
+    prefix = 'SpineNet-Mobile-' if self.family == 'spinenet_mobile' else 'SpineNet-'
+    return prefix + self.model_id
 
 
 # SpineNet paper (Du et al., CVPR 2020) Tables 3 and 6; SpineNet-Mobile paper
@@ -93,6 +106,15 @@ MODELS = {
                             published_retinanet=(2.34, 1.0)),
     'mobile-49S': ModelEntry('spinenet_mobile', '49S', 384, 40, 4, separable_head=True),
     'mobile-49XS': ModelEntry('spinenet_mobile', '49XS', 256, 24, 4, separable_head=True),
+    # NAS-FPN paper (Ghiasi et al., CVPR 2019) Table 1 gives R-50 7@256 at 640; the
+    # other stacks and widths are plotted (Fig. 8) without figures.
+    'r50-nasfpn-3@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(3, 256)),
+    'r50-nasfpn-5@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(5, 256)),
+    'r50-nasfpn-7@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(7, 256),
+                                   published_retinanet=(60.3, 140.6)),
+    'r50-nasfpn-7@384': ModelEntry(
+        'resnet', '50', 640, 256, 4, nasfpn=(7, 384),
+        note='cells merge at 256 channels as in tf-models-official'),
 }
 
 # Notes on rows whose published figure our count does not reproduce; keyed by
@@ -122,13 +144,33 @@ def _build_backbone(entry: ModelEntry) -> tf_keras.Model:
   input_specs = [None, None, None, 3]
   if entry.family == 'spinenet':
     return spinenet.build_spinenet(entry.model_id, input_specs=input_specs)
+  if entry.family == 'resnet':
+    # Model Garden's ResNet (reused, not a seed system); importing official.vision
+    # is slow, so only the NAS-FPN rows do it.
+    from official.vision.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
+    return resnet.ResNet(model_id=int(entry.model_id),
+                         input_specs=tf_keras.layers.InputSpec(shape=input_specs))
   # Imported here: SpineNet rows must not depend on the mobile module.
   from official_spinenet.modeling.backbones import spinenet_mobile  # pylint: disable=g-import-not-at-top
   return spinenet_mobile.build_spinenet_mobile(entry.model_id, input_specs=input_specs)
 
 
-def _endpoint_filters(backbone: tf_keras.Model) -> int:
-  return int(backbone.output_specs[str(MAX_LEVEL)][-1])
+def _build_decoder(entry: ModelEntry, backbone: tf_keras.Model) -> Optional[tf_keras.Model]:
+  if not entry.nasfpn:
+    return None
+  num_repeats, num_filters = entry.nasfpn
+  return nasfpn.NASFPN(input_specs=backbone.output_specs, min_level=MIN_LEVEL,
+                       max_level=MAX_LEVEL, num_repeats=num_repeats, num_filters=num_filters)
+
+
+def _endpoint_filters(features: tf_keras.Model) -> int:
+  return int(features.output_specs[str(MAX_LEVEL)][-1])
+
+
+def _feature_shapes(model: tf_keras.Model, resolution: int) -> Dict[str, list]:
+  """Static [1, H_l, W_l, C_l] of a model's dict outputs for a square input."""
+  return {level: [1, resolution // 2**int(level), resolution // 2**int(level), int(shape[-1])]
+          for level, shape in model.output_specs.items()}
 
 
 def _counted_resolution(resolution: int, stride: int = 2 ** MAX_LEVEL) -> int:
@@ -143,6 +185,7 @@ def _row(key: str, entry: ModelEntry, kind: str, resolution: int, params: int,
                        NOTES.get((key, kind), '')) if n]
   row = {
       'model': key,
+      'name': entry.name,
       'family': entry.family,
       'model_id': entry.model_id,
       'kind': kind,
@@ -169,8 +212,14 @@ def _detection_rows(key: str, entry: ModelEntry, backbone: tf_keras.Model,
   start = time.time()
   backbone_params = model_stats.count_params(backbone)
   backbone_madds = model_stats.count_multiply_adds(backbone, [1, resolution, resolution, 3])
-  filters = _endpoint_filters(backbone)
+  decoder = _build_decoder(entry, backbone)
   rows = []
+  if decoder is not None:
+    if 'retinanet' in kinds:
+      rows.append(_nasfpn_row(key, entry, backbone, decoder, resolution,
+                              backbone_params, backbone_madds, start))
+    return rows
+  filters = _endpoint_filters(backbone)
   if 'backbone' in kinds:
     rows.append(_row(key, entry, 'backbone', resolution, backbone_params, backbone_madds,
                      None, {}, f'endpoints: levels {MIN_LEVEL}-{MAX_LEVEL} x {filters} '
@@ -180,9 +229,7 @@ def _detection_rows(key: str, entry: ModelEntry, backbone: tf_keras.Model,
         min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
         num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
         num_filters=entry.head_filters, use_separable_conv=entry.separable_head)
-    feature_shapes = {str(level): [1, resolution // 2**level, resolution // 2**level, filters]
-                      for level in range(MIN_LEVEL, MAX_LEVEL + 1)}
-    head_madds = model_stats.count_multiply_adds(head, feature_shapes)
+    head_madds = model_stats.count_multiply_adds(head, _feature_shapes(backbone, resolution))
     head_params = model_stats.count_params(head)
     head_kind = 'separable ' if entry.separable_head else ''
     rows.append(_row(
@@ -193,6 +240,30 @@ def _detection_rows(key: str, entry: ModelEntry, backbone: tf_keras.Model,
         f'{head_kind}head {entry.head_convs}x{entry.head_filters}',
         time.time() - start))
   return rows
+
+
+def _nasfpn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
+                decoder: tf_keras.Model, resolution: int, backbone_params: int,
+                backbone_madds: int, start: float) -> dict:
+  """RetinaNet with a NAS-FPN decoder: backbone + decoder + head."""
+  decoder_madds = model_stats.count_multiply_adds(decoder, _feature_shapes(backbone, resolution))
+  decoder_params = model_stats.count_params(decoder)
+  head = retinanet_head.RetinaNetHead(
+      min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
+      num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
+      num_filters=entry.head_filters)
+  head_madds = model_stats.count_multiply_adds(head, _feature_shapes(decoder, resolution))
+  head_params = model_stats.count_params(head)
+  note = (f'ResNet-{entry.model_id} (Model Garden) {backbone_params / 1e6:.2f}M / '
+          f'{backbone_madds / 1e9:.1f}B, NAS-FPN {decoder_params / 1e6:.2f}M / '
+          f'{decoder_madds / 1e9:.1f}B, head {entry.head_convs}x{entry.head_filters}')
+  return _row(key, entry, 'retinanet', resolution,
+              backbone_params + decoder_params + head_params,
+              backbone_madds + decoder_madds + head_madds, entry.published_retinanet,
+              {'backbone_params': backbone_params, 'decoder_params': decoder_params,
+               'head_params': head_params, 'backbone_multiply_adds': backbone_madds,
+               'decoder_multiply_adds': decoder_madds, 'head_multiply_adds': head_madds},
+              note, time.time() - start)
 
 
 def _classification_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
@@ -262,7 +333,7 @@ def format_table(rows: List[dict]) -> str:
     if r['kind'] == 'unavailable':
       lines.append((r['model'], '-', '-', '-', '-', '-', '-', r['note']))
       continue
-    name = ('SpineNet-Mobile-' if r['family'] == 'spinenet_mobile' else 'SpineNet-') + r['model_id']
+    name = r['name']
     madds_digits = 2 if r['multiply_adds_b'] < 10 else 1
     lines.append((name, r['kind'], str(r['resolution']), _fmt(r['params_m'], 2),
                   _fmt(r['published_params_m'], 2), _fmt(r['multiply_adds_b'], madds_digits),

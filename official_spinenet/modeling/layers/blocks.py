@@ -1,7 +1,10 @@
 """Residual building blocks of SpineNet (Sec. 3 of the SpineNet paper).
 
 Both blocks follow ResNet (He et al., 2016) with BN after every conv and no conv bias;
-stochastic depth, when on, drops the residual branch before the addition. Sub-layer
+stochastic depth, when on, drops the residual branch before the addition. DropBlock,
+when on (SpineNet protocol A), follows every BN (and its activation), the projection
+shortcut's included, as in the TPU SpineNet implementation; it has no weights, so
+the checkpoint layout is the same with and without it. Sub-layer
 attribute names (`_shortcut`, `_norm0`, `_conv1`, ...) are part of the checkpoint
 format and match the layout of the published TF2 SpineNet checkpoints, so those
 restore without renaming.
@@ -13,6 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from official_spinenet.modeling.layers import conv_norm_act
+from official_spinenet.modeling.layers import dropblock
 from official_spinenet.modeling.layers import graph_layout
 from official_spinenet.modeling.layers import stochastic_depth
 
@@ -27,12 +31,15 @@ class _ResidualBase(tf_keras.layers.Layer):
                kernel_initializer='VarianceScaling', kernel_regularizer=None,
                bias_regularizer=None, activation: str = 'relu',
                use_sync_bn: bool = False, norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001, **kwargs):
+               norm_epsilon: float = 0.001, dropblock_drop_rate: Optional[float] = None,
+               dropblock_size: int = 3, **kwargs):
     super().__init__(**kwargs)
     self._filters = filters
     self._strides = strides
     self._use_projection = use_projection
     self._stochastic_depth_drop_rate = stochastic_depth_drop_rate
+    self._dropblock_drop_rate = dropblock_drop_rate
+    self._dropblock_size = dropblock_size
     self._factory = conv_norm_act.LayerFactory(
         activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
         norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
@@ -50,11 +57,20 @@ class _ResidualBase(tf_keras.layers.Layer):
     self._stochastic_depth = (
         stochastic_depth.StochasticDepth(self._stochastic_depth_drop_rate)
         if self._stochastic_depth_drop_rate else None)
+    # Built only when on: no new checkpoint object when off.
+    if self._dropblock_drop_rate:
+      self._dropblock = dropblock.DropBlock(self._dropblock_drop_rate, self._dropblock_size)
+
+  def _drop(self, x, training):
+    """DropBlock after a BN (and its activation), if configured."""
+    if not self._dropblock_drop_rate:
+      return x
+    return self._dropblock(x, training=training)
 
   def _shortcut_and_merge(self, inputs, residual, training):
     shortcut = inputs
     if self._use_projection:
-      shortcut = self._norm0(self._shortcut(inputs), training=training)
+      shortcut = self._drop(self._norm0(self._shortcut(inputs), training=training), training)
     if self._stochastic_depth is not None:
       residual = self._stochastic_depth(residual, training=training)
     return self._activation_fn(residual + shortcut)
@@ -66,6 +82,8 @@ class _ResidualBase(tf_keras.layers.Layer):
         'strides': self._strides,
         'use_projection': self._use_projection,
         'stochastic_depth_drop_rate': self._stochastic_depth_drop_rate,
+        'dropblock_drop_rate': self._dropblock_drop_rate,
+        'dropblock_size': self._dropblock_size,
         **self._factory.layer_kwargs(),
     }
 
@@ -94,9 +112,9 @@ class BottleneckBlock(_ResidualBase):
 
   def call(self, inputs, training=None):
     act = self._activation_fn
-    x = act(self._norm1(self._conv1(inputs), training=training))
-    x = act(self._norm2(self._conv2(x), training=training))
-    x = self._norm3(self._conv3(x), training=training)
+    x = self._drop(act(self._norm1(self._conv1(inputs), training=training)), training)
+    x = self._drop(act(self._norm2(self._conv2(x), training=training)), training)
+    x = self._drop(self._norm3(self._conv3(x), training=training), training)
     return self._shortcut_and_merge(inputs, x, training)
 
 
@@ -121,8 +139,9 @@ class ResidualBlock(_ResidualBase):
     super().build(input_shape)
 
   def call(self, inputs, training=None):
-    x = self._activation_fn(self._norm1(self._conv1(inputs), training=training))
-    x = self._norm2(self._conv2(x), training=training)
+    x = self._drop(self._activation_fn(self._norm1(self._conv1(inputs), training=training)),
+                   training)
+    x = self._drop(self._norm2(self._conv2(x), training=training), training)
     return self._shortcut_and_merge(inputs, x, training)
 
 

@@ -1,0 +1,1 @@
+"""Decoders: NAS-FPN (merging cells stacked into a feature pyramid network)."""

@@ -1,0 +1,236 @@
+"""TF Serving client pieces without network access: find images, build requests, parse replies.
+
+REST (`POST http://host:8501/v1/models/<name>[/versions/<v>]:predict`, see
+https://www.tensorflow.org/tfx/serving/api_rest) carries binary strings as
+`{"b64": ...}`; the row ("instances") and columnar ("inputs") formats are both built.
+gRPC requests are `tensorflow_serving.apis.predict_pb2.PredictRequest`s (package
+`tensorflow-serving-api`, imported only by the gRPC functions, so REST needs neither it
+nor TensorFlow).
+
+Signatures and input names are those of `export_lib` (image_bytes: string [B];
+image_tensor: uint8 [B, H, W, 3], one image size per request).
+"""
+
+import base64
+import dataclasses
+import glob
+import io
+import json
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# Input name of each signature (export_lib.SIGNATURE_INPUTS; repeated here so that a
+# REST client does not need TensorFlow to import this module).
+SIGNATURE_INPUT_NAMES = {'image_bytes': 'image_bytes', 'image_tensor': 'images',
+                         'tf_example': 'tf_examples', 'serving_default': 'image_bytes'}
+OUTPUT_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections',
+               'image_info')
+
+
+@dataclasses.dataclass
+class ImageDetections:
+  """The valid detections of one image (padding past num_detections removed).
+
+  boxes: float [N, 4] (ymin, xmin, ymax, xmax) in original-image pixels; scores: float
+  [N]; classes: int [N] dataset class ids; image_size: (height, width).
+  """
+  boxes: np.ndarray
+  scores: np.ndarray
+  classes: np.ndarray
+  image_size: tuple
+
+  def above(self, min_score: float) -> 'ImageDetections':
+    """The detections scoring at least min_score."""
+    keep = self.scores >= min_score
+    return ImageDetections(self.boxes[keep], self.scores[keep], self.classes[keep],
+                           self.image_size)
+
+
+def find_images(patterns: Sequence[str]) -> List[str]:
+  """Image files from files, folders (their .jpg/.jpeg/.png, not recursive) and globs.
+
+  Raises:
+    ValueError: if nothing matches (the message names the patterns without matches).
+  """
+  files, empty = [], []
+  for pattern in patterns:
+    if os.path.isdir(pattern):
+      found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
+                     if name.lower().endswith(IMAGE_EXTENSIONS))
+    else:
+      found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
+          [pattern] if os.path.isfile(pattern) else [])
+    if not found:
+      empty.append(pattern)
+    files.extend(f for f in found if f not in files)
+  if empty:
+    raise ValueError(f'No image files found for: {", ".join(empty)}.')
+  return files
+
+
+def batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+  """Consecutive slices of at most batch_size items."""
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  for start in range(0, len(items), batch_size):
+    yield items[start:start + batch_size]
+
+
+def drawing_names(paths: Sequence[str]) -> List[str]:
+  """'<stem>.png' per image, made unique ('a.jpg', 'a.png' -> 'a.png', 'a-2.png')."""
+  names, used = [], set()
+  for path in paths:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, n = f'{stem}.png', 1
+    while name in used:
+      n += 1
+      name = f'{stem}-{n}.png'
+    used.add(name)
+    names.append(name)
+  return names
+
+
+def decode_to_array(encoded: bytes) -> np.ndarray:
+  """uint8 [H, W, 3] RGB pixels of an encoded image (PIL), for the image_tensor signature."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(encoded)) as image:
+    return np.asarray(image.convert('RGB'), dtype=np.uint8)
+
+
+def _signature_inputs(signature_name: str, images: Sequence[Any]) -> tuple:
+  """(input name, values): bytes for string signatures, one stacked uint8 array else."""
+  if signature_name not in SIGNATURE_INPUT_NAMES:
+    raise ValueError(f'Unknown signature {signature_name!r}; expected one of '
+                     f'{sorted(SIGNATURE_INPUT_NAMES)}.')
+  input_name = SIGNATURE_INPUT_NAMES[signature_name]
+  if input_name != 'images':
+    return input_name, [bytes(i) for i in images]
+  arrays = [np.asarray(i, dtype=np.uint8) for i in images]
+  if len({a.shape for a in arrays}) != 1:
+    raise ValueError('image_tensor takes images of one size per request, got '
+                     f'{sorted({a.shape for a in arrays})}; send them one by one or use '
+                     'image_bytes.')
+  return input_name, np.stack(arrays)
+
+
+def rest_predict_url(host: str, port: int, model_name: str,
+                     model_version: Optional[int] = None) -> str:
+  """http://host:port/v1/models/<name>[/versions/<v>]:predict"""
+  version = f'/versions/{int(model_version)}' if model_version else ''
+  return f'http://{host}:{int(port)}/v1/models/{model_name}{version}:predict'
+
+
+def rest_predict_payload(images: Sequence[Any], signature_name: str = 'image_bytes',
+                         columnar: bool = False) -> Dict[str, Any]:
+  """The JSON body of a REST predict request.
+
+  Args:
+    images: encoded image bytes (string signatures) or uint8 [H, W, 3] arrays of one
+      size (image_tensor).
+    signature_name: exported signature to call.
+    columnar: the "inputs" format ({name: [values]}) instead of the row "instances"
+      format ([{name: value}, ...]).
+
+  Returns:
+    e.g. {"signature_name": "image_bytes", "instances": [{"image_bytes": {"b64": ...}}]}.
+  """
+  input_name, values = _signature_inputs(signature_name, images)
+  if input_name == 'images':
+    values = values.tolist()
+  else:
+    values = [{'b64': base64.b64encode(v).decode('ascii')} for v in values]
+  if columnar:
+    return {'signature_name': signature_name, 'inputs': {input_name: values}}
+  return {'signature_name': signature_name,
+          'instances': [{input_name: value} for value in values]}
+
+
+def grpc_predict_request(images: Sequence[Any], model_name: str,
+                         signature_name: str = 'image_bytes',
+                         model_version: Optional[int] = None):
+  """A tensorflow_serving PredictRequest for the images (see rest_predict_payload)."""
+  from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.framework import tensor_shape_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+  input_name, values = _signature_inputs(signature_name, images)
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = signature_name
+  if model_version:
+    request.model_spec.version.value = int(model_version)
+  shape = [len(values)] if input_name != 'images' else list(values.shape)
+  tensor = tensor_pb2.TensorProto(
+      tensor_shape=tensor_shape_pb2.TensorShapeProto(
+          dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
+  if input_name == 'images':
+    tensor.dtype = types_pb2.DT_UINT8
+    tensor.tensor_content = values.tobytes()  # compact; int_val would be 4-8x larger
+  else:
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.string_val.extend(values)
+  request.inputs[input_name].CopyFrom(tensor)
+  return request
+
+
+def detections_from_outputs(outputs: Mapping[str, Any]) -> List[ImageDetections]:
+  """Per-image detections from batched output arrays (keys of OUTPUT_KEYS)."""
+  arrays = {k: np.asarray(outputs[k]) for k in OUTPUT_KEYS}
+  results = []
+  for i, count in enumerate(arrays['num_detections'].astype(int)):
+    results.append(ImageDetections(
+        boxes=arrays['detection_boxes'][i, :count].astype(np.float32),
+        scores=arrays['detection_scores'][i, :count].astype(np.float32),
+        classes=arrays['detection_classes'][i, :count].astype(np.int64),
+        image_size=tuple(int(s) for s in arrays['image_info'][i, 0])))
+  return results
+
+
+def parse_rest_response(response: Mapping[str, Any]) -> List[ImageDetections]:
+  """Detections from a REST predict reply (row "predictions" or columnar "outputs").
+
+  Raises:
+    RuntimeError: the reply is an error ({"error": message}).
+  """
+  if 'error' in response:
+    raise RuntimeError(f'TF Serving error: {response["error"]}')
+  if 'outputs' in response:
+    return detections_from_outputs(response['outputs'])
+  rows = response['predictions']
+  return detections_from_outputs({k: [row[k] for row in rows] for k in OUTPUT_KEYS})
+
+
+def parse_grpc_response(response) -> List[ImageDetections]:
+  """Detections from a tensorflow_serving PredictResponse."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in OUTPUT_KEYS})
+
+
+def load_category_names(path: Optional[str]) -> Dict[int, str]:
+  """Class id -> name from an export's export_config.json or a {id: name} JSON file."""
+  if not path:
+    return {}
+  with open(path) as f:
+    data = json.load(f)
+  if 'category_names' in data or 'options' in data:
+    data = data.get('category_names') or {}
+  return {int(k): str(v) for k, v in data.items()}
+
+
+def format_detections(name: str, detections: ImageDetections,
+                      category_names: Mapping[int, str], max_lines: int = 20) -> str:
+  """Readable lines: the image, then one line per detection (best first)."""
+  height, width = detections.image_size
+  lines = [f'{name} ({height}x{width}): {len(detections.scores)} detections']
+  for box, score, cls in list(zip(detections.boxes, detections.scores,
+                                  detections.classes))[:max_lines]:
+    label = category_names.get(int(cls), f'class {int(cls)}')
+    ymin, xmin, ymax, xmax = (float(v) for v in box)
+    lines.append(f'  {score:.3f} {label:<12} y {ymin:7.1f}..{ymax:7.1f}  '
+                 f'x {xmin:7.1f}..{xmax:7.1f}')
+  if len(detections.scores) > max_lines:
+    lines.append(f'  ... {len(detections.scores) - max_lines} more')
+  return '\n'.join(lines)
