@@ -33,9 +33,12 @@ def build_strategy(name: str, num_gpus: int = 0, tpu: Optional[str] = None,
   """
   if name not in STRATEGIES:
     raise ValueError(f'Unknown --strategy {name!r}; choose one of {STRATEGIES}.')
-  visible_gpus = len(tf.config.list_logical_devices('GPU'))
-  if num_gpus < 0 or num_gpus > visible_gpus and name in ('one_device', 'mirrored'):
-    raise ValueError(f'--num_gpus={num_gpus} but {visible_gpus} GPU(s) are visible.')
+  if name in ('one_device', 'mirrored'):
+    # Not for multi-worker: collective ops must be configured before anything
+    # initialises the runtime, and listing logical devices does.
+    visible_gpus = len(tf.config.list_logical_devices('GPU'))
+    if not 0 <= num_gpus <= visible_gpus:
+      raise ValueError(f'--num_gpus={num_gpus} but {visible_gpus} GPU(s) are visible.')
   if name == 'one_device':
     return tf.distribute.OneDeviceStrategy('/gpu:0' if num_gpus else '/cpu:0')
   if name == 'mirrored':

@@ -86,6 +86,23 @@ def _to_numpy(strategy: tf.distribute.Strategy, value) -> np.ndarray:
   return np.concatenate(parts, axis=0) if parts[0].ndim else parts[0]
 
 
+def _sum_over_replicas(tensors):
+  """Sums a list of tensors over replicas with one all-reduce of their concatenation.
+
+  One collective per step instead of one per variable: fewer launches, and no
+  dependence on the order in which each worker issues them (collectives are
+  matched by the order of creation across workers).
+  """
+  context = tf.distribute.get_replica_context()
+  if context.num_replicas_in_sync == 1:
+    return tensors
+  tensors = [tf.convert_to_tensor(t) for t in tensors]
+  flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+  flat = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
+  sizes = [t.shape.num_elements() for t in tensors]
+  return [tf.reshape(part, t.shape) for part, t in zip(tf.split(flat, sizes), tensors)]
+
+
 class Trainer:
   """Owns the model, optimizer, checkpoints and loops of one task."""
 
@@ -182,11 +199,11 @@ class Trainer:
     grads = tape.gradient(loss, variables)
     if self._mixed_precision == 'float16':
       grads = optimizer.get_unscaled_gradients(grads)
-    grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    grads = _sum_over_replicas(grads)
     if self.config.gradient_clip_norm > 0:
       grads, _ = tf.clip_by_global_norm(grads, self.config.gradient_clip_norm)
     optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
-    return losses
+    return tf.stack([tf.cast(losses[name], tf.float32) for name in self.task.loss_names])
 
   def _build_train_loop(self):
     strategy, names = self.strategy, self.task.loss_names
@@ -199,8 +216,7 @@ class Trainer:
       for _ in tf.range(num_steps):
         inputs, labels = next(iterator)
         losses = strategy.run(self._replica_step, args=(inputs, labels))
-        totals += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, losses[name], axis=None)
-                            for name in names])
+        totals += strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
       means = totals / tf.cast(num_steps, tf.float32)
       return {name: means[i] for i, name in enumerate(names)}
 

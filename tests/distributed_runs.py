@@ -1,0 +1,93 @@
+"""Runs the tiny RetinaNet under a strategy in a fresh process (for test_distribute.py).
+
+  python tests/distributed_runs.py mirrored_vs_one_device DATA_DIR OUTPUT_JSON
+
+Logical CPU devices must be configured before TensorFlow initialises, which a
+pytest process that already ran other tests cannot do; hence a subprocess.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+TINY = 'testing/retinanet_tiny.gin'
+STEPS = 2
+
+
+def _exact_params(data_dir):
+  """The tiny config without randomness (no augmentation), with sync BN and clipping."""
+  return [
+      f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
+      'train/InputConfig.aug_rand_hflip = False',
+      'train/InputConfig.aug_scale_min = 1.0',
+      'train/InputConfig.aug_scale_max = 1.0',
+      'spinenet.use_sync_bn = True',
+      'RetinaNetHead.use_sync_bn = True',
+      f'TRAIN_STEPS = {STEPS}',
+      'TrainerConfig.steps_per_loop = 1',
+      'TrainerConfig.gradient_clip_norm = 0.5',
+  ]
+
+
+def _sync_bn_outputs(strategy, model, images):
+  """Class logits of a training-mode forward pass, replicas concatenated."""
+  # experimental_distribute_dataset splits each global batch over the replicas.
+  dataset = tf.data.Dataset.from_tensor_slices(images).batch(images.shape[0])
+  inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
+  outputs = strategy.run(lambda x: model(x, training=True)['cls_outputs']['3'], args=(inputs,))
+  return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(outputs)])
+
+
+def mirrored_vs_one_device(data_dir, output):
+  """Trains the same initial weights on one device and on two mirrored CPUs."""
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+  # pylint: disable=g-import-not-at-top
+  import tf_keras
+  from official_spinenet import configurables
+  from official_spinenet.training import trainer as trainer_lib
+  # pylint: enable=g-import-not-at-top
+  results, initial, images = {}, None, None
+  strategies = {
+      'one_device': tf.distribute.OneDeviceStrategy('/cpu:0'),
+      'mirrored': tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
+  }
+  for name, strategy in strategies.items():
+    configurables.parse_gin([TINY], _exact_params(data_dir))
+    experiment = configurables.build_experiment()
+    task = experiment['task']
+    trainer = trainer_lib.Trainer(task, strategy, os.path.join(output, name),
+                                  experiment['config'], experiment['learning_rate'])
+    initial_variables = list(trainer.model.weights)
+    if initial is None:
+      initial = [w.numpy() for w in trainer.model.weights]
+      images = next(iter(task.build_inputs(True)))[0].numpy()
+    else:
+      trainer.model.set_weights(initial)
+    # Sync BN: one forward pass in training mode (global-batch statistics).
+    sync_bn_logits = _sync_bn_outputs(strategy, trainer.model, images)
+    # Then training with BN frozen (inference-mode statistics), which checks the
+    # trainer's own arithmetic (loss normalisers, gradient sum, clipping, weight
+    # decay) exactly. Training through sync BN is not compared: see test_distribute.py.
+    for layer in trainer.model.submodules:
+      if isinstance(layer, tf_keras.layers.BatchNormalization):
+        layer.trainable = False
+    trained = list(trainer.model.trainable_variables)
+    before = [v.numpy() for v in trained]
+    losses = [trainer.train(until_step=step)['total_loss'] for step in range(1, STEPS + 1)]
+    results[name] = {
+        'replicas': strategy.num_replicas_in_sync,
+        'sync_bn_logits': sync_bn_logits.tolist(),
+        'losses': losses,
+        'weights': [v.numpy().tolist() for v in trained],
+        'initial': [v0.tolist() for v0 in before],
+    }
+  with open(os.path.join(output, 'results.json'), 'w') as f:
+    json.dump(results, f)
+
+
+if __name__ == '__main__':
+  {'mirrored_vs_one_device': mirrored_vs_one_device}[sys.argv[1]](*sys.argv[2:])
