@@ -4,7 +4,7 @@ Gin names (module `official_spinenet`, usable unqualified in gin files):
 
   experiment                     what spinenet-train runs (task, trainer, optimizer)
   TrainerConfig                  loop settings (steps, checkpoints, clipping, init)
-  learning_rate, sgd             the schedule and optimizer builders
+  learning_rate, sgd, adam       the schedule and optimizer builders
   RetinaNetTask, InputConfig     the RetinaNet task and its data splits
   spinenet, spinenet_mobile      backbone builders (by model id + overrides)
   RetinaNetHead                  the RetinaNet head
@@ -50,6 +50,7 @@ _register(base_task.InputConfig, 'InputConfig')
 _register(trainer.TrainerConfig, 'TrainerConfig')
 _register(optimization.build_learning_rate, 'learning_rate')
 _register(optimization.build_sgd_optimizer, 'sgd')
+_register(optimization.build_adam_optimizer, 'adam')
 
 
 @gin.configurable(module=MODULE)

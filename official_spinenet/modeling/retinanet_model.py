@@ -24,6 +24,9 @@ PRE_NMS_TOP_K = 5000
 PRE_NMS_SCORE_THRESHOLD = 0.05
 NMS_IOU_THRESHOLD = 0.5
 MAX_NUM_DETECTIONS = 100
+# 'fast' is ours (official_spinenet.ops.postprocess); the others are Model Garden's.
+NMS_VERSIONS = ('fast', 'v1', 'v2', 'batched')
+NMS_VERSION = 'fast'
 
 
 def _by_level(outputs: Mapping[str, tf.Tensor]) -> 'collections.OrderedDict[str, tf.Tensor]':
@@ -56,8 +59,8 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
                         pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
                         nms_iou_threshold: float = NMS_IOU_THRESHOLD,
                         max_num_detections: int = MAX_NUM_DETECTIONS,
-                        nms_version: str = 'v1') -> Dict[str, tf.Tensor]:
-  """Decodes raw outputs with anchors and runs NMS (MultilevelDetectionGenerator).
+                        nms_version: str = NMS_VERSION) -> Dict[str, tf.Tensor]:
+  """Decodes raw outputs with anchors and runs per-class NMS.
 
   Args:
     outputs: {'cls_outputs': {level: [B, H, W, C * A]}, 'box_outputs': {level:
@@ -68,12 +71,26 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
       clipped to it.
     pre_nms_top_k, pre_nms_score_threshold, nms_iou_threshold, max_num_detections:
       NMS settings.
-    nms_version: 'v1', 'v2' or 'batched' (MultilevelDetectionGenerator).
+    nms_version: 'fast' (default; `official_spinenet.ops.postprocess`: Model
+      Garden v1's detections in milliseconds on CPU, any batch size, not for
+      TPU), or 'v1', 'v2', 'batched' (Model Garden's
+      MultilevelDetectionGenerator; v1 needs a static batch size).
 
   Returns:
     dict with detection_boxes [B, max, 4] (pixels, y1 x1 y2 x2), detection_scores
-    [B, max], detection_classes [B, max] and num_detections [B].
+    [B, max], detection_classes [B, max] and num_detections [B]. Only the first
+    num_detections entries are detections ('fast' zeroes the rest).
+
+  Raises:
+    ValueError: for an unknown nms_version.
   """
+  if nms_version not in NMS_VERSIONS:
+    raise ValueError(f'nms_version must be one of {NMS_VERSIONS}, got {nms_version!r}.')
+  settings = dict(pre_nms_top_k=pre_nms_top_k, pre_nms_score_threshold=pre_nms_score_threshold,
+                  nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections)
+  if nms_version == 'fast':
+    from official_spinenet.ops import postprocess  # pylint: disable=g-import-not-at-top
+    return postprocess.generate_detections_fast(outputs, anchor_boxes, image_shape, **settings)
   cls_outputs = _by_level(outputs['cls_outputs'])
   box_outputs = _by_level(outputs['box_outputs'])
   batch_size = tf.shape(next(iter(box_outputs.values())))[0]
@@ -85,10 +102,7 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     anchors[level] = boxes
   from official.vision.modeling.layers import detection_generator as detection_generator_lib  # pylint: disable=g-import-not-at-top
   generator = detection_generator_lib.MultilevelDetectionGenerator(
-      apply_nms=True, pre_nms_top_k=pre_nms_top_k,
-      pre_nms_score_threshold=pre_nms_score_threshold,
-      nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections,
-      nms_version=nms_version)
+      apply_nms=True, nms_version=nms_version, **settings)
   results = generator(
       collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in box_outputs.items()),
       collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in cls_outputs.items()),

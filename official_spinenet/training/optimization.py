@@ -119,6 +119,20 @@ def build_sgd_optimizer(learning_rate, momentum: float = 0.9, nesterov: bool = F
   return optimizer
 
 
+def build_adam_optimizer(learning_rate, beta_1: float = 0.9, beta_2: float = 0.999,
+                         epsilon: float = 1e-7,
+                         mixed_precision: str = 'float32') -> tf_keras.optimizers.Optimizer:
+  """Adam (not the papers' protocol: for short schedules such as the CPU demo).
+
+  Args and returns as build_sgd_optimizer; beta_1, beta_2, epsilon are Adam's.
+  """
+  optimizer = tf_keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1,
+                                       beta_2=beta_2, epsilon=epsilon)
+  if mixed_precision == 'float16':
+    optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
 def current_learning_rate(optimizer: tf_keras.optimizers.Optimizer) -> tf.Tensor:
   """The learning rate the optimizer applies at its current step."""
   inner = getattr(optimizer, 'inner_optimizer', optimizer)

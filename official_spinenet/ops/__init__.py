@@ -1,0 +1,1 @@
+"""Pure-TF ops (no gin; Model Garden imported lazily): fast detection post-processing."""
