@@ -71,16 +71,31 @@ def test_two_workers_train_in_step(data_dir, tmp_path):
              '--mode=train', '--strategy=multi_worker_mirrored',
              f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
              '--gin_param=TrainerConfig.steps_per_loop = 1']
-  workers = []
+  # Output goes to files, not pipes: a worker blocked on a full pipe while the
+  # test waits on the other one would stall both inside the first all-reduce.
+  workers, logs = [], []
   for index in range(2):
     env = dict(ENV, TF_CONFIG=json.dumps({'cluster': cluster,
                                           'task': {'type': 'worker', 'index': index}}))
-    workers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    log = open(tmp_path / f'worker_{index}.log', 'w+')
+    logs.append(log)
+    workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=env))
-  outputs = [w.communicate(timeout=900) for w in workers]
-  for worker, (_, err) in zip(workers, outputs):
+  try:
+    for worker in workers:
+      worker.wait(timeout=900)
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  for worker, err in zip(workers, outputs):
     assert worker.returncode == 0, err[-3000:]
-  progress = [re.findall(r'step (\d+)/\d+ \| loss ([0-9.]+)', err) for _, err in outputs]
+  progress = [re.findall(r'step (\d+)/\d+ \| loss ([0-9.]+)', err) for err in outputs]
   assert [int(s) for s, _ in progress[0]] == [1, 2, 3, 4]
   # The loss printed is the all-reduced global-batch loss: identical on both workers.
   assert progress[0] == progress[1]

@@ -97,7 +97,8 @@ def model_garden(batch, steps, repeats):
   def loop(n):
     loss = tf.constant(0.0)
     for _ in tf.range(n):
-      loss = task.train_step((images, labels), model, optimizer)['total_loss']
+      # Model Garden's train_step logs the total loss under task.loss ('loss').
+      loss = task.train_step((images, labels), model, optimizer)[task.loss]
     return loss
 
   run = lambda n: float(loop(tf.constant(n)))
