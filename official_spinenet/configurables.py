@@ -8,6 +8,9 @@ Gin names (module `official_spinenet`, usable unqualified in gin files):
   RetinaNetTask, InputConfig     the RetinaNet task and its data splits
   spinenet, spinenet_mobile      backbone builders (by model id + overrides)
   RetinaNetHead                  the RetinaNet head
+  nasfpn                         the NAS-FPN decoder (NASFPN)
+  resnet                         Model Garden's ResNet backbone (for R-50 NAS-FPN)
+  AnytimeRetinaNetTask           RetinaNet with a head after every NAS-FPN repeat
 
 A gin file binds parameters of these; the layers themselves never import gin.
 """
@@ -19,9 +22,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import gin
 import tf_keras
 
+from official_spinenet.modeling.backbones import resnet
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_mobile
+from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
+from official_spinenet.tasks import anytime_retinanet_task
 from official_spinenet.tasks import base_task
 from official_spinenet.tasks import retinanet_task
 from official_spinenet.training import optimization
@@ -43,14 +49,18 @@ _FORWARDING_BUILDERS = {
     'spinenet': (_register(spinenet.build_spinenet, 'spinenet'), spinenet.SpineNet),
     'spinenet_mobile': (_register(spinenet_mobile.build_spinenet_mobile, 'spinenet_mobile'),
                         spinenet_mobile.SpineNetMobile),
+    'nasfpn': (_register(nasfpn.build_nasfpn, 'nasfpn'), nasfpn.NASFPN),
 }
+_register(resnet.build_resnet, 'resnet')
 _register(retinanet_head.RetinaNetHead, 'RetinaNetHead')
 _register(retinanet_task.RetinaNetTask, 'RetinaNetTask')
+_register(anytime_retinanet_task.AnytimeRetinaNetTask, 'AnytimeRetinaNetTask')
 _register(base_task.InputConfig, 'InputConfig')
 _register(trainer.TrainerConfig, 'TrainerConfig')
 _register(optimization.build_learning_rate, 'learning_rate')
 _register(optimization.build_sgd_optimizer, 'sgd')
 _register(optimization.build_adam_optimizer, 'adam')
+
 
 
 @gin.configurable(module=MODULE)

@@ -147,9 +147,8 @@ def _build_backbone(entry: ModelEntry) -> tf_keras.Model:
   if entry.family == 'resnet':
     # Model Garden's ResNet (reused, not a seed system); importing official.vision
     # is slow, so only the NAS-FPN rows do it.
-    from official.vision.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
-    return resnet.ResNet(model_id=int(entry.model_id),
-                         input_specs=tf_keras.layers.InputSpec(shape=input_specs))
+    from official_spinenet.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
+    return resnet.build_resnet(entry.model_id, input_specs=input_specs)
   # Imported here: SpineNet rows must not depend on the mobile module.
   from official_spinenet.modeling.backbones import spinenet_mobile  # pylint: disable=g-import-not-at-top
   return spinenet_mobile.build_spinenet_mobile(entry.model_id, input_specs=input_specs)

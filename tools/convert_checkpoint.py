@@ -29,14 +29,10 @@ except ImportError:  # Run from a source checkout without installing.
 from official_spinenet import checkpoint_conversion
 from official_spinenet.modeling.backbones import factory
 
-# Model Garden's ResNet is reused as is (not a seed system): its checkpoints already
-# have our layout, and the converter checks and copies them.
-RESNET = 'resnet'
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string('source', None, 'Source checkpoint prefix or folder.', required=True)
 flags.DEFINE_string('output', None, 'Output checkpoint prefix.', required=True)
-flags.DEFINE_enum('model', 'spinenet', list(factory.BACKBONES) + [RESNET],
+flags.DEFINE_enum('model', 'spinenet', list(factory.BACKBONES),
                   'Backbone family (resnet: Model Garden\'s ResNet, e.g. for R50-NAS-FPN).')
 flags.DEFINE_string('model_id', '49', 'Model id, e.g. 49S, 49, 96, 143, 143L, 190; '
                     '50 for --model=resnet.')
@@ -57,13 +53,10 @@ flags.DEFINE_string('decoder_source_prefix', None,
 
 
 def _build_backbone():
-  if FLAGS.model == RESNET:
-    import tf_keras  # pylint: disable=g-import-not-at-top
-    from official.vision.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
-    return resnet.ResNet(model_id=int(FLAGS.model_id),
-                         input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]))
+  # Model Garden's ResNet (reused, not a seed system) has our layout already; the
+  # converter checks and copies its variables like any other backbone's.
   return factory.build_backbone(FLAGS.model, FLAGS.model_id, min_level=FLAGS.min_level,
-                                max_level=FLAGS.max_level)
+                                max_level=FLAGS.max_level, input_specs=[None, None, None, 3])
 
 
 def main(argv):

@@ -214,7 +214,14 @@ class RetinaNetModel(tf_keras.Model):
       The raw outputs plus detection_boxes, detection_scores, detection_classes and
       num_detections.
     """
-    outputs = self(images, training=training)
+    return self.detections_from_outputs(self(images, training=training), images,
+                                        image_shape, anchor_boxes, **nms_settings)
+
+  def detections_from_outputs(self, outputs: Mapping[str, Mapping[str, tf.Tensor]],
+                              images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
+                              anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
+                              **nms_settings) -> Dict[str, tf.Tensor]:
+    """`detect` after the forward pass: outputs (of this model on images) -> detections."""
     batch_size = tf.shape(images)[0]
     if anchor_boxes is None:
       height, width = images.shape[1], images.shape[2]

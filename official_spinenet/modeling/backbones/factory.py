@@ -10,6 +10,7 @@ BACKBONES = {
     'spinenet': ('official_spinenet.modeling.backbones.spinenet', 'build_spinenet'),
     'spinenet_mobile': ('official_spinenet.modeling.backbones.spinenet_mobile',
                         'build_spinenet_mobile'),
+    'resnet': ('official_spinenet.modeling.backbones.resnet', 'build_resnet'),
 }
 
 

@@ -374,3 +374,8 @@ class NASFPN(tf_keras.Model):
       if config.get(key) is not None:
         config[key] = deserialize(config[key])
     return cls(**config)
+
+
+def build_nasfpn(**kwargs) -> NASFPN:
+  """NASFPN(**kwargs), as the task's decoder builder (called with input_specs etc.)."""
+  return NASFPN(**kwargs)
