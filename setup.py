@@ -33,6 +33,8 @@ setuptools.setup(
             'spinenet-make-shapes=official_spinenet.data.shapes_main:run',
             'spinenet-train=official_spinenet.train:main',
             'spinenet-demo=official_spinenet.demo:run',
+            'spinenet-export=official_spinenet.export:main',
+            'spinenet-predict=official_spinenet.predict:main',
             'spinenet-serve-client=official_spinenet.serving.serve_client:run',
         ],
     },

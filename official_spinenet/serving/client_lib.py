@@ -17,6 +17,7 @@ import glob
 import io
 import json
 import os
+import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -209,15 +210,56 @@ def parse_grpc_response(response) -> List[ImageDetections]:
   return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in OUTPUT_KEYS})
 
 
+_ASSERTION = re.compile(r'assertion failed: \[(.*?)\]\s*(?:\n|$)', re.DOTALL)
+_RUNTIME_NOISE = ('Graph execution error', 'Detected at node', '<stack traces unavailable>')
+
+
+def error_summary(message: str) -> str:
+  """The line of a TensorFlow runtime error that names the problem.
+
+  A SavedModel's InvalidArgument error reads "Graph execution error: ... Detected at
+  node ... assertion failed: [image_bytes: empty image bytes (0 bytes).] [[{{node
+  ...}}]]"; this returns "image_bytes: empty image bytes (0 bytes).". Other errors
+  give their first line that is not runtime boilerplate, without the node suffix.
+  """
+  match = _ASSERTION.search(message)
+  if match:
+    return match.group(1).strip()
+  for line in message.splitlines():
+    line = re.sub(r'\s*\[\[\{\{.*$', '', line).strip()
+    if line and not line.startswith(_RUNTIME_NOISE):
+      return line
+  return message.strip()
+
+
 def load_category_names(path: Optional[str]) -> Dict[int, str]:
-  """Class id -> name from an export's export_config.json or a {id: name} JSON file."""
+  """Class id -> name from a JSON file.
+
+  Accepted: an export's export_config.json, a {"id": "name"} object, a list of names
+  (of ids 1, 2, ...; 0 is the background), or a COCO annotation file ("categories").
+
+  Raises:
+    ValueError: the file is not JSON or none of these (the message names the file).
+  """
   if not path:
     return {}
-  with open(path) as f:
-    data = json.load(f)
-  if 'category_names' in data or 'options' in data:
-    data = data.get('category_names') or {}
-  return {int(k): str(v) for k, v in data.items()}
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'Cannot read category names from {path}: {e}') from e
+  try:
+    if isinstance(data, list):
+      return {i + 1: str(name) for i, name in enumerate(data)}
+    if 'categories' in data:
+      return {int(c['id']): str(c['name']) for c in data['categories']}
+    if 'category_names' in data or 'options' in data:
+      data = data.get('category_names') or {}
+    return {int(k): str(v) for k, v in data.items()}
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'{path} is not a category names file (export_config.json, '
+                     '{"id": "name"}, a list of names or a COCO annotation file): '
+                     f'{e!r}') from e
 
 
 def format_detections(name: str, detections: ImageDetections,

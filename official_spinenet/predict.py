@@ -1,0 +1,412 @@
+r"""spinenet-predict: run a detector over image files; write COCO results and drawings.
+
+From an exported SavedModel:
+
+  spinenet-predict --saved_model=/models/shapes/1 \
+    --images=/data/shapes/val --images='/more/*.jpg' --output_dir=/tmp/predictions
+
+or from the training gin config and a checkpoint (no export needed):
+
+  spinenet-predict --gin_file=demo/retinanet_spinenet_shapes.gin \
+    --checkpoint=/tmp/spinenet_demo/model --images=/tmp/spinenet_demo/data/val \
+    --annotation_file=/tmp/spinenet_demo/data/annotations/instances_val.json \
+    --output_dir=/tmp/predictions
+
+Both run the same code: the SavedModel's `image_bytes` signature, or the same
+serving module (`export_lib.DetectionServingModule`) built in-process, so images are
+decoded, resized and padded as at evaluation, and boxes come back in the pixels of
+each file.
+
+--output_dir receives:
+  detections.json   COCO results: [{"image_id", "category_id", "bbox": [x, y, w, h],
+                    "score"}, ...] in original-image pixels (pycocotools loadRes reads it)
+  images.json       {"images": [{"id", "file_name", "path", "height", "width",
+                    "num_detections", "drawing"}], "categories": [...], "failed": [...]}:
+                    the image id of each file (1, 2, ... in the order of --images, or
+                    the ids of --annotation_file, matched by file name)
+  <image name>.png  each image with its detections scoring >= --draw_min_score drawn
+                    (boxes, class names, scores); off with --nodraw
+Every file is written to a temporary name and renamed into place. An image that
+fails (corrupt, too large) is reported in images.json["failed"] and the others carry
+on; the exit status is then 1.
+"""
+
+import dataclasses
+import io
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from official_spinenet.data import coco_tfrecord
+from official_spinenet.evaluation import coco_evaluator
+from official_spinenet.serving import client_lib
+from official_spinenet.serving import export_lib
+from official_spinenet.serving import preprocessing
+
+FLAGS = flags.FLAGS
+DETECTIONS_FILE = 'detections.json'
+IMAGES_FILE = 'images.json'
+
+Detect = Callable[[Sequence[bytes]], List[client_lib.ImageDetections]]
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A detector over encoded images.
+
+  Attributes:
+    detect: list of JPEG / PNG bytes (any sizes) -> one ImageDetections per image
+      (boxes [N, 4] ymin, xmin, ymax, xmax in original pixels, scores [N], classes [N]).
+      Raises tf.errors.InvalidArgumentError for a bad image in the batch.
+    category_names: class id -> name (may be empty).
+    description: where the model came from (for images.json and logs).
+  """
+  detect: Detect
+  category_names: Dict[int, str]
+  description: str
+
+
+def _detect_fn(signature: Callable[..., Dict[str, tf.Tensor]],
+               fixed_batch_size: Optional[int]) -> Detect:
+  """Wraps a string [B] -> outputs function; pads a short batch to a fixed batch size."""
+  def detect(encoded: Sequence[bytes]) -> List[client_lib.ImageDetections]:
+    encoded = list(encoded)
+    count = len(encoded)
+    if fixed_batch_size:
+      if count > fixed_batch_size:
+        raise ValueError(f'The export takes batches of {fixed_batch_size} images, got '
+                         f'{count}; use --batch_size={fixed_batch_size}.')
+      encoded += [encoded[-1]] * (fixed_batch_size - count)
+    outputs = signature(tf.constant(encoded, dtype=tf.string))
+    return client_lib.detections_from_outputs(
+        {k: v.numpy() for k, v in outputs.items()})[:count]
+  return detect
+
+
+def saved_model_predictor(export_dir: str) -> Predictor:
+  """The `image_bytes` signature of a spinenet-export SavedModel.
+
+  Raises:
+    ValueError: no SavedModel there, no image_bytes signature, or an export without
+      NMS (apply_nms=False).
+  """
+  if not tf.saved_model.contains_saved_model(export_dir):
+    raise ValueError(f'--saved_model {export_dir!r} holds no SavedModel (saved_model.pb).')
+  loaded = tf.saved_model.load(export_dir)
+  if export_lib.DEFAULT_SIGNATURE not in loaded.signatures:
+    raise ValueError(f'The SavedModel in {export_dir} has no {export_lib.DEFAULT_SIGNATURE!r} '
+                     f'signature (it has {sorted(loaded.signatures)}); export it with '
+                     'spinenet-export.')
+  signature = loaded.signatures[export_lib.DEFAULT_SIGNATURE]
+  if 'detection_boxes' not in signature.structured_outputs:
+    raise ValueError(f'The SavedModel in {export_dir} returns '
+                     f'{sorted(signature.structured_outputs)}, not detections (exported with '
+                     'apply_nms=False?); export it again with NMS.')
+  input_name = export_lib.SIGNATURE_INPUTS[export_lib.DEFAULT_SIGNATURE][0]
+  config_path = os.path.join(export_dir, export_lib.EXTRA_ASSETS_DIR,
+                             export_lib.EXPORT_CONFIG_FILE)
+  config = export_lib.read_export_config(export_dir) if os.path.exists(config_path) else {}
+  names = client_lib.load_category_names(config_path) if config else {}
+  batch_size = config.get('options', {}).get('batch_size')
+
+  def call(encoded):
+    return signature(**{input_name: encoded})
+  # The loaded object owns the variables the signature reads: keep it alive.
+  call.loaded = loaded
+  return Predictor(_detect_fn(call, batch_size), names, f'SavedModel {export_dir}')
+
+
+def checkpoint_predictor(gin_files: Sequence[str], gin_params: Sequence[str],
+                         checkpoint: str, *,
+                         score_threshold: Optional[float] = None,
+                         max_detections: Optional[int] = None,
+                         nms_iou_threshold: Optional[float] = None,
+                         max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS
+                         ) -> Predictor:
+  """The gin config's model with checkpoint weights, run through the serving module.
+
+  The NMS options default to the task's evaluation settings, as in spinenet-export.
+  """
+  from official_spinenet import export  # pylint: disable=g-import-not-at-top
+  loaded = export.load_model(gin_files, gin_params, checkpoint)
+  nms = loaded.task.nms_settings
+  config = export_lib.ExportConfig(
+      input_image_size=tuple(loaded.task.image_size),
+      score_threshold=(nms['pre_nms_score_threshold'] if score_threshold is None
+                       else float(score_threshold)),
+      max_detections=nms['max_num_detections'] if max_detections is None
+      else int(max_detections),
+      nms_iou_threshold=nms['nms_iou_threshold'] if nms_iou_threshold is None
+      else float(nms_iou_threshold),
+      pre_nms_top_k=nms['pre_nms_top_k'], max_image_pixels=int(max_image_pixels))
+  module = export_lib.DetectionServingModule(loaded.model, config)
+  serve = tf.function(module.serve_image_bytes, autograph=False,
+                      input_signature=[tf.TensorSpec([None], tf.string)])
+  return Predictor(_detect_fn(serve, None), {},
+                   f'checkpoint {loaded.checkpoint_path} ({", ".join(gin_files)})')
+
+
+def assign_image_ids(paths: Sequence[str],
+                     annotations: Optional[coco_tfrecord.CocoInstances] = None
+                     ) -> Dict[str, int]:
+  """Image id per path: 1, 2, ... in order, or the annotation file's id of its file name.
+
+  A path matches an annotation `file_name` when it ends with it (file names with
+  folders) or has the same base name.
+
+  Raises:
+    ValueError: images missing from the annotation file, or two paths with one id.
+  """
+  if annotations is None:
+    return {path: i + 1 for i, path in enumerate(paths)}
+  annotation_file = annotations.annotation_file
+  by_name, by_base = {}, {}
+  for image in annotations.images:
+    name = image['file_name'].replace('\\', '/')
+    by_name[name] = image['id']
+    by_base.setdefault(os.path.basename(name), []).append(image['id'])
+  ids, missing = {}, []
+  for path in paths:
+    normal = path.replace('\\', '/')
+    exact = [i for name, i in by_name.items() if normal == name or normal.endswith('/' + name)]
+    base = by_base.get(os.path.basename(normal), [])
+    found = exact or (base if len(base) == 1 else [])
+    if len(found) == 1:
+      ids[path] = found[0]
+    else:
+      missing.append(path)
+  if missing:
+    raise ValueError(f'{len(missing)} image(s) have no unique entry in --annotation_file '
+                     f'{annotation_file} (matched by file_name): {missing[:5]}')
+  seen = {}
+  for path, image_id in ids.items():
+    if image_id in seen:
+      raise ValueError(f'{seen[image_id]} and {path} both match image id {image_id} of '
+                       f'{annotation_file}.')
+    seen[image_id] = path
+  return ids
+
+
+def coco_results(image_id: int, detections: client_lib.ImageDetections
+                 ) -> List[Dict[str, Any]]:
+  """COCO results entries (bbox = [x, y, width, height] pixels) of one image."""
+  results = []
+  for (ymin, xmin, ymax, xmax), score, cls in zip(detections.boxes, detections.scores,
+                                                  detections.classes):
+    results.append({'image_id': int(image_id), 'category_id': int(cls),
+                    'bbox': [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
+                    'score': float(score)})
+  return results
+
+
+def save_png_atomically(image, path: str) -> None:
+  """Saves a PIL image as PNG via a temporary file renamed into place."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    image.save(tmp, format='PNG')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _draw(encoded: bytes, detections: client_lib.ImageDetections,
+          category_names: Dict[int, str], path: str) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(encoded)) as image:
+    drawn = drawing.draw_detections(image, detections.boxes, detections.scores,
+                                    detections.classes, category_names)
+  save_png_atomically(drawn, path)
+
+
+def _detect_batch(predictor: Predictor, paths: Sequence[str], encoded: Sequence[bytes]):
+  """[(path, detections or None, error or None)]; a refused batch is retried image by image."""
+  try:
+    return [(p, d, None) for p, d in zip(paths, predictor.detect(encoded))]
+  except tf.errors.InvalidArgumentError as e:
+    if len(paths) == 1:
+      return [(paths[0], None, client_lib.error_summary(e.message))]
+  results = []
+  for path, data in zip(paths, encoded):
+    try:
+      results.append((path, predictor.detect([data])[0], None))
+    except tf.errors.InvalidArgumentError as e:
+      results.append((path, None, client_lib.error_summary(e.message)))
+  return results
+
+
+def run_predict(predictor: Predictor,
+                images: Sequence[str],
+                output_dir: str,
+                *,
+                annotation_file: Optional[str] = None,
+                category_names: Optional[Dict[int, str]] = None,
+                batch_size: int = 8,
+                draw: bool = True,
+                draw_min_score: float = 0.3,
+                show_progress: bool = True) -> Dict[str, Any]:
+  """Runs the predictor over the images and writes detections.json, images.json, PNGs.
+
+  Args:
+    predictor: from saved_model_predictor or checkpoint_predictor.
+    images: files, folders (their .jpg / .jpeg / .png) and globs.
+    output_dir: created if missing.
+    annotation_file: optional COCO annotation file: image ids (by file name) and
+      category names come from it.
+    category_names: class id -> name; overrides the model's and the annotation file's.
+    batch_size: images per call.
+    draw: write one PNG per image with its detections drawn.
+    draw_min_score: draw the detections scoring at least this (all are in the JSON).
+    show_progress: a progress line on stderr (absl log lines when not a terminal).
+
+  Returns:
+    {'images': [...], 'failed': [...], 'num_detections': int, 'detections_file': path,
+     'images_file': path}.
+
+  Raises:
+    ValueError: no images found, or images missing from the annotation file.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  paths = client_lib.find_images(images)
+  annotations = (coco_tfrecord.load_coco_instances(annotation_file) if annotation_file
+                 else None)
+  ids = assign_image_ids(paths, annotations)
+  names = dict(predictor.category_names)
+  if annotations is not None:
+    names.update(annotations.category_names)
+  names.update(category_names or {})
+  os.makedirs(output_dir, exist_ok=True)
+  drawings = dict(zip(paths, client_lib.drawing_names(paths)))
+  logging.info('Predicting %d image(s) with %s.', len(paths), predictor.description)
+
+  results, entries, failed = [], [], []
+  progress = coco_tfrecord.TextProgress(len(paths), 'Predicting', enabled=show_progress)
+  for batch_paths in client_lib.batches(paths, batch_size):
+    encoded = []
+    for path in batch_paths:
+      with open(path, 'rb') as f:
+        encoded.append(f.read())
+    for (path, detections, error), data in zip(
+        _detect_batch(predictor, batch_paths, encoded), encoded):
+      if error is not None:
+        logging.warning('%s failed: %s', path, error)
+        failed.append({'path': path, 'error': error})
+        continue
+      results.extend(coco_results(ids[path], detections))
+      entry = {'id': ids[path], 'file_name': os.path.basename(path), 'path': path,
+               'height': int(detections.image_size[0]), 'width': int(detections.image_size[1]),
+               'num_detections': int(len(detections.scores)), 'drawing': None}
+      if draw:
+        entry['drawing'] = drawings[path]
+        _draw(data, detections.above(draw_min_score), names,
+              os.path.join(output_dir, drawings[path]))
+      entries.append(entry)
+    progress.update(len(batch_paths))
+  progress.close()
+
+  detections_file = os.path.join(output_dir, DETECTIONS_FILE)
+  images_file = os.path.join(output_dir, IMAGES_FILE)
+  coco_evaluator.write_json_atomically(results, detections_file)
+  coco_evaluator.write_json_atomically({
+      'images': entries,
+      'categories': [{'id': i, 'name': n} for i, n in sorted(names.items())],
+      'failed': failed, 'model': predictor.description,
+      'annotation_file': annotation_file, 'draw_min_score': draw_min_score if draw else None,
+  }, images_file)
+  return {'images': entries, 'failed': failed, 'num_detections': len(results),
+          'detections_file': detections_file, 'images_file': images_file}
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the flags (at run time, so importing this module registers none).
+
+  Tests pass their own FlagValues, so these names never meet other binaries' flags.
+  """
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('saved_model', None, 'A spinenet-export SavedModel folder. Or give '
+                      '--gin_file and --checkpoint instead.', **fv)
+  flags.DEFINE_multi_string('gin_file', [], 'Without --saved_model: the gin files the model '
+                            'was trained with.', **fv)
+  flags.DEFINE_multi_string('gin_param', [], 'Without --saved_model: gin bindings.', **fv)
+  flags.DEFINE_string('checkpoint', None, 'Without --saved_model: a checkpoint prefix or a '
+                      'model dir (its newest checkpoint).', **fv)
+  flags.DEFINE_multi_string('images', None, 'Image files, folders (their .jpg/.jpeg/.png) or '
+                            'globs; repeat the flag or separate them by commas.', **fv)
+  flags.DEFINE_string('output_dir', None, 'Where detections.json, images.json and the '
+                      'drawings go.', **fv)
+  flags.DEFINE_string('annotation_file', None, 'A COCO annotation file: image ids (matched '
+                      'by file name) and class names come from it.', **fv)
+  flags.DEFINE_string('category_names_json', None, 'Class names (a COCO annotation file, '
+                      '{"id": "name"} or a list of the names of ids 1, 2, ...).', **fv)
+  flags.DEFINE_integer('batch_size', 8, 'Images per model call.', lower_bound=1, **fv)
+  flags.DEFINE_boolean('draw', True, 'Write a PNG per image with the detections drawn.', **fv)
+  flags.DEFINE_float('draw_min_score', 0.3, 'Draw detections scoring at least this.', **fv)
+  flags.DEFINE_float('score_threshold', None, 'Without --saved_model: drop detections below '
+                     'this (default: RetinaNetTask.pre_nms_score_threshold).', **fv)
+  flags.DEFINE_integer('max_detections', None, 'Without --saved_model: detections per image '
+                       '(default: RetinaNetTask.max_num_detections).', **fv)
+  flags.DEFINE_float('nms_iou_threshold', None, 'Without --saved_model: NMS IoU threshold.', **fv)
+  flags.mark_flags_as_required(['images', 'output_dir'], flag_values=flag_values)
+
+
+def _split(values: Sequence[str]) -> List[str]:
+  return [v for value in values for v in value.split(',') if v]
+
+
+def run(argv) -> None:
+  """The absl entry point: flags -> a predictor -> run_predict()."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected positional arguments: {argv[1:]}')
+  checkpoint_only = {'gin_file': FLAGS.gin_file, 'gin_param': FLAGS.gin_param,
+                     'checkpoint': FLAGS.checkpoint, 'score_threshold': FLAGS.score_threshold,
+                     'max_detections': FLAGS.max_detections,
+                     'nms_iou_threshold': FLAGS.nms_iou_threshold}
+  if FLAGS.saved_model:
+    given = ['--' + k for k, v in checkpoint_only.items() if v not in (None, [])]
+    if given:
+      raise app.UsageError(f'--saved_model runs the export as it is; do not combine it with '
+                           f'{", ".join(given)} (NMS options are fixed at export time).')
+  elif not (FLAGS.gin_file and FLAGS.checkpoint):
+    raise app.UsageError('Give --saved_model, or --gin_file and --checkpoint.')
+  try:
+    category_names = client_lib.load_category_names(FLAGS.category_names_json)
+    paths = client_lib.find_images(_split(FLAGS.images))  # fail before loading the model
+    if FLAGS.annotation_file:
+      assign_image_ids(paths, coco_tfrecord.load_coco_instances(FLAGS.annotation_file))
+    if FLAGS.saved_model:
+      predictor = saved_model_predictor(FLAGS.saved_model)
+    else:
+      predictor = checkpoint_predictor(
+          FLAGS.gin_file, FLAGS.gin_param, FLAGS.checkpoint,
+          score_threshold=FLAGS.score_threshold, max_detections=FLAGS.max_detections,
+          nms_iou_threshold=FLAGS.nms_iou_threshold)
+    summary = run_predict(predictor, paths, FLAGS.output_dir,
+                          annotation_file=FLAGS.annotation_file,
+                          category_names=category_names, batch_size=FLAGS.batch_size,
+                          draw=FLAGS.draw, draw_min_score=FLAGS.draw_min_score)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
+        f'{summary["detections_file"]}, {summary["images_file"]}'
+        + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else ''))
+  if summary['failed']:
+    sys.exit(f'{len(summary["failed"])} image(s) failed: '
+             + '; '.join(f'{f["path"]}: {f["error"]}' for f in summary['failed']))
+
+
+def main():
+  """Console-script entry point (`spinenet-predict`)."""
+  define_flags()
+  app.run(run)
+
+
+if __name__ == '__main__':
+  main()
