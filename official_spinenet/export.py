@@ -41,6 +41,7 @@ from official_spinenet import configurables
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
+from official_spinenet.tasks import anytime_retinanet_task
 
 FLAGS = flags.FLAGS
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
@@ -233,7 +234,8 @@ def export_from_checkpoint(gin_files: Sequence[str],
                            batch_size: Optional[int] = None,
                            max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
                            category_names=None,
-                           overwrite: bool = False) -> str:
+                           overwrite: bool = False,
+                           exit_index: Optional[int] = None) -> str:
   """gin + checkpoint -> SavedModel (what spinenet-export runs).
 
   Args:
@@ -247,6 +249,9 @@ def export_from_checkpoint(gin_files: Sequence[str],
     category_names: a JSON file (client_lib.load_category_names formats, or a COCO
       annotation file), a {id: name} mapping, a list of names of ids 1, 2, ..., or None.
     overwrite: replace a non-empty export_dir.
+    exit_index: for an anytime NAS-FPN model (AnytimeRetinaNetTask), the exit the
+      export detects with (1-based, negative from the end); only the NAS-FPN repeats
+      up to it are in the exported graph. None: the task's eval_exit.
 
   Returns:
     The absolute export_dir.
@@ -276,7 +281,19 @@ def export_from_checkpoint(gin_files: Sequence[str],
       raise ValueError(f'Category names for class ids {unknown[:10]} that the model does not '
                        f'predict (it has ids 1..{task.num_classes - 1}).')
 
+  if exit_index is not None:
+    if not isinstance(task, anytime_retinanet_task.AnytimeRetinaNetTask):
+      raise ValueError(f'--exit_index={exit_index} needs an anytime NAS-FPN model '
+                       f'(AnytimeRetinaNetTask); the gin config builds a {type(task).__name__}.')
+    if isinstance(exit_index, bool) or not isinstance(exit_index, int) or exit_index == 0:
+      raise ValueError(f'--exit_index must be a non-zero int (1-based, negative from the end), '
+                       f'got {exit_index!r}.')
+
   loaded = build_and_restore(task, checkpoint_path, gin_files, gin_params)
+  if exit_index is not None:
+    # Inference then runs the repeats up to this exit only (checked against the model).
+    loaded.model.default_exit_index = exit_index
+    loaded.operative_config = f'# exit_index: {exit_index}\n' + loaded.operative_config
   return export_lib.export_saved_model(
       loaded.model, export_dir, tuple(task.image_size), **options,
       extra_assets={OPERATIVE_CONFIG_FILE: loaded.operative_config},
@@ -310,6 +327,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer('max_image_pixels', preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
                        'Refuse larger images (height * width) at serving time.', **fv)
   flags.DEFINE_boolean('overwrite', False, 'Replace a non-empty --export_dir.', **fv)
+  flags.DEFINE_integer('exit_index', None, 'Anytime NAS-FPN models: the exit to export '
+                       '(1-based, negative from the end; default: the task\'s eval_exit).', **fv)
   flags.DEFINE_string('category_names_json', None, 'Class names recorded in the export: a '
                       'COCO annotation file, a JSON {"id": "name"} or ["name of id 1", ...], '
                       "or another export's assets.extra/export_config.json.", **fv)
@@ -330,7 +349,7 @@ def run(argv) -> None:
         nms_iou_threshold=FLAGS.nms_iou_threshold, pre_nms_top_k=FLAGS.pre_nms_top_k,
         apply_nms=FLAGS.apply_nms, batch_size=FLAGS.batch_size,
         max_image_pixels=FLAGS.max_image_pixels, category_names=FLAGS.category_names_json,
-        overwrite=FLAGS.overwrite)
+        overwrite=FLAGS.overwrite, exit_index=FLAGS.exit_index)
   except (ValueError, FileExistsError) as e:
     raise app.UsageError(str(e)) from e
   print(f'Exported a SavedModel to {export_dir}')

@@ -305,3 +305,30 @@ def test_two_step_training_run(data, tmp_path):
   metrics = train.launch([DEMO], TINY_DEMO_PARAMS + _data_params(data) + [
       'AnytimeRetinaNetTask.eval_exit = 1'], model_dir, mode='eval')
   assert -1.0 <= metrics['AP50'] <= 1.0 and metrics['num_images'] == 4
+
+
+def test_export_of_an_early_exit(data, tmp_path):
+  """spinenet-export --exit_index=k: the SavedModel detects with exit k only."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import test_export  # pylint: disable=g-import-not-at-top
+  import test_export_binary  # pylint: disable=g-import-not-at-top
+  from official_spinenet import export  # pylint: disable=g-import-not-at-top
+  params = TINY_DEMO_PARAMS + _data_params(data)
+  model, prefix = test_export_binary.make_checkpoint(str(tmp_path / 'model'), [DEMO], params)
+  with pytest.raises(ValueError, match='exit_index=1 needs an anytime NAS-FPN model'):
+    export.export_from_checkpoint([test_export_binary.TINY], [], prefix,
+                                  str(tmp_path / 'plain'), exit_index=1)
+  export_dir = export.export_from_checkpoint([DEMO], params, prefix, str(tmp_path / 'export'),
+                                             exit_index=1)
+  served = tf.saved_model.load(export_dir).signatures['image_tensor']
+  images = test_export.sample_images()[:1]
+  settings = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
+                  pre_nms_top_k=5000)
+  actual = served(images=tf.constant(images[0][None]))
+  by_exit = {}
+  for k in (1, 2):
+    model.default_exit_index = k
+    by_exit[k] = test_export.reference_detections(model, images, **settings)
+  test_export.assert_same_detections(tf.test.TestCase(), actual, by_exit[1])
+  assert not np.allclose(by_exit[1]['detection_scores'], by_exit[2]['detection_scores'])
