@@ -145,6 +145,24 @@ class RetinaNetModelTest(tf.test.TestCase):
     self.assertEqual(images.shape, (2, IMAGE_SIZE, IMAGE_SIZE, 3))
     self.assertIn('groundtruths', labels)
 
+  def test_workers_with_fewer_files_than_workers_share_the_records(self):
+    # 8 training images in 2 files, 3 input pipelines: each pipeline gets its share of
+    # the records (3, 3, 2), not one pipeline nothing.
+    pattern = self.data['train']['tfrecord_pattern']
+    self.assertLen(tf.io.gfile.glob(pattern), 2)
+    seen = []
+    for pipeline in range(3):
+      context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=pipeline,
+                                           num_replicas_in_sync=3)
+      dataset = retinanet_input.build_retinanet_dataset(
+          pattern, is_training=False, global_batch_size=3, image_size=(IMAGE_SIZE, IMAGE_SIZE),
+          min_level=MIN_LEVEL, max_level=MAX_LEVEL, input_context=context)
+      ids = [i for _, labels in dataset
+             for i in labels['groundtruths']['source_id'].numpy().tolist()]
+      self.assertLen(ids, 3 if pipeline < 2 else 2)
+      seen += ids
+    self.assertLen(set(seen), 8)
+
   def test_converted_checkpoint_restores_into_backbone(self):
     source = _tiny_model(seed=1)
     source(self.images[:1])

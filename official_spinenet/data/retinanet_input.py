@@ -93,15 +93,25 @@ def build_retinanet_dataset(file_pattern: str,
       max_num_instances=max_num_instances, dtype=dtype)
   parse_fn = parser.parse_fn(is_training)
 
+  pipelines = input_context.num_input_pipelines if input_context else 1
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  # Each input pipeline (worker) reads its own files; with fewer files than
+  # pipelines some would get none (and a worker without data stalls the others in
+  # the all-reduce), so then every pipeline reads all files in the same order and
+  # keeps every pipelines-th record.
+  shard_records = pipelines > 1 and len(files) < pipelines
   dataset = tf.data.Dataset.from_tensor_slices(files)
-  if input_context and input_context.num_input_pipelines > 1:
-    dataset = dataset.shard(input_context.num_input_pipelines,
-                            input_context.input_pipeline_id)
-  if is_training:
+  if pipelines > 1 and not shard_records:
+    dataset = dataset.shard(pipelines, pipeline_id)
+  if is_training and not shard_records:
     dataset = dataset.shuffle(len(files), seed=seed).repeat()
   dataset = dataset.interleave(
       tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not is_training)
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not is_training or shard_records)
+  if shard_records:
+    dataset = dataset.shard(pipelines, pipeline_id)
+    if is_training:
+      dataset = dataset.repeat()
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
   dataset = dataset.map(lambda serialized: parse_fn(decoder.decode(serialized)),
