@@ -24,7 +24,7 @@ The decoder takes a backbone's features {C_min_level, ...} and gives the pyramid
    runs only the first k repeats.
 
 Numerics, parameter count and checkpoint layout equal tf-models-official's NAS-FPN
-(`official.vision.modeling.decoders.nasfpn`, never imported here): convs have biases
+decoder (never imported by this package; only the tests compare with it): convs have biases
 and He fan-out normal initializers, and cells resample their inputs to 256 channels
 whatever num_filters is (`merge_filters=256`; None merges at num_filters as the paper
 describes). The functional graph keeps the reference's layer numbering
