@@ -1,0 +1,45 @@
+"""The one place the package imports tf-models-official (`official.*`), lazily.
+
+Importing any `official.vision` module runs its package initialiser, which loads
+gin, its model registry and every task (seconds, and hundreds of MB). The package
+reuses only generic pieces (anchors, box ops, losses, parsers, the detection
+generator, ResNet, LR schedules); they are loaded here on first use, so importing
+our layers, backbones and binaries stays fast. The package never loads Model
+Garden's SpineNet, SpineNet-Mobile or NAS-FPN (the tests import them as the
+reference); `load` refuses them.
+
+  anchor = model_garden.load('anchor')        # official.vision.ops.anchor
+"""
+
+import importlib
+from types import ModuleType
+
+# Short name -> module. Everything the package takes from tf-models-official.
+MODULES = {
+    'anchor': 'official.vision.ops.anchor',
+    'box_ops': 'official.vision.ops.box_ops',
+    'preprocess_ops': 'official.vision.ops.preprocess_ops',
+    'focal_loss': 'official.vision.losses.focal_loss',
+    'loss_utils': 'official.vision.losses.loss_utils',
+    'retinanet_input': 'official.vision.dataloaders.retinanet_input',
+    'maskrcnn_input': 'official.vision.dataloaders.maskrcnn_input',
+    'classification_input': 'official.vision.dataloaders.classification_input',
+    'tf_example_decoder': 'official.vision.dataloaders.tf_example_decoder',
+    'detection_generator': 'official.vision.modeling.layers.detection_generator',
+    'resnet': 'official.vision.modeling.backbones.resnet',
+    'lr_schedule': 'official.modeling.optimization.lr_schedule',
+}
+_REFERENCE_ONLY = ('official.vision.modeling.backbones.spinenet',
+                   'official.vision.modeling.backbones.spinenet_mobile',
+                   'official.vision.modeling.decoders.nasfpn')
+
+
+def load(name: str) -> ModuleType:
+  """The tf-models-official module registered as `name` in MODULES, imported now."""
+  if name not in MODULES:
+    raise KeyError(f'No tf-models-official module {name!r} registered; add it to '
+                   f'model_garden.MODULES (known: {sorted(MODULES)}).')
+  path = MODULES[name]
+  if path.startswith(_REFERENCE_ONLY):
+    raise ValueError(f'{path} is the reference implementation; the package never uses it.')
+  return importlib.import_module(path)
