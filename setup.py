@@ -14,28 +14,47 @@ INSTALL_REQUIRES = [
 ]
 
 SERVING_REQUIRES = ['tensorflow-serving-api~=2.20.0']
+LINT_REQUIRES = ['ruff==0.17.6']
+
+# The top-level gin_configs/ folder ships inside the package as
+# official_spinenet/gin_configs, where `official_spinenet.config_files` finds it
+# in an installed copy (wheel or `pip install .`); an editable install and a
+# source checkout read the top-level folder itself.
+GIN_PACKAGE = 'official_spinenet.gin_configs'
+
+# User commands: every one is `official_spinenet.binaries.<module>:run`.
+CONSOLE_SCRIPTS = {
+    'spinenet-train': 'train',
+    'spinenet-demo': 'demo',
+    'spinenet-export': 'export',
+    'spinenet-predict': 'predict',
+    'spinenet-stats': 'stats',
+    'spinenet-make-shapes': 'make_shapes',
+    'spinenet-serve-client': 'serve_client',
+    'spinenet-convert-checkpoint': 'convert_checkpoint',
+    'spinenet-create-coco-tfrecord': 'create_coco_tfrecord',
+    'spinenet-export-tflite': 'export_tflite',
+    'spinenet-draw-architecture': 'draw_architecture',
+}
 
 setuptools.setup(
     name='official_spinenet',
     version='0.1.0',
     description='SpineNet, SpineNet-Mobile and NAS-FPN detectors for TensorFlow 2.',
-    packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*']),
+    packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*'])
+    + [GIN_PACKAGE],
+    package_dir={GIN_PACKAGE: 'gin_configs'},
+    package_data={GIN_PACKAGE: ['**/*.gin']},
+    include_package_data=False,
     python_requires='>=3.10,<3.13',
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # The gRPC path of spinenet-serve-client; REST needs nothing extra.
         'serving': SERVING_REQUIRES,
-        'test': ['pytest>=7', 'pytest-xdist>=3'] + SERVING_REQUIRES,
+        'test': ['pytest>=7', 'pytest-xdist>=3', 'build>=1'] + SERVING_REQUIRES + LINT_REQUIRES,
     },
     entry_points={
-        'console_scripts': [
-            'spinenet-stats=official_spinenet.stats_main:run',
-            'spinenet-make-shapes=official_spinenet.data.shapes_main:run',
-            'spinenet-train=official_spinenet.train:main',
-            'spinenet-demo=official_spinenet.demo:run',
-            'spinenet-export=official_spinenet.export:main',
-            'spinenet-predict=official_spinenet.predict:main',
-            'spinenet-serve-client=official_spinenet.serving.serve_client:run',
-        ],
+        'console_scripts': [f'{name}=official_spinenet.binaries.{module}:run'
+                            for name, module in CONSOLE_SCRIPTS.items()],
     },
 )

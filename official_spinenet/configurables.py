@@ -16,12 +16,12 @@ A gin file binds parameters of these; the layers themselves never import gin.
 """
 
 import inspect
-import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
 import tf_keras
 
+from official_spinenet import config_files
 from official_spinenet.modeling.backbones import resnet
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_mobile
@@ -34,10 +34,6 @@ from official_spinenet.training import optimization
 from official_spinenet.training import trainer
 
 MODULE = 'official_spinenet'
-# The repository's gin_configs/ (for `include 'retinanet/base.gin'` and for
-# --gin_file paths given relative to it).
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'gin_configs')
 
 
 def _register(fn, name: str):
@@ -85,16 +81,6 @@ def _check_forwarded_bindings() -> None:
                        f'{sorted(accepted - {"self", "kwargs"})}.')
 
 
-def resolve_gin_file(path: str) -> str:
-  """A gin file path as given, or relative to the repository's gin_configs/."""
-  if os.path.exists(path):
-    return path
-  candidate = os.path.join(GIN_CONFIGS_DIR, path)
-  if os.path.exists(candidate):
-    return candidate
-  raise ValueError(f'--gin_file {path!r} does not exist (also looked in {GIN_CONFIGS_DIR}).')
-
-
 def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = None) -> None:
   """Parses gin files then bindings; any unknown name or parameter is an error.
 
@@ -103,8 +89,9 @@ def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = No
       message names the binding).
   """
   gin.clear_config()
-  gin.add_config_file_search_path(GIN_CONFIGS_DIR)
-  files = [resolve_gin_file(f) for f in gin_files or ()]
+  # `include 'retinanet/base.gin'` inside a config resolves against the packaged configs.
+  gin.add_config_file_search_path(config_files.gin_configs_dir())
+  files = [config_files.resolve_gin_file(f) for f in gin_files or ()]
   try:
     gin.parse_config_files_and_bindings(files, list(gin_params or ()), skip_unknown=False,
                                         finalize_config=False)

@@ -5,10 +5,11 @@ import os
 import pytest
 import tensorflow as tf
 
+from official_spinenet import config_files
 from official_spinenet import configurables
 from official_spinenet.modeling import model_stats
 
-GIN_DIR = configurables.GIN_CONFIGS_DIR
+GIN_DIR = config_files.gin_configs_dir()
 # Trainable parameters of each config's model (91 COCO classes unless noted). These
 # pin that a config builds the published model: SpineNet Table 3 gives 28.5M (49),
 # 43.0M (96), 67.0M (143), 163.6M (190); SpineNet-Mobile-49 2.34M. 49S: 11.9M
