@@ -1,16 +1,39 @@
-"""Test setup: keep TensorFlow quiet and single-threaded per worker (2-core machines)."""
+"""Shared test setup: quiet TensorFlow, shared fixtures.
+
+The tests form a package (`tests/__init__.py`), so helpers are imported as
+`from tests import export_fixtures`; nothing edits sys.path. Markers and options
+are in pyproject.toml ([tool.pytest.ini_options]).
+"""
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tests import paths  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def pytest_collection_modifyitems(config, items):
+  del config  # unused
   # tf.test.TestCase inherits a deprecated `test_session` context manager that pytest
   # collects as a test and skips; it is not one of ours.
   items[:] = [item for item in items if item.name != 'test_session']
 
 
-def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: builds full-size models; deselect with -m "not slow"')
+@pytest.fixture(scope='session')
+def repo_root() -> str:
+  """The checkout's root folder (gin_configs/, docs/, tools/ are below it)."""
+  return paths.REPO
+
+
+@pytest.fixture(scope='session')
+def shapes_data(tmp_path_factory):
+  """A small shapes dataset (16 training, 4 held-out 128 px images, masks), made once.
+
+  Returns what `shapes.make_shapes_dataset` returns: paths of the TFRecords and
+  COCO annotation files per split. Read-only: tests that change data make their own.
+  """
+  from official_spinenet.data import shapes  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('shapes')
+  return shapes.make_shapes_dataset(str(root), num_train=16, num_val=4, image_size=128, seed=0,
+                                    num_shards=1)
