@@ -6,15 +6,21 @@ part sits in the source checkpoint (a bare backbone or decoder, an `official.vis
 training checkpoint of RetinaNet, Mask R-CNN or a classifier), checking every
 variable is there with the right shape, and writing a checkpoint in our layout:
 `tf.train.Checkpoint(backbone=..., decoder=...)`, which our task models restore from.
+`spinenet-convert-checkpoint` is the command line of `convert_architecture`.
 """
 
 import os
-import shutil
 import tempfile
 from typing import Dict, Mapping, Optional, Sequence, Tuple
+import uuid
 
 import tensorflow as tf
 import tf_keras
+
+from official_spinenet.modeling.backbones import factory
+from official_spinenet.modeling.decoders import nasfpn
+from official_spinenet.utils import checkpoint_paths
+from official_spinenet.utils import files
 
 # Where `official.vision` puts each part: training checkpoints carry it both as a
 # top-level item (`backbone/`, `decoder/`) and inside the model (`model/_backbone/`).
@@ -22,7 +28,7 @@ SOURCE_PREFIX_CANDIDATES = ('backbone', 'model/_backbone', 'model/backbone', 'mo
 DECODER_SOURCE_PREFIX_CANDIDATES = ('decoder', 'model/_decoder', 'model/decoder')
 PART_SOURCE_PREFIX_CANDIDATES = {'backbone': SOURCE_PREFIX_CANDIDATES,
                                  'decoder': DECODER_SOURCE_PREFIX_CANDIDATES}
-# How error messages point at the settings of each part (tools/convert_checkpoint.py).
+# How error messages point at the settings of each part (spinenet-convert-checkpoint).
 _PREFIX_FLAGS = {'backbone': '--source_prefix', 'decoder': '--decoder_source_prefix'}
 _ARCHITECTURE_FLAGS = {
     'backbone': '--model and --model_id (and min/max level)',
@@ -98,19 +104,23 @@ def _nested_checkpoint(prefix: str, module: tf.Module) -> tf.train.Checkpoint:
 
 
 def _write_atomically(modules: Mapping[str, tf.Module], output_prefix: str) -> str:
-  """Writes `Checkpoint(**modules)` to `output_prefix` via a temporary folder."""
-  out_dir = os.path.dirname(os.path.abspath(output_prefix))
-  os.makedirs(out_dir, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix='.convert-', dir=out_dir)
+  """Writes `Checkpoint(**modules)` to `output_prefix` via a temporary folder beside it.
+
+  A checkpoint is several files, so no single-file atomic write fits: they are
+  written into a hidden folder next to the output, then renamed into place one by
+  one with the index last (a reader that finds `<prefix>.index` finds its data).
+  """
+  files.make_parent_dirs(output_prefix)
+  out_dir, name = os.path.split(output_prefix)
+  tmp_dir = os.path.join(out_dir, f'.convert-{uuid.uuid4().hex[:8]}')
   try:
-    name = os.path.basename(output_prefix)
     tf.train.Checkpoint(**modules).write(os.path.join(tmp_dir, name))
-    files = sorted(os.listdir(tmp_dir), key=lambda f: f.endswith('.index'))
-    for f in files:  # The index goes last: a reader sees the checkpoint whole or not at all.
-      os.replace(os.path.join(tmp_dir, f), os.path.join(out_dir, f))
+    for f in sorted(tf.io.gfile.listdir(tmp_dir), key=lambda f: f.endswith('.index')):
+      tf.io.gfile.rename(os.path.join(tmp_dir, f), os.path.join(out_dir, f), overwrite=True)
   finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-  return os.path.join(out_dir, os.path.basename(output_prefix))
+    if tf.io.gfile.exists(tmp_dir):
+      tf.io.gfile.rmtree(tmp_dir)
+  return output_prefix
 
 
 def convert_checkpoint(source: str, modules: Mapping[str, tf.Module], output_prefix: str,
@@ -119,7 +129,8 @@ def convert_checkpoint(source: str, modules: Mapping[str, tf.Module], output_pre
   """Converts the parts of a Model Garden checkpoint into our layout.
 
   Args:
-    source: checkpoint prefix or a folder holding checkpoints (latest is used).
+    source: checkpoint prefix, `<prefix>.index`, or a folder holding checkpoints
+      (latest is used).
     modules: our parts by checkpoint name, 'backbone' and/or 'decoder', built with
       the architecture of the source.
     output_prefix: where to write the converted checkpoint; it holds every part.
@@ -135,11 +146,7 @@ def convert_checkpoint(source: str, modules: Mapping[str, tf.Module], output_pre
     ValueError: the source is missing, or does not hold this architecture; nothing
       is written then.
   """
-  if tf.io.gfile.isdir(source):
-    latest = tf.train.latest_checkpoint(source)
-    if latest is None:
-      raise ValueError(f'No checkpoint found in folder {source}.')
-    source = latest
+  source = checkpoint_paths.resolve_checkpoint(source, flag='--source')
   try:
     shape_map = dict(tf.train.list_variables(source))
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
@@ -182,6 +189,62 @@ def convert_backbone_checkpoint(source: str, backbone: tf_keras.Model, output_pr
   """
   return convert_checkpoint(source, {'backbone': backbone}, output_prefix,
                             {'backbone': source_prefix}, {'backbone': model_name})
+
+
+DECODERS = ('none', 'nasfpn')
+
+
+def build_parts(backbone: str = 'spinenet', model_id: str = '49', min_level: int = 3,
+                max_level: int = 7, decoder: str = 'none', decoder_num_filters: int = 256,
+                decoder_num_repeats: int = 5, decoder_use_separable_conv: bool = False
+                ) -> Tuple[Dict[str, tf.Module], Dict[str, str]]:
+  """Our parts with the source model's architecture, and how messages name them.
+
+  Args:
+    backbone: a family of `factory.BACKBONES` ('resnet' is Model Garden's ResNet,
+      which has our layout already: the converter checks and copies it like any
+      other backbone).
+    model_id: e.g. '49S', '49', '96', '143', '143L', '190'; '50' for resnet.
+    min_level, max_level: endpoint levels of the source model.
+    decoder: 'none' or 'nasfpn'.
+    decoder_num_filters, decoder_num_repeats, decoder_use_separable_conv: the
+      source NAS-FPN's settings.
+
+  Returns:
+    ({'backbone': ..., ['decoder': ...]}, {part: name for error messages}).
+  """
+  if decoder not in DECODERS:
+    raise ValueError(f'Unknown decoder {decoder!r}; choose one of {DECODERS}.')
+  built = factory.build_backbone(backbone, model_id, min_level=min_level,
+                                 max_level=max_level, input_specs=[None, None, None, 3])
+  parts = {'backbone': built}
+  names = {'backbone': f'{backbone}-{model_id}'}
+  if decoder == 'nasfpn':
+    parts['decoder'] = nasfpn.NASFPN(
+        input_specs=built.output_specs, min_level=min_level, max_level=max_level,
+        num_filters=decoder_num_filters, num_repeats=decoder_num_repeats,
+        use_separable_conv=decoder_use_separable_conv)
+    names['decoder'] = f'NAS-FPN {decoder_num_repeats}@{decoder_num_filters}'
+  return parts, names
+
+
+def convert_architecture(source: str, output_prefix: str,
+                         source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
+                         **architecture) -> Tuple[str, Sequence[str]]:
+  """Builds our parts for the source's architecture and converts the checkpoint.
+
+  Args:
+    source: checkpoint prefix, `<prefix>.index`, or a folder (its latest).
+    output_prefix: where to write the converted checkpoint.
+    source_prefixes: each part's object path in the source (None: found).
+    **architecture: the arguments of `build_parts`.
+
+  Returns:
+    (the written checkpoint prefix, the names of the parts it holds).
+  """
+  parts, names = build_parts(**architecture)
+  path = convert_checkpoint(source, parts, output_prefix, source_prefixes, names)
+  return path, list(parts)
 
 
 def restore_converted(checkpoint: str, **modules: tf.Module) -> None:

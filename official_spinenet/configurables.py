@@ -95,7 +95,7 @@ def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = No
   try:
     gin.parse_config_files_and_bindings(files, list(gin_params or ()), skip_unknown=False,
                                         finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, IOError) as e:
+  except (OSError, ValueError, KeyError, SyntaxError) as e:
     raise ValueError(f'Bad gin configuration: {e}') from e
   _check_forwarded_bindings()
 
@@ -106,3 +106,8 @@ def build_experiment() -> Dict[str, Any]:
     return experiment()
   except (ValueError, TypeError) as e:
     raise ValueError(f'Bad gin configuration: {e}') from e
+
+
+def operative_config_str() -> str:
+  """The bindings the last built objects used (gin's operative config), as gin text."""
+  return gin.operative_config_str()

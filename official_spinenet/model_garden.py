@@ -11,7 +11,7 @@ reference); `load` refuses them.
   anchor = model_garden.load('anchor')        # official.vision.ops.anchor
 """
 
-import importlib
+import sys
 from types import ModuleType
 
 # Short name -> module. Everything the package takes from tf-models-official.
@@ -28,6 +28,10 @@ MODULES = {
     'detection_generator': 'official.vision.modeling.layers.detection_generator',
     'resnet': 'official.vision.modeling.backbones.resnet',
     'lr_schedule': 'official.modeling.optimization.lr_schedule',
+    # Model Garden's own RetinaNet experiment, only to compare training speed against
+    # (workflows/train_throughput.py): loading it loads their SpineNet, at that call.
+    'retinanet_config': 'official.vision.configs.retinanet',
+    'retinanet_task': 'official.vision.tasks.retinanet',
 }
 _REFERENCE_ONLY = ('official.vision.modeling.backbones.spinenet',
                    'official.vision.modeling.backbones.spinenet_mobile',
@@ -42,4 +46,8 @@ def load(name: str) -> ModuleType:
   path = MODULES[name]
   if path.startswith(_REFERENCE_ONLY):
     raise ValueError(f'{path} is the reference implementation; the package never uses it.')
-  return importlib.import_module(path)
+  # The builtin __import__, not importlib.import_module: `load` runs inside
+  # tf.functions, where AutoGraph would try to convert importlib's frozen internals
+  # and warn on every trace.
+  __import__(path)
+  return sys.modules[path]

@@ -47,6 +47,7 @@ def mirrored_vs_one_device(data_dir, output):
       cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
   # pylint: disable=g-import-not-at-top
   import tf_keras
+
   from official_spinenet import configurables
   from official_spinenet.training import trainer as trainer_lib
   # pylint: enable=g-import-not-at-top
@@ -61,7 +62,6 @@ def mirrored_vs_one_device(data_dir, output):
     task = experiment['task']
     trainer = trainer_lib.Trainer(task, strategy, os.path.join(output, name),
                                   experiment['config'], experiment['learning_rate'])
-    initial_variables = list(trainer.model.weights)
     if initial is None:
       initial = [w.numpy() for w in trainer.model.weights]
       images = next(iter(task.build_inputs(True)))[0].numpy()

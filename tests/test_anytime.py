@@ -10,7 +10,6 @@ import tensorflow as tf
 import tf_keras
 
 from official_spinenet import configurables
-from official_spinenet import train
 from official_spinenet.data import shapes
 from official_spinenet.modeling import anytime_retinanet_model
 from official_spinenet.modeling import model_stats
@@ -18,6 +17,9 @@ from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.tasks import retinanet_losses
+from official_spinenet.workflows import export
+from official_spinenet.workflows import train
+from tests import export_fixtures
 
 SIZE = 128
 NUM_CLASSES = 5
@@ -309,26 +311,21 @@ def test_two_step_training_run(data, tmp_path):
 
 def test_export_of_an_early_exit(data, tmp_path):
   """spinenet-export --exit_index=k: the SavedModel detects with exit k only."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import test_export  # pylint: disable=g-import-not-at-top
-  import test_export_binary  # pylint: disable=g-import-not-at-top
-  from official_spinenet import export  # pylint: disable=g-import-not-at-top
   params = TINY_DEMO_PARAMS + _data_params(data)
-  model, prefix = test_export_binary.make_checkpoint(str(tmp_path / 'model'), [DEMO], params)
+  model, prefix = export_fixtures.make_checkpoint(str(tmp_path / 'model'), [DEMO], params)
   with pytest.raises(ValueError, match='exit_index=1 needs an anytime NAS-FPN model'):
-    export.export_from_checkpoint([test_export_binary.TINY], [], prefix,
+    export.export_from_checkpoint([export_fixtures.TINY], [], prefix,
                                   str(tmp_path / 'plain'), exit_index=1)
   export_dir = export.export_from_checkpoint([DEMO], params, prefix, str(tmp_path / 'export'),
                                              exit_index=1)
   served = tf.saved_model.load(export_dir).signatures['image_tensor']
-  images = test_export.sample_images()[:1]
+  images = export_fixtures.sample_images()[:1]
   settings = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
                   pre_nms_top_k=5000)
   actual = served(images=tf.constant(images[0][None]))
   by_exit = {}
   for k in (1, 2):
     model.default_exit_index = k
-    by_exit[k] = test_export.reference_detections(model, images, **settings)
-  test_export.assert_same_detections(tf.test.TestCase(), actual, by_exit[1])
+    by_exit[k] = export_fixtures.reference_detections(model, images, **settings)
+  export_fixtures.assert_same_detections(tf.test.TestCase(), actual, by_exit[1])
   assert not np.allclose(by_exit[1]['detection_scores'], by_exit[2]['detection_scores'])

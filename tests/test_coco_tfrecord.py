@@ -369,8 +369,7 @@ def test_create_coco_tfrecord_binary(tiny_coco, tmp_path):
   prefix = str(tmp_path / 'cli' / 'train')
   env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(
-      [sys.executable, os.path.join(_REPO_ROOT, 'tools',
-                                    'create_coco_tfrecord.py'),
+      [sys.executable, '-m', 'official_spinenet.binaries.create_coco_tfrecord',
        f'--image_dir={image_dir}', f'--annotation_file={annotation_file}',
        f'--output_prefix={prefix}', '--num_shards=2', '--include_masks',
        '--max_images=2'],

@@ -4,18 +4,17 @@ import os
 import subprocess
 import sys
 
+from official.vision.modeling.backbones import spinenet as reference_spinenet
+from official.vision.modeling.decoders import nasfpn as reference_nasfpn
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from official.vision.modeling.backbones import spinenet as reference_spinenet
-from official.vision.modeling.decoders import nasfpn as reference_nasfpn
 from official_spinenet import checkpoint_conversion
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.decoders import nasfpn
 from tests import reference_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128
 
 
@@ -61,7 +60,7 @@ class ConvertCheckpointTest(tf.test.TestCase):
     tf.train.CheckpointManager(tf.train.Checkpoint(backbone=self.reference), folder, 1).save()
     out = os.path.join(self.get_temp_dir(), 'tool_out', 'ckpt')
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, 'tools', 'convert_checkpoint.py'),
+        [sys.executable, '-m', 'official_spinenet.binaries.convert_checkpoint',
          f'--source={folder}', f'--output={out}', '--model=spinenet', '--model_id=49S'],
         capture_output=True, text=True, check=False, timeout=300)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
@@ -80,17 +79,17 @@ class ConvertCheckpointTest(tf.test.TestCase):
     self.assertFalse(tf.io.gfile.exists(os.path.join(self.get_temp_dir(), 'never.index')))
 
   def test_missing_source(self):
-    with self.assertRaisesRegex(ValueError, 'No checkpoint found in folder'):
+    with self.assertRaisesRegex(ValueError, '--source: no checkpoint in directory'):
       checkpoint_conversion.convert_backbone_checkpoint(
           self.get_temp_dir(), self.ours, os.path.join(self.get_temp_dir(), 'x'))
-    with self.assertRaisesRegex(ValueError, 'Cannot read checkpoint'):
+    with self.assertRaisesRegex(ValueError, '--source: no checkpoint at'):
       checkpoint_conversion.convert_backbone_checkpoint(
           os.path.join(self.get_temp_dir(), 'nothing-here'), self.ours,
           os.path.join(self.get_temp_dir(), 'x'))
 
   @pytest.mark.slow
   def test_tool_converts_backbone_and_decoder(self):
-    """tools/convert_checkpoint.py on a SpineNet-49S + NAS-FPN training checkpoint."""
+    """spinenet-convert-checkpoint on a SpineNet-49S + NAS-FPN training checkpoint."""
     decoder = _reference_nasfpn(self.reference.output_specs, 12, num_repeats=1,
                                 num_filters=32)
     folder = os.path.join(self.get_temp_dir(), 'tool_src')
@@ -99,7 +98,7 @@ class ConvertCheckpointTest(tf.test.TestCase):
                             backbone=self.reference, decoder=decoder), folder, 1).save()
     out = os.path.join(self.get_temp_dir(), 'tool_nasfpn', 'ckpt')
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, 'tools', 'convert_checkpoint.py'),
+        [sys.executable, '-m', 'official_spinenet.binaries.convert_checkpoint',
          f'--source={folder}', f'--output={out}', '--model=spinenet', '--model_id=49S',
          '--decoder=nasfpn', '--decoder_num_repeats=1', '--decoder_num_filters=32'],
         capture_output=True, text=True, check=False, timeout=300)

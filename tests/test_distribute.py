@@ -66,7 +66,7 @@ def test_two_workers_train_in_step(data_dir, tmp_path):
   ports = _free_ports(2)
   cluster = {'worker': [f'localhost:{p}' for p in ports]}
   model_dir = str(tmp_path / 'model')
-  command = [sys.executable, '-m', 'official_spinenet.train',
+  command = [sys.executable, '-m', 'official_spinenet.binaries.train',
              '--gin_file=testing/retinanet_tiny.gin', f'--model_dir={model_dir}',
              '--mode=train', '--strategy=multi_worker_mirrored',
              f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",

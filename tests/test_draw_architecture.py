@@ -5,13 +5,14 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-import pytest
 from PIL import Image
+import pytest
+import tf_keras
 
+from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_specs
 from official_spinenet.visualize import architecture
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # figsize (14, 5) inches at dpi 150.
 EXPECTED_PNG_SIZE = (2100, 750)
@@ -57,19 +58,19 @@ def test_draws_specs_from_json_file(tmp_path):
     assert a.read() == b.read()
 
 
-def test_tool_smoke(tmp_path):
+def test_binary_smoke(tmp_path):
   json_path = str(tmp_path / 'mobile.json')
   spinenet_specs.save_block_specs(
       spinenet_specs.build_block_specs(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS),
       json_path)
   prefix = str(tmp_path / 'tool')
-  # No PYTHONPATH: the tool must find the package by itself.
+  # No PYTHONPATH: the installed package must be found by itself.
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   result = subprocess.run(
-      [sys.executable, os.path.join('tools', 'draw_architecture.py'),
+      [sys.executable, '-m', 'official_spinenet.binaries.draw_architecture',
        '--model=spinenet_mobile', f'--block_specs_json={json_path}',
        f'--output={prefix}', '--title=smoke'],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [f'{prefix}.png', f'{prefix}.svg']
@@ -113,3 +114,30 @@ def test_edge_kind():
   assert architecture.edge_kind(2, 4) == 'down'
   assert architecture.edge_kind(5, 3) == 'up'
   assert architecture.edge_kind(4, 4) == 'same'
+
+
+def test_merges_compare_channels_not_only_levels():
+  # A residual block (1x width) is not absorbed by a bottleneck output block (4x
+  # width) of its level, as in the backbone; a residual output block absorbs it.
+  specs = [(3, 'residual', (0, 1), False),     # net 2: unconsumed
+           (3, 'bottleneck', (0, 1), True),    # net 3: 4x wider, leaves 2 alone
+           (4, 'residual', (0, 1), False),     # net 4: unconsumed
+           (4, 'residual', (0, 1), True)]      # net 5: merges 4
+  assert architecture.zero_out_degree_merges(specs, SPINENET_STEM) == [(4, 5)]
+  assert architecture.unused_blocks(specs, SPINENET_STEM, 3, 4) == [2]
+  # The same rule decides in the backbone: only net 5 sums 3 inputs, and net 2,
+  # which feeds nothing, is not part of the model.
+  model = spinenet.SpineNet(input_specs=[None, 64, 64, 3], min_level=3, max_level=4,
+                            block_specs=specs, filter_size_scale=0.25,
+                            endpoints_num_filters=8)
+  add_inputs = sorted(len(layer.input) for layer in model.layers
+                      if isinstance(layer, tf_keras.layers.Add))
+  assert add_inputs == [2, 2, 3]
+
+
+def test_draw_published_names_the_figure(tmp_path):
+  prefix = str(tmp_path / 'mobile')
+  paths = architecture.draw_published('spinenet_mobile', prefix)
+  _check_outputs(paths, prefix)
+  with pytest.raises(ValueError, match="Unknown architecture family 'resnet'"):
+    architecture.draw_published('resnet', prefix)

@@ -9,99 +9,35 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
-from official_spinenet import configurables
-from official_spinenet import export
+from official_spinenet.binaries import export as export_binary
 from official_spinenet.data import shapes
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
+from official_spinenet.workflows import export
+from official_spinenet.workflows import loading
+from tests import export_fixtures
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_export  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-TINY = 'testing/retinanet_tiny.gin'
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = [c['name'] for c in shapes.CATEGORIES]
-SETTINGS = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
-                pre_nms_top_k=5000)
-
-
-def _flat(outputs) -> np.ndarray:
-  return np.concatenate([np.reshape(outputs[k].numpy(), [-1]) for k in sorted(outputs, key=int)])
-
-
-def scale_predictors(model, images=None, input_size=(128, 128), logit_std=2.0,
-                     logit_mean=-4.0, max_logit=6.0, box_std=0.1) -> None:
-  """Rescales a fresh RetinaNet's predictors so that it detects things, like a detector.
-
-  At initialisation every score is the focal-loss prior (~0.01) and every box an
-  anchor (the predictors' weights are ~1e-5), so nothing passes a realistic
-  threshold. The class predictor's kernel and bias are set so that the logits on
-  `images` have mean logit_mean and std logit_std (a few percent of the scores above
-  0.05) but stay below max_logit (no saturated scores of 1.0 that tie), the box
-  predictor's kernel so that the deltas have std box_std. Only the last layers change,
-  so the model stays as well-conditioned numerically as it was built.
-
-  Args:
-    model: a built RetinaNetModel.
-    images: uint8 [H, W, 3] arrays (default: test_export.sample_images()).
-    input_size: the model input (height, width).
-  """
-  images = test_export.sample_images() if images is None else images
-  batch = tf.stack([preprocessing.preprocess_image(tf.constant(i), input_size,
-                                                   list(input_size))[0] for i in images])
-  outputs = model(batch, training=False)
-  head = model.head
-  # pylint: disable=protected-access
-  for layer, key, std, mean, cap in (
-      (head._classifier, 'cls_outputs', logit_std, logit_mean, max_logit),
-      (head._box_regressor, 'box_outputs', box_std, 0.0, None)):
-    bias = next(w for w in layer.weights if 'bias' in w.name)
-    kernel = next(w for w in layer.weights if 'kernel' in w.name and 'depthwise' not in w.name)
-    values = _flat(outputs[key])
-    raw = values - np.tile(bias.numpy(), values.size // bias.shape[0])
-    scale = std / np.std(raw)
-    if cap is not None:
-      scale = min(scale, (cap - mean) / (np.max(raw) - np.mean(raw)))
-    kernel.assign(kernel.numpy() * scale)
-    bias.assign(np.full(bias.shape, mean - scale * np.mean(raw)))
-  # pylint: enable=protected-access
-
-
-def make_checkpoint(model_dir, gin_files=(TINY,), gin_params=(), prepare=scale_predictors,
-                    step=2):
-  """Builds the gin config's model, `prepare(model)`s it, saves `model_dir/ckpt-<step>`.
-
-  Returns:
-    (model, checkpoint prefix).
-  """
-  configurables.parse_gin(list(gin_files), list(gin_params))
-  task = configurables.build_experiment()['task']
-  tf_keras.utils.set_random_seed(0)
-  model = task.build_model()
-  prepare(model)
-  checkpoint = tf.train.Checkpoint(**task.checkpoint_items(model))
-  manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=1)
-  return model, manager.save(checkpoint_number=step)
+TINY = export_fixtures.TINY
+NAMES = export_fixtures.NAMES
+SETTINGS = export_fixtures.SETTINGS
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('model'))
-  model, prefix = make_checkpoint(model_dir)
+  model, prefix = export_fixtures.make_checkpoint(model_dir)
   return {'model': model, 'model_dir': model_dir, 'prefix': prefix}
 
 
 def _env():
-  return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
 
 
 def test_binary_export_equals_in_process_model(tiny, tmp_path):
@@ -109,7 +45,7 @@ def test_binary_export_equals_in_process_model(tiny, tmp_path):
   names_file.write_text(json.dumps(NAMES))
   export_dir = str(tmp_path / 'export' / '1')
   result = subprocess.run(
-      [sys.executable, '-m', 'official_spinenet.export', f'--gin_file={TINY}',
+      [sys.executable, '-m', 'official_spinenet.binaries.export', f'--gin_file={TINY}',
        f'--checkpoint={tiny["model_dir"]}', f'--export_dir={export_dir}',
        '--score_threshold=0.05', '--max_detections=100', '--pre_nms_top_k=5000',
        '--max_image_pixels=120000', f'--category_names_json={names_file}'],
@@ -130,21 +66,21 @@ def test_binary_export_equals_in_process_model(tiny, tmp_path):
   assert 'RetinaNetHead.num_filters = 16' in operative
 
   loaded = tf.saved_model.load(export_dir)
-  images = test_export.sample_images()
-  encoded = [test_export.encode(images[0]), test_export.encode(images[1], 'JPEG'),
-             test_export.encode(images[2])]
+  images = export_fixtures.sample_images()
+  encoded = [export_fixtures.encode(images[0]), export_fixtures.encode(images[1], 'JPEG'),
+             export_fixtures.encode(images[2])]
   served = loaded.signatures['image_bytes'](image_bytes=tf.constant(encoded))
-  expected = test_export.reference_detections(
-      tiny['model'], [test_export.decode(e) for e in encoded], **SETTINGS)
+  expected = export_fixtures.reference_detections(
+      tiny['model'], [export_fixtures.decode(e) for e in encoded], **SETTINGS)
   assert expected['num_detections'].min() > 0  # the weights make it detect things
-  test_export.assert_same_detections(tf.test.TestCase(), served, expected)
+  export_fixtures.assert_same_detections(tf.test.TestCase(), served, expected)
 
 
 def test_options_default_to_the_task_and_reach_the_export(tiny, tmp_path, monkeypatch):
   """What export_from_checkpoint hands export_saved_model (no model is built here)."""
   calls = []
-  monkeypatch.setattr(export, 'build_and_restore', lambda task, path, files, params: (
-      export.LoadedModel(task, 'the model', path, '# operative')))
+  monkeypatch.setattr(loading, 'build_and_restore', lambda task, path, files, params: (
+      loading.LoadedModel(task, 'the model', path, '# operative')))
   monkeypatch.setattr(export_lib, 'export_saved_model',
                       lambda *args, **kwargs: calls.append((args, kwargs)) or args[1])
   export.export_from_checkpoint(
@@ -172,7 +108,7 @@ def test_errors_before_the_model_is_built(tiny, tmp_path, monkeypatch):
   # Building a model here would be a bug: every case fails on a cheap check.
   def no_build(*args, **kwargs):
     raise AssertionError('the model was built')
-  monkeypatch.setattr(export, 'build_and_restore', no_build)
+  monkeypatch.setattr(loading, 'build_and_restore', no_build)
   out = str(tmp_path / 'out')
   ok = dict(checkpoint=tiny['model_dir'], export_dir=out)
   _raises('modl_id', gin_params=["spinenet.modl_id = '96'"], **ok)
@@ -197,33 +133,33 @@ def test_errors_before_the_model_is_built(tiny, tmp_path, monkeypatch):
 
 def test_checkpoint_that_does_not_fit(tiny):
   with pytest.raises(ValueError, match=r'does not fit the model .*shape'):
-    export.load_model([TINY], ['RetinaNetHead.num_filters = 8'], tiny['model_dir'])
+    loading.load_model([TINY], ['RetinaNetHead.num_filters = 8'], tiny['model_dir'])
 
 
 def test_checkpoint_of_parts_and_foreign_checkpoints(tiny, tmp_path):
   model = tiny['model']
   parts = tf.train.Checkpoint(backbone=model.backbone, head=model.head).write(
       str(tmp_path / 'parts' / 'converted'))
-  loaded = export.load_model([TINY], [], parts)
+  loaded = loading.load_model([TINY], [], parts)
   for ours, theirs in zip(loaded.model.variables, model.variables):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
   foreign = tf.train.Checkpoint(net=model.head).write(str(tmp_path / 'foreign' / 'x'))
   with pytest.raises(ValueError, match=r"holds \['net'\]: neither a whole 'model'"):
-    export.restore_weights(foreign, {'model': None, 'backbone': None, 'head': None})
+    loading.restore_weights(foreign, {'model': None, 'backbone': None, 'head': None})
 
 
 def test_binary_flags(tmp_path, monkeypatch):
   values = flags.FlagValues()
-  monkeypatch.setattr(export, 'FLAGS', values)
-  export.define_flags(values)
+  monkeypatch.setattr(export_binary, 'FLAGS', values)
+  export_binary.define_flags(values)
   values(['spinenet-export', f'--checkpoint={tmp_path}', f'--export_dir={tmp_path}/e'])
   with pytest.raises(app.UsageError, match='at least one --gin_file'):
-    export.run(['spinenet-export'])
+    export_binary.main(['spinenet-export'])
   values.gin_file = [TINY]
   with pytest.raises(app.UsageError, match='no checkpoint in directory'):
-    export.run(['spinenet-export'])
+    export_binary.main(['spinenet-export'])
   with pytest.raises(app.UsageError, match='Unexpected positional'):
-    export.run(['spinenet-export', 'extra'])
+    export_binary.main(['spinenet-export', 'extra'])
   with pytest.raises(flags.IllegalFlagValueError):
     values(['spinenet-export', '--max_detections=many'])
 
@@ -231,13 +167,13 @@ def test_binary_flags(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_export_of_a_trained_checkpoint(tmp_path):
   """A real spinenet-train checkpoint (with optimizer state) exports and restores."""
-  from official_spinenet import train  # pylint: disable=g-import-not-at-top
+  from official_spinenet.workflows import train  # pylint: disable=g-import-not-at-top
   data = shapes.make_shapes_dataset(str(tmp_path / 'data'), num_train=4, num_val=0,
                                     image_size=128, seed=0, num_shards=1, show_progress=False)
   model_dir = str(tmp_path / 'model')
   train.launch([TINY], [f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
                         'TRAIN_STEPS = 2'], model_dir, mode='train')
-  loaded = export.load_model([TINY], [], model_dir)
+  loaded = loading.load_model([TINY], [], model_dir)
   assert loaded.checkpoint_path.endswith('ckpt-2')
   reader = tf.train.load_checkpoint(loaded.checkpoint_path)
   kernel = loaded.model.head._classifier.kernel  # pylint: disable=protected-access

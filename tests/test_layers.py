@@ -1,5 +1,7 @@
 """Tests of the basic layers: activations, stochastic depth, blocks, resampling."""
 
+import json
+
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -70,7 +72,8 @@ class StochasticDepthTest(tf.test.TestCase):
 
 class BlockTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.parameters((blocks.BottleneckBlock, 16, 1, 64), (blocks.BottleneckBlock, 16, 2, 64),
+  @parameterized.parameters((blocks.BottleneckBlock, 16, 1, 64),
+                            (blocks.BottleneckBlock, 16, 2, 64),
                             (blocks.ResidualBlock, 16, 2, 16), (blocks.ResidualBlock, 8, 1, 8))
   def test_shapes(self, cls, filters, strides, out_channels):
     block = cls(filters=filters, strides=strides, use_projection=True)
@@ -93,6 +96,19 @@ class BlockTest(tf.test.TestCase, parameterized.TestCase):
     clone = blocks.ResidualBlock.from_config(config)
     self.assertEqual(clone.get_config()['activation'], 'swish')
     self.assertEqual(clone.get_config()['stochastic_depth_drop_rate'], 0.1)
+
+  def test_config_is_json_and_untracked(self):
+    block = blocks.BottleneckBlock(filters=4, kernel_regularizer=tf_keras.regularizers.l2(1e-4),
+                                   kernel_initializer=tf_keras.initializers.HeNormal())
+    config = json.loads(json.dumps(block.get_config()))
+    clone = blocks.BottleneckBlock.from_config(config)
+    self.assertEqual(clone.get_config(), config)
+    x = tf.zeros([1, 8, 8, 16])
+    block(x)
+    clone(x)
+    self.assertLen(clone.losses, len(block.losses))
+    # The stored arguments add nothing to the checkpoint.
+    self.assertNotIn('_stored_config', [name for name, _ in block._trackable_children().items()])
 
   def test_block_group_repeats(self):
     inputs = tf_keras.Input([16, 16, 24])

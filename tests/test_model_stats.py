@@ -133,7 +133,7 @@ class StatsBinaryTest(tf.test.TestCase):
   def test_json_output(self):
     start = time.time()
     result = subprocess.run(
-        [sys.executable, '-m', 'official_spinenet.stats_main', '--models=49', '--json',
+        [sys.executable, '-m', 'official_spinenet.binaries.stats', '--models=49', '--json',
          '--resolution_override=256'],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, 'PYTHONPATH': REPO, 'CUDA_VISIBLE_DEVICES': ''})

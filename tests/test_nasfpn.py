@@ -10,11 +10,11 @@ import os
 
 from absl.testing import parameterized
 import numpy as np
+from official.vision.modeling.decoders import nasfpn as reference_nasfpn
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from official.vision.modeling.decoders import nasfpn as reference_nasfpn
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.decoders import nasfpn_specs
 from official_spinenet.modeling.layers import dropblock
@@ -294,8 +294,9 @@ class NASFPNStatsTest(tf.test.TestCase):
 
   @pytest.mark.slow
   def test_r50_nasfpn_7_at_256_row(self):
-    from official_spinenet import stats_main  # pylint: disable=g-import-not-at-top
-    row, = stats_main.compute_rows(['r50-nasfpn-7@256'], ['retinanet'], resolution_override=256)
+    from official_spinenet.modeling import published_models  # pylint: disable=g-import-not-at-top
+    row, = published_models.compute_rows(['r50-nasfpn-7@256'], ['retinanet'],
+                                          resolution_override=256)
     self.assertEqual(row['name'], 'R50-NAS-FPN 7@256')
     self.assertEqual((row['published_params_m'], row['published_multiply_adds_b']),
                      (60.3, 140.6))

@@ -15,10 +15,11 @@ class LearningRateTest(tf.test.TestCase):
       optimization.scaled_learning_rate(0.32, 0)
 
   def test_step_decay_with_warmup_matches_the_protocol(self):
-    # Model Garden's SpineNet-49 numbers at batch 256.
+    # Model Garden's SpineNet-49 numbers at batch 256: x0.1 at epochs 475 and 490 of
+    # 500, i.e. steps 219450 and 226380 of 231000.
     schedule = optimization.build_learning_rate(
         0.32, 256, total_steps=231000, warmup_steps=2000, warmup_learning_rate=0.0067,
-        decay='step', decay_boundaries=[219450, 226380])
+        decay='step', decay_boundaries=[0.95, 0.98])
     # PiecewiseConstantDecay (as Model Garden's stepwise schedule) switches after a boundary.
     values = {step: float(schedule(step)) for step in (0, 1000, 2000, 219450, 219451, 226381,
                                                         230999)}
@@ -54,9 +55,16 @@ class LearningRateTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "Unknown learning-rate decay 'linear'"):
       optimization.build_learning_rate(0.1, 8, 100, decay='linear')
     with self.assertRaisesRegex(ValueError, 'decay_boundaries must increase'):
-      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[80, 50])
-    with self.assertRaisesRegex(ValueError, 'decay_boundaries must increase'):
-      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[150])
+      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[0.8, 0.5])
+    with self.assertRaisesRegex(ValueError, r'decay_boundaries must be fractions.*\(0, 1\]'):
+      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[1.5])
+    with self.assertRaisesRegex(ValueError, r'decay_boundaries must be fractions.*\(0, 1\]'):
+      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[0.0, 0.5])
+    # Steps (the old unit) are an error naming the gin binding, not a silent misreading.
+    with self.assertRaisesRegex(ValueError, r'learning_rate\.decay_boundaries are fractions'):
+      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[80, 90])
+    with self.assertRaisesRegex(ValueError, 'not steps'):
+      optimization.build_learning_rate(0.1, 8, 100, decay_boundaries=[1])
     with self.assertRaisesRegex(ValueError, 'warmup_steps'):
       optimization.build_learning_rate(0.1, 8, 100, warmup_steps=200)
 
@@ -65,7 +73,7 @@ class OptimizerTest(tf.test.TestCase):
 
   def test_sgd_and_current_learning_rate(self):
     schedule = optimization.build_learning_rate(0.32, 256, total_steps=10,
-                                                decay_boundaries=[1])
+                                                decay_boundaries=[0.1])
     optimizer = optimization.build_sgd_optimizer(schedule, momentum=0.9)
     self.assertIsInstance(optimizer, tf_keras.optimizers.SGD)
     self.assertAlmostEqual(optimizer.momentum, 0.9)

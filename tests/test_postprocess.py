@@ -281,9 +281,7 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
 
 def test_ops_module_imports_neither_gin_nor_model_garden_at_load():
   """Model Garden is imported lazily (its package __init__ loads gin and its SpineNet)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      'official_spinenet', 'ops', 'postprocess.py')
-  with open(path) as f:
+  with open(postprocess.__file__) as f:
     tree = ast.parse(f.read())
   top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
   names = [alias.name for node in top_level for alias in node.names]

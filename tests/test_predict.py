@@ -11,15 +11,12 @@ from PIL import Image
 from pycocotools import coco as coco_lib
 import pytest
 
-from official_spinenet import export
-from official_spinenet import predict
 from official_spinenet.data import shapes
+from official_spinenet.workflows import export
+from official_spinenet.workflows import predict
+from tests import export_fixtures
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_export_binary  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = test_export_binary.TINY
+TINY = export_fixtures.TINY
 
 
 @pytest.fixture(scope='module')
@@ -27,9 +24,9 @@ def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('predict')
   data = shapes.make_shapes_dataset(str(root / 'data'), num_train=1, num_val=5, image_size=128,
                                     seed=3, num_shards=1, show_progress=False)
-  _, prefix = test_export_binary.make_checkpoint(str(root / 'model'))
+  _, prefix = export_fixtures.make_checkpoint(str(root / 'model'))
   saved_model = export.export_from_checkpoint(
-      [TINY], [], prefix, str(root / 'export'), category_names=test_export_binary.NAMES)
+      [TINY], [], prefix, str(root / 'export'), category_names=export_fixtures.NAMES)
   images = str(root / 'images')
   shutil.copytree(data['val']['image_dir'], images)
   # One image at another size, as a JPEG: boxes must come back in its own pixels.
@@ -62,7 +59,7 @@ def test_saved_model_and_checkpoint_give_the_same_results(setup, tmp_path):
                              [d['bbox'] + [d['score']] for d in two], atol=1e-3)
   # The export's class names reach images.json; the checkpoint has none of its own.
   names = json.load(open(from_export['images_file']))['categories']
-  assert names == [{'id': i + 1, 'name': n} for i, n in enumerate(test_export_binary.NAMES)]
+  assert names == [{'id': i + 1, 'name': n} for i, n in enumerate(export_fixtures.NAMES)]
 
 
 def test_results_are_coco_and_drawings_are_the_images(setup, tmp_path):
@@ -127,8 +124,8 @@ def test_errors_name_the_problem(setup, tmp_path):
 
 
 def test_binary(setup, tmp_path):
-  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
-  command = [sys.executable, '-m', 'official_spinenet.predict']
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  command = [sys.executable, '-m', 'official_spinenet.binaries.predict']
   run = subprocess.run(command + [f'--saved_model={setup["saved_model"]}',
                                   f'--images={setup["images"]}', f'--output_dir={tmp_path}',
                                   '--batch_size=4'],

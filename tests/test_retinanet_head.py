@@ -5,10 +5,10 @@ import os
 
 from absl.testing import parameterized
 import numpy as np
+from official.vision.modeling.heads import dense_prediction_heads as reference
 import tensorflow as tf
 import tf_keras
 
-from official.vision.modeling.heads import dense_prediction_heads as reference
 from official_spinenet.modeling.heads import retinanet_head
 
 MIN_LEVEL, MAX_LEVEL = 3, 5

@@ -39,9 +39,10 @@ class RetinaNetModelTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls._tmp = tempfile.TemporaryDirectory()
+    # Removed after the class's tests (unittest's class cleanups).
+    data_dir = cls.enterClassContext(tempfile.TemporaryDirectory())
     cls.data = shapes.make_shapes_dataset(
-        cls._tmp.name, num_train=8, num_val=2, image_size=IMAGE_SIZE, seed=0,
+        data_dir, num_train=8, num_val=2, image_size=IMAGE_SIZE, seed=0,
         num_shards=2, show_progress=False)
     dataset = retinanet_input.build_retinanet_dataset(
         cls.data['train']['tfrecord_pattern'], is_training=True, global_batch_size=BATCH,
@@ -49,11 +50,6 @@ class RetinaNetModelTest(tf.test.TestCase):
         aug_rand_hflip=False, seed=1)
     cls.images, cls.labels = next(iter(dataset))
     cls.model = _tiny_model()  # Shared by the tests that do not change weights.
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._tmp.cleanup()
-    super().tearDownClass()
 
   def test_batch_and_output_shapes(self):
     self.assertEqual(self.images.shape, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3))

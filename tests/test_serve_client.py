@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import os
-import sys
 import tempfile
 from unittest import mock
 import urllib.error
@@ -22,13 +21,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
+from official_spinenet.binaries import serve_client
 from official_spinenet.serving import client_lib
+from official_spinenet.serving import client_runner
 from official_spinenet.serving import drawing
 from official_spinenet.serving import export_lib
-from official_spinenet.serving import serve_client
+from tests import export_fixtures
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_export  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 class FakeServing:
   """Feeds requests to a loaded SavedModel as TF Serving would."""
@@ -91,14 +90,14 @@ class ServeClientTest(tf.test.TestCase):
     super().setUpClass()
     cls._tmp = tempfile.TemporaryDirectory()
     cls.export_dir = export_lib.export_saved_model(
-        test_export.build_tiny_model(), os.path.join(cls._tmp.name, 'spinenet', '1'),
-        (test_export.INPUT_SIZE, test_export.INPUT_SIZE),
+        export_fixtures.build_tiny_model(), os.path.join(cls._tmp.name, 'spinenet', '1'),
+        (export_fixtures.INPUT_SIZE, export_fixtures.INPUT_SIZE),
         category_names=['circle', 'square', 'triangle', 'cross'],
-        **test_export.NMS_SETTINGS)
+        **export_fixtures.NMS_SETTINGS)
     cls.loaded = tf.saved_model.load(cls.export_dir)
-    cls.images = test_export.sample_images()
-    cls.png = [test_export.encode(image) for image in cls.images]
-    cls.jpeg = [test_export.encode(image, 'JPEG') for image in cls.images]
+    cls.images = export_fixtures.sample_images()
+    cls.png = [export_fixtures.encode(image) for image in cls.images]
+    cls.jpeg = [export_fixtures.encode(image, 'JPEG') for image in cls.images]
     cls.image_dir = os.path.join(cls._tmp.name, 'images')
     os.makedirs(cls.image_dir)
     for i, (png, jpeg) in enumerate(zip(cls.png, cls.jpeg)):
@@ -259,7 +258,7 @@ class ServeClientTest(tf.test.TestCase):
     serve_client.define_flags(flag_values)
     flag_values(['spinenet-serve-client', *args])
     with mock.patch('sys.stdout', new_callable=io.StringIO) as stdout:
-      returned = serve_client.run_client(flag_values)
+      returned = client_runner.run_client(serve_client.options_from_flags(flag_values))
     return stdout.getvalue(), returned
 
   def test_binary_over_rest_and_grpc_with_a_fake_server(self):
@@ -313,7 +312,8 @@ class ServeClientTest(tf.test.TestCase):
         return io.BytesIO(server.rest(request.data.decode()).encode())
       except tf.errors.InvalidArgumentError as e:  # TF Serving answers 400 + JSON error
         raise urllib.error.HTTPError(request.full_url, 400, 'Bad Request', {},
-                                     io.BytesIO(json.dumps({'error': e.message}).encode()))
+                                     io.BytesIO(json.dumps({'error': e.message}).encode())
+                                     ) from e
 
     good = os.path.join(self.image_dir, '0.png')
     with mock.patch('urllib.request.urlopen', side_effect=urlopen):
@@ -321,6 +321,34 @@ class ServeClientTest(tf.test.TestCase):
     self.assertEqual(failed, [bad])
     self.assertRegex(printed, r'FAILED .*a-bad.png: .*HTTP 400.*not a JPEG or PNG')
     self.assertEqual(list(results), [good])
+
+
+def test_category_names_in_every_format(tmp_path):
+  """One loader for the export, predict, TFLite and client class names; clear errors."""
+  files = {'coco.json': {'images': [], 'categories': [{'id': 3, 'name': 'cat'}]},
+           'list.json': ['a', 'b'], 'ids.json': {'2': 'b'},
+           'export_config.json': {'options': {}, 'category_names': {'1': 'a'}},
+           'no_names.json': {'options': {}, 'category_names': None}, 'text.json': 'text'}
+  for name, data in files.items():
+    (tmp_path / name).write_text(json.dumps(data))
+  load = lambda name: client_lib.load_category_names(str(tmp_path / name))
+  assert load('coco.json') == {3: 'cat'}
+  assert load('list.json') == {1: 'a', 2: 'b'}
+  assert load('ids.json') == {2: 'b'}
+  assert load('export_config.json') == {1: 'a'}
+  assert client_lib.load_category_names(['a']) == {1: 'a'}
+  assert client_lib.load_category_names({5: 'x'}) == {5: 'x'}
+  assert client_lib.load_category_names(None) == client_lib.load_category_names('') == {}
+  assert client_lib.category_names_for_json(['a']) == {'1': 'a'}
+  assert client_lib.category_names_for_json(None) is None
+  (tmp_path / 'broken.json').write_text('{"1": ')
+  for name, message in (('no_names.json', 'names no categories'), ('missing.json', 'not exist'),
+                        ('broken.json', 'not valid JSON'),
+                        ('text.json', 'not a category names file')):
+    with pytest.raises(ValueError, match=message):
+      load(name)
+  with pytest.raises(ValueError, match='not a category names file'):
+    client_lib.load_category_names({'circle': 1})
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from official_spinenet.data import shapes
+from official_spinenet.utils import image_sizes
 
 # pycocotools' decoder warns about numpy 2's copy keyword on every call.
 pytestmark = pytest.mark.filterwarnings(
@@ -201,10 +202,41 @@ def test_invalid_arguments(tmp_path):
     shapes.write_shapes_split(str(tmp_path), 'test', 1)
 
 
-def test_shapes_main_binary(tmp_path):
+def test_ensure_reuses_a_finished_dataset_and_remakes_on_other_settings(tmp_path,
+                                                                       monkeypatch):
+  first = shapes.ensure_shapes_dataset(str(tmp_path), num_train=2, num_val=1, image_size=32)
+  assert os.path.exists(os.path.join(tmp_path, shapes.DATASET_MARKER))
+  calls = []
+  make = shapes.make_shapes_dataset
+  monkeypatch.setattr(shapes, 'make_shapes_dataset',
+                      lambda *args, **kwargs: calls.append(kwargs) or make(*args, **kwargs))
+  # Same settings: the marker's paths, nothing written.
+  assert shapes.ensure_shapes_dataset(str(tmp_path), 2, 1, image_size=32) == first
+  assert not calls
+  # Another size (or count, or seed): written afresh.
+  again = shapes.ensure_shapes_dataset(str(tmp_path), 2, 1, image_size=(32, 48))
+  assert len(calls) == 1 and again['val']['num_images'] == 1
+  coco = coco_api.COCO(again['val']['annotation_file'])
+  assert {(i['height'], i['width']) for i in coco.imgs.values()} == {(32, 48)}
+
+
+@pytest.mark.parametrize('value,expected', [
+    (128, (128, 128)), ('96', (96, 96)), ('48,64', (48, 64)), ((48, 64), (48, 64)),
+    (['48', '64'], (48, 64)), (np.int64(32), (32, 32))])
+def test_parse_image_size(value, expected):
+  assert image_sizes.parse_image_size(value) == expected
+
+
+@pytest.mark.parametrize('value', ['a', [1, 2, 3], 0, 1.5, None, True, '', '-3'])
+def test_parse_image_size_errors_name_the_setting(value):
+  with pytest.raises(ValueError, match='--image_size must be one positive int'):
+    image_sizes.parse_image_size(value, '--image_size')
+
+
+def test_make_shapes_binary(tmp_path):
   env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(
-      [sys.executable, '-m', 'official_spinenet.data.shapes_main',
+      [sys.executable, '-m', 'official_spinenet.binaries.make_shapes',
        f'--output_dir={tmp_path}', '--num_train=3', '--num_val=2',
        '--image_size=48,64', '--seed=1', '--num_shards=1'],
       capture_output=True, text=True, env=env, timeout=120, check=False)

@@ -9,11 +9,11 @@ import os
 
 from absl.testing import parameterized
 import numpy as np
+from official.vision.modeling.backbones import spinenet as reference_spinenet
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from official.vision.modeling.backbones import spinenet as reference_spinenet
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_specs
 from tests import reference_utils
@@ -45,10 +45,12 @@ class SpineNetShapeTest(tf.test.TestCase, parameterized.TestCase):
         filter_size_scale=scale, init_stochastic_depth_rate=0.2)
     endpoints = model(tf.zeros([1, size, size, 3]), training=True)
     self.assertEqual(sorted(endpoints), [str(l) for l in range(min_level, max_level + 1)])
-    for level in range(min_level, max_level + 1):
-      expected = [1, size // 2**level, size // 2**level, filters]
-      self.assertEqual(endpoints[str(level)].shape, expected)
-      self.assertEqual(model.output_specs[str(level)].as_list(), [None] + expected[1:])
+    shapes = {str(l): [size // 2**l, size // 2**l, filters]
+              for l in range(min_level, max_level + 1)}
+    self.assertEqual({k: x.shape.as_list() for k, x in endpoints.items()},
+                     {k: [1] + shape for k, shape in shapes.items()})
+    self.assertEqual({k: s.as_list() for k, s in model.output_specs.items()},
+                     {k: [None] + shape for k, shape in shapes.items()})
 
   def test_dynamic_and_non_square_input(self):
     model = spinenet.SpineNet(filter_size_scale=0.25, endpoints_num_filters=16)

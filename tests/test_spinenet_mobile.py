@@ -12,11 +12,11 @@ import os
 
 from absl.testing import parameterized
 import numpy as np
+from official.vision.modeling.backbones import spinenet_mobile as reference_spinenet_mobile
+from official.vision.modeling.layers import nn_blocks as reference_nn_blocks
 import tensorflow as tf
 import tf_keras
 
-from official.vision.modeling.backbones import spinenet_mobile as reference_spinenet_mobile
-from official.vision.modeling.layers import nn_blocks as reference_nn_blocks
 from official_spinenet.modeling.backbones import spinenet_mobile
 from official_spinenet.modeling.backbones import spinenet_specs
 from official_spinenet.modeling.layers import activations
@@ -259,10 +259,11 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
     filters = spinenet_specs.SPINENET_MOBILE_SCALING[model_id].endpoints_num_filters
     endpoints = model(tf.zeros([1, size, size, 3]), training=False)
     self.assertEqual(sorted(endpoints), LEVELS)
-    for level in range(3, 8):
-      expected = [1, size // 2**level, size // 2**level, filters]
-      self.assertEqual(endpoints[str(level)].shape, expected)
-      self.assertEqual(model.output_specs[str(level)].as_list(), [None] + expected[1:])
+    shapes = {str(l): [size // 2**l, size // 2**l, filters] for l in range(3, 8)}
+    self.assertEqual({k: x.shape.as_list() for k, x in endpoints.items()},
+                     {k: [1] + shape for k, shape in shapes.items()})
+    self.assertEqual({k: s.as_list() for k, s in model.output_specs.items()},
+                     {k: [None] + shape for k, shape in shapes.items()})
 
   def test_config_round_trip(self):
     kwargs = dict(

@@ -1,17 +1,15 @@
 """TFLite export of a tiny SpineNet-Mobile RetinaNet: the interpreter's detections.
 
 The model is gin_configs/retinanet/spinenet_mobile49_384.gin at 128 px with narrow
-widths, with detector-like predictor weights (test_export_binary.scale_predictors),
-saved as a checkpoint and converted by tools/export_tflite.py's library function, so
+widths, with detector-like predictor weights (export_fixtures.scale_predictors),
+saved as a checkpoint and converted by workflows/tflite.py (spinenet-export-tflite), so
 the post-processing is TFLite's own TFLite_Detection_PostProcess op run by the pip
 LiteRT interpreter. Its detections are compared with the in-process model run through
 the SavedModel's serving module (the same code the SavedModel runs; the slow test
 compares with a written SavedModel and adds int8).
 """
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -20,12 +18,10 @@ import tensorflow as tf
 from official_spinenet.data import shapes
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import tflite_export
+from official_spinenet.workflows import loading
+from official_spinenet.workflows import tflite
+from tests import export_fixtures
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_export  # pylint: disable=g-import-not-at-top,wrong-import-position
-import test_export_binary  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN = ['retinanet/spinenet_mobile49_384.gin']
 PARAMS = ['IMAGE_SIZE = 128', 'NUM_CLASSES = 5',
           'spinenet_mobile.filter_size_scale = 0.25',
@@ -40,19 +36,11 @@ BOX_TOL = 1.0  # pixels
 COMPARED_SCORE = 0.3  # detections at least this good must be found on both sides
 
 
-def _tool():
-  spec = importlib.util.spec_from_file_location(
-      'export_tflite', os.path.join(REPO, 'tools', 'export_tflite.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp('tflite')
-  model, prefix = test_export_binary.make_checkpoint(str(root / 'model'), GIN, PARAMS)
-  path = _tool().export_tflite_from_checkpoint(
+  model, prefix = export_fixtures.make_checkpoint(str(root / 'model'), GIN, PARAMS)
+  path = tflite.export_tflite_from_checkpoint(
       GIN, PARAMS, prefix, str(root / 'float.tflite'), category_names=NAMES)
   serving = export_lib.DetectionServingModule(
       model, export_lib.ExportConfig(input_image_size=(128, 128)))
@@ -133,7 +121,7 @@ def test_model_file_and_description(exported):
 
 def test_float_detections_match_the_in_process_model(exported):
   detector = tflite_export.TFLiteDetector(exported['path'])
-  for image in test_export.sample_images():  # 96x128, 128x80 (padded), 150x200 (resized)
+  for image in export_fixtures.sample_images():  # 96x128, 128x80 (padded), 150x200 (resized)
     tflite = detector.detect(image)
     reference = _in_process(exported['serving'], image)
     assert int(reference['num_detections'][0]) == len(tflite.scores) == 100
@@ -147,7 +135,7 @@ def test_float_detections_match_the_in_process_model(exported):
 
 
 def test_prepare_input_pads_with_the_mean_pixel():
-  image = test_export.sample_images([(96, 128)])[0]
+  image = export_fixtures.sample_images([(96, 128)])[0]
   prepared, image_info = tflite_export.prepare_input(image, (128, 128), (128, 128))
   assert prepared.dtype == np.uint8 and prepared.shape == (1, 128, 128, 3)
   np.testing.assert_array_equal(prepared[0, :96], image)  # scale 1: the pixels themselves
@@ -157,40 +145,38 @@ def test_prepare_input_pads_with_the_mean_pixel():
 
 
 def test_options_are_checked_before_the_model_is_built(exported, tmp_path, monkeypatch):
-  tool = _tool()
   def no_build(*args, **kwargs):
     raise AssertionError('the model was built')
-  monkeypatch.setattr(tool.export, 'build_and_restore', no_build)
+  monkeypatch.setattr(loading, 'build_and_restore', no_build)
   prefix = exported['prefix']
   out = str(tmp_path / 'x.tflite')
   with pytest.raises(ValueError, match=r'score_threshold must be in \(0, 1\]'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, score_threshold=0.0)
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, score_threshold=0.0)
   with pytest.raises(ValueError, match='quantization must be one of'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int4')
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int4')
   with pytest.raises(ValueError, match='needs --representative_data'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8')
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8')
   with pytest.raises(ValueError, match='No files match'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8',
-                                       representative_data=str(tmp_path / 'none-*'))
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8',
+                                         representative_data=str(tmp_path / 'none-*'))
   with pytest.raises(ValueError, match='for --quantization=int8 only'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, representative_data='x')
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, representative_data='x')
   with pytest.raises(FileExistsError, match='pass --overwrite'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix, exported['path'])
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, exported['path'])
   with pytest.raises(ValueError, match='no checkpoint at'):
-    tool.export_tflite_from_checkpoint(GIN, PARAMS, prefix + '0', out)
+    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix + '0', out)
   assert not os.path.exists(out)
 
 
 @pytest.mark.slow
 def test_int8_and_class_agnostic_and_the_saved_model(exported, tmp_path):
   """int8 (calibrated on TFRecords) runs and agrees; class-agnostic NMS; SavedModel."""
-  tool = _tool()
   data = shapes.make_shapes_dataset(str(tmp_path / 'data'), num_train=16, num_val=0,
                                     image_size=128, seed=0, num_shards=1, show_progress=False)
-  int8_path = tool.export_tflite_from_checkpoint(
+  int8_path = tflite.export_tflite_from_checkpoint(
       GIN, PARAMS, exported['prefix'], str(tmp_path / 'int8.tflite'), quantization='int8',
       representative_data=data['train']['tfrecord_pattern'], num_calibration_images=16)
-  agnostic_path = tool.export_tflite_from_checkpoint(
+  agnostic_path = tflite.export_tflite_from_checkpoint(
       GIN, PARAMS, exported['prefix'], str(tmp_path / 'agnostic.tflite'),
       use_regular_nms=False)
   saved_model = tf.saved_model.load(export_lib.export_saved_model(
@@ -206,7 +192,7 @@ def test_int8_and_class_agnostic_and_the_saved_model(exported, tmp_path):
   assert not int8_weights(float_detector)
   agnostic_detector = tflite_export.TFLiteDetector(agnostic_path)
   matched_scores = []
-  for image in test_export.sample_images():
+  for image in export_fixtures.sample_images():
     reference = tf.nest.map_structure(
         lambda t: t.numpy(), saved_model.signatures['image_tensor'](images=image[None]))
     assert_close_detections(float_detector.detect(image), reference, image.shape[:2])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official_spinenet import train
 from official_spinenet.data import shapes
 from official_spinenet.training import checkpoints
+from official_spinenet.workflows import train
 
 TINY = 'testing/retinanet_tiny.gin'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def test_batch_not_divisible_by_replicas(data, tmp_path):
 
 def test_binary_flags_and_gin_errors_fail_fast(data, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
-  base = [sys.executable, '-m', 'official_spinenet.train', f'--model_dir={tmp_path}']
+  base = [sys.executable, '-m', 'official_spinenet.binaries.train', f'--model_dir={tmp_path}']
   typo = subprocess.run(base + [f'--gin_file={TINY}', "--gin_param=spinenet.modl_id = '96'"],
                         capture_output=True, text=True, env=env, timeout=300)
   assert typo.returncode != 0

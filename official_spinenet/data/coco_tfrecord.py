@@ -21,9 +21,8 @@ import json
 import os
 import sys
 import time
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 import warnings
-from typing import (Any, Dict, List, Mapping, NamedTuple, Optional, Sequence,
-                    Tuple)
 
 from absl import logging
 import numpy as np

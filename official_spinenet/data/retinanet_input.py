@@ -2,14 +2,16 @@
 
 Decoding and parsing are Model Garden's `TfExampleDecoder` and retinanet `Parser`
 (random horizontal flip, scale jitter, resize-and-pad to a multiple of
-2^max_level, anchor labeling); this module only wires the tf.data pipeline. They are imported when a dataset is
-built, not with this module (importing `official.vision` pulls in its whole task
-registry).
+2^max_level, anchor labeling); this module only wires the tf.data pipeline. They
+are loaded (`model_garden.load`) when a dataset is built, not with this module
+(importing `official.vision` pulls in its whole task registry).
 """
 
 from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
+
+from official_spinenet import model_garden
 
 
 def list_files(file_pattern: str) -> Sequence[str]:
@@ -75,14 +77,9 @@ def build_retinanet_dataset(file_pattern: str,
   files = list_files(file_pattern)
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
-
-  # pylint: disable=g-import-not-at-top
-  from official.vision.dataloaders import retinanet_input
-  from official.vision.dataloaders import tf_example_decoder
-  # pylint: enable=g-import-not-at-top
-  decoder = tf_example_decoder.TfExampleDecoder(include_mask=False,
-                                                regenerate_source_id=False)
-  parser = retinanet_input.Parser(
+  decoder = model_garden.load('tf_example_decoder').TfExampleDecoder(
+      include_mask=False, regenerate_source_id=False)
+  parser = model_garden.load('retinanet_input').Parser(
       output_size=list(image_size), min_level=min_level, max_level=max_level,
       num_scales=num_scales, aspect_ratios=list(aspect_ratios),
       anchor_size=anchor_size, match_threshold=match_threshold,
@@ -92,7 +89,20 @@ def build_retinanet_dataset(file_pattern: str,
       aug_scale_max=aug_scale_max if is_training else 1.0,
       max_num_instances=max_num_instances, dtype=dtype)
   parse_fn = parser.parse_fn(is_training)
+  dataset = _records(files, is_training, input_context, shuffle_buffer_size, seed)
+  dataset = dataset.map(lambda serialized: parse_fn(decoder.decode(serialized)),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(batch_size, drop_remainder=is_training)
+  return dataset.prefetch(tf.data.AUTOTUNE)
 
+
+def _records(files: Sequence[str], is_training: bool,
+             input_context: Optional[tf.distribute.InputContext],
+             shuffle_buffer_size: int, seed: Optional[int]) -> tf.data.Dataset:
+  """Serialized records of this input pipeline's share of `files`.
+
+  Training: shuffled (files and records) and repeated; eval: read once, in order.
+  """
   pipelines = input_context.num_input_pipelines if input_context else 1
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   # Each input pipeline (worker) reads its own files; with fewer files than
@@ -114,7 +124,4 @@ def build_retinanet_dataset(file_pattern: str,
       dataset = dataset.repeat()
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
-  dataset = dataset.map(lambda serialized: parse_fn(decoder.decode(serialized)),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=is_training)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return dataset

@@ -16,18 +16,22 @@ library's anti-aliasing. Image `i` of a split depends only on
 `make_shapes_dataset` writes for each split a COCO instances JSON, a folder
 of PNG images and sharded TFRecords; the TFRecords are made from the JSON and
 images by `coco_tfrecord.convert_coco_to_tfrecords`, the path real COCO takes.
+`ensure_shapes_dataset` does the same unless a finished copy is already there.
+Every file is written atomically (`utils.files`).
 """
 import io
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+import tensorflow as tf
 
 from official_spinenet.data import coco_tfrecord
+from official_spinenet.utils import files
+from official_spinenet.utils import image_sizes
 
 CATEGORIES = (
     {'id': 1, 'name': 'circle', 'supercategory': 'shape'},
@@ -284,15 +288,7 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def _write_png(image: np.ndarray, path: str) -> None:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format='PNG')
-  with open(path, 'wb') as f:
-    f.write(buffer.getvalue())
-
-
-def _write_json_atomically(data: Dict[str, Any], path: str) -> None:
-  tmp_path = f'{path}.tmp-{os.getpid()}'
-  with open(tmp_path, 'w') as f:
-    json.dump(data, f)
-  os.replace(tmp_path, path)
+  files.atomic_write(path, buffer.getvalue())
 
 
 def write_shapes_split(output_dir: str,
@@ -331,9 +327,6 @@ def write_shapes_split(output_dir: str,
   if num_images < 1:
     raise ValueError(f'num_images must be >= 1, got {num_images}.')
   image_dir = os.path.join(output_dir, split)
-  annotation_dir = os.path.join(output_dir, 'annotations')
-  os.makedirs(image_dir, exist_ok=True)
-  os.makedirs(annotation_dir, exist_ok=True)
   images, annotations = [], []
   progress = coco_tfrecord.TextProgress(num_images, f'Drawing {split} shapes',
                                         enabled=show_progress)
@@ -357,30 +350,23 @@ def write_shapes_split(output_dir: str,
       })
     progress.update()
   progress.close()
-  annotation_file = os.path.join(annotation_dir, f'instances_{split}.json')
-  _write_json_atomically({
+  annotation_file = os.path.join(output_dir, 'annotations', f'instances_{split}.json')
+  files.write_json_atomically({
       'info': {'description': 'official_spinenet synthetic shapes',
                'version': '1.0', 'seed': int(seed)},
       'licenses': [],
       'images': images,
       'annotations': annotations,
       'categories': [dict(c) for c in CATEGORIES],
-  }, annotation_file)
+  }, annotation_file, indent=None)
   return {'image_dir': image_dir, 'annotation_file': annotation_file,
           'num_images': num_images, 'num_objects': len(annotations)}
-
-
-def _image_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-  if isinstance(image_size, int):
-    return image_size, image_size
-  height, width = (int(s) for s in image_size)
-  return height, width
 
 
 def make_shapes_dataset(output_dir: str,
                         num_train: int = 1000,
                         num_val: int = 200,
-                        image_size: Union[int, Sequence[int]] = 128,
+                        image_size: image_sizes.ImageSize = 128,
                         seed: int = 0,
                         num_shards: int = 2,
                         include_masks: bool = True,
@@ -417,7 +403,7 @@ def make_shapes_dataset(output_dir: str,
     ValueError: for a non-positive `num_train`, negative `num_val`, image
       sizes below 16 pixels, or a size range that does not fit.
   """
-  height, width = _image_size(image_size)
+  height, width = image_sizes.parse_image_size(image_size)
   if min(height, width) < 16:
     raise ValueError(f'image_size must be at least 16 pixels, got {image_size}.')
   if num_train < 1 or num_val < 0:
@@ -442,3 +428,44 @@ def make_shapes_dataset(output_dir: str,
     logging.info('Shapes %s: %d images, %d objects, %s', split, num_images,
                  paths['num_objects'], summary.tfrecord_pattern)
   return result
+
+
+# Written last by `ensure_shapes_dataset`: its presence means the data are complete.
+DATASET_MARKER = 'dataset.json'
+
+
+def ensure_shapes_dataset(data_dir: str,
+                          num_train: int,
+                          num_val: int,
+                          image_size: image_sizes.ImageSize = 128,
+                          seed: int = 0) -> Dict[str, Dict[str, Any]]:
+  """The shapes dataset in `data_dir`, generated unless a finished copy is there.
+
+  A finished copy is one whose marker (`<data_dir>/dataset.json`, written
+  atomically after everything else) records the same image counts, image size and
+  seed; anything else (no marker, an interrupted run, other settings) is written
+  afresh. The demos call this, so running one again skips the data step.
+
+  Args:
+    data_dir: the dataset's root folder.
+    num_train: training images, >= 1.
+    num_val: validation images, >= 0.
+    image_size: an int for square images or `(height, width)`.
+    seed: random seed.
+
+  Returns:
+    What `make_shapes_dataset` returns: `{split: {'image_dir', 'annotation_file',
+    'tfrecord_pattern', 'tfrecord_files', 'num_images', 'num_objects'}}`.
+  """
+  settings = {'num_train': num_train, 'num_val': num_val,
+              'image_size': list(image_sizes.parse_image_size(image_size)), 'seed': seed}
+  marker = os.path.join(data_dir, DATASET_MARKER)
+  if tf.io.gfile.exists(marker):
+    recorded = files.read_json(marker, 'Shapes dataset marker')
+    if recorded.get('settings') == settings:
+      logging.info('Using the shapes dataset in %s.', data_dir)
+      return recorded['splits']
+  paths = make_shapes_dataset(data_dir, num_train=num_train, num_val=num_val,
+                              image_size=image_size, seed=seed)
+  files.write_json_atomically({'settings': settings, 'splits': paths}, marker, indent=2)
+  return paths

@@ -20,15 +20,19 @@ detection parsers unchanged:
 | image/object/mask              | bytes list  | one PNG per instance, values {0,1} |
 
 Shards are named `<prefix>-00000-of-00004.tfrecord` and written under a
-temporary name first, so a reader never sees a half-written shard.
+temporary name first (`utils.files.atomic_output`), so a reader never sees a
+half-written shard.
 """
+import contextlib
 import io
 import os
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+
+from official_spinenet.utils import files
 
 _IMAGE_FORMATS = ('jpeg', 'png')
 
@@ -114,6 +118,47 @@ def _encode_masks(masks: Union[np.ndarray, Sequence[bytes]], num_boxes: int,
   return encoded
 
 
+def _image_format(image_format: str) -> str:
+  """'jpeg' or 'png' ('jpg' accepted, any case); ValueError otherwise."""
+  image_format = image_format.lower()
+  if image_format == 'jpg':
+    image_format = 'jpeg'
+  if image_format not in _IMAGE_FORMATS:
+    raise ValueError(
+        f'image_format must be one of {_IMAGE_FORMATS}, got {image_format!r}.')
+  return image_format
+
+
+def _object_fields(boxes, classes, class_texts, is_crowd, areas, height: int,
+                   width: int) -> Tuple[np.ndarray, List[int], Sequence, Sequence, Sequence]:
+  """Checks the per-object arguments of `make_detection_example`; fills defaults.
+
+  Returns:
+    `([N, 4] float32 boxes, N class ids, N texts, N crowd flags, N areas)`.
+  """
+  boxes = np.asarray(boxes, dtype=np.float32)
+  if boxes.size == 0:
+    boxes = boxes.reshape(0, 4)  # an image without objects: [] -> [0, 4]
+  _check_boxes(boxes)
+  num_boxes = boxes.shape[0]
+  _check_length('classes', classes, num_boxes)
+  classes = [int(c) for c in classes]
+  if any(c < 1 for c in classes):
+    raise ValueError(
+        f'Class ids must be >= 1 (0 is the background class), got {classes}.')
+  if class_texts is None:
+    class_texts = [b''] * num_boxes
+  _check_length('class_texts', class_texts, num_boxes)
+  if is_crowd is None:
+    is_crowd = [0] * num_boxes
+  _check_length('is_crowd', is_crowd, num_boxes)
+  if areas is None:
+    areas = ((boxes[:, 2] - boxes[:, 0]) * height *
+             (boxes[:, 3] - boxes[:, 1]) * width).tolist()
+  _check_length('areas', areas, num_boxes)
+  return boxes, classes, class_texts, is_crowd, areas
+
+
 def make_detection_example(
     *,
     encoded_image: bytes,
@@ -159,36 +204,12 @@ def make_detection_example(
     ValueError: on an unknown image format, non-positive size, boxes that are
       not normalised `[N, 4]`, or per-object lists whose length is not `N`.
   """
-  image_format = image_format.lower()
-  if image_format == 'jpg':
-    image_format = 'jpeg'
-  if image_format not in _IMAGE_FORMATS:
-    raise ValueError(
-        f'image_format must be one of {_IMAGE_FORMATS}, got {image_format!r}.')
+  image_format = _image_format(image_format)
   if height <= 0 or width <= 0:
     raise ValueError(f'Image size must be positive, got {height}x{width}.')
-
-  boxes = np.asarray(boxes, dtype=np.float32)
-  if boxes.size == 0:
-    boxes = boxes.reshape(0, 4)  # an image without objects: [] -> [0, 4]
-  _check_boxes(boxes)
+  boxes, classes, class_texts, is_crowd, areas = _object_fields(
+      boxes, classes, class_texts, is_crowd, areas, height, width)
   num_boxes = boxes.shape[0]
-  _check_length('classes', classes, num_boxes)
-  classes = [int(c) for c in classes]
-  if any(c < 1 for c in classes):
-    raise ValueError(
-        f'Class ids must be >= 1 (0 is the background class), got {classes}.')
-  if class_texts is None:
-    class_texts = [b''] * num_boxes
-  _check_length('class_texts', class_texts, num_boxes)
-  if is_crowd is None:
-    is_crowd = [0] * num_boxes
-  _check_length('is_crowd', is_crowd, num_boxes)
-  if areas is None:
-    areas = ((boxes[:, 2] - boxes[:, 0]) * height *
-             (boxes[:, 3] - boxes[:, 1]) * width).tolist()
-  _check_length('areas', areas, num_boxes)
-
   feature = {
       'image/encoded': _bytes_list([encoded_image]),
       'image/format': _bytes_list([image_format.encode('ascii')]),
@@ -227,13 +248,18 @@ def shard_pattern(output_prefix: str, num_shards: int) -> str:
   return f'{output_prefix}-*-of-{num_shards:05d}.tfrecord'
 
 
+class _AbortedError(Exception):
+  """Raised inside the writer's exit stack to make every shard discard its file."""
+
+
 class ShardedTFRecordWriter:
   """Writes serialized records round-robin into `num_shards` TFRecord files.
 
-  Record `i` goes to shard `i % num_shards`. Shards are written under a
-  temporary name (`<shard>.tmp-<pid>`) and moved into place with `os.replace`
-  only by `close()`, so readers never see partial files. Leaving a `with` block
-  through an exception deletes the temporary files instead.
+  Record `i` goes to shard `i % num_shards`. Each shard is written through
+  `utils.files.atomic_output` (a temporary name beside it) and renamed into
+  place only by `close()`, so readers never see partial files. Leaving a `with`
+  block through an exception (or `abort()`) deletes the temporary files instead.
+  Paths may be local or `gs://`.
 
   Example:
     with ShardedTFRecordWriter('/data/train', 4) as writer:
@@ -256,16 +282,23 @@ class ShardedTFRecordWriter:
     if not output_prefix or output_prefix.endswith(os.sep):
       raise ValueError(
           f'output_prefix must be a file name prefix, got {output_prefix!r}.')
-    directory = os.path.dirname(output_prefix)
-    if directory:
-      os.makedirs(directory, exist_ok=True)
     self._paths = [
         shard_path(output_prefix, i, num_shards) for i in range(num_shards)
     ]
-    self._tmp_paths = [f'{p}.tmp-{os.getpid()}' for p in self._paths]
-    self._writers = [tf.io.TFRecordWriter(p) for p in self._tmp_paths]
-    self._num_records = 0
+    # Closing the stack closes each shard's writer, then renames its file into
+    # place (callbacks run last-in first-out); an exception inside it removes them.
+    self._shards = contextlib.ExitStack()
+    self._writers = []
     self._closed = False
+    try:
+      for path in self._paths:
+        writer = tf.io.TFRecordWriter(self._shards.enter_context(files.atomic_output(path)))
+        self._shards.callback(writer.close)
+        self._writers.append(writer)
+    except BaseException:
+      self.abort()
+      raise
+    self._num_records = 0
 
   @property
   def paths(self) -> List[str]:
@@ -293,23 +326,20 @@ class ShardedTFRecordWriter:
       The final shard paths.
     """
     if not self._closed:
-      for writer in self._writers:
-        writer.close()
-      for tmp_path, path in zip(self._tmp_paths, self._paths):
-        os.replace(tmp_path, path)
       self._closed = True
+      self._shards.close()
     return self.paths
 
   def abort(self) -> None:
     """Closes and deletes the temporary shards; the final names are untouched."""
     if self._closed:
       return
-    for writer in self._writers:
-      writer.close()
-    for tmp_path in self._tmp_paths:
-      if os.path.exists(tmp_path):
-        os.remove(tmp_path)
     self._closed = True
+    try:
+      with self._shards:
+        raise _AbortedError()
+    except _AbortedError:
+      pass
 
   def __enter__(self) -> 'ShardedTFRecordWriter':
     return self

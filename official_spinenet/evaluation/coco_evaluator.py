@@ -20,8 +20,6 @@ every defined metric is 0.0.
 
 import contextlib
 import io
-import json
-import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,6 +27,8 @@ from absl import logging
 import numpy as np
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
+
+from official_spinenet.utils import files
 
 # COCOeval.stats, in order.
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
@@ -57,37 +57,6 @@ def _capture_stdout(fn, *args, **kwargs) -> Tuple[Any, str]:
   with contextlib.redirect_stdout(buffer):
     result = fn(*args, **kwargs)
   return result, buffer.getvalue().rstrip()
-
-
-def _json_safe(value: Any) -> Any:
-  """Plain Python values for json: numpy scalars unwrapped, NaN/inf as None."""
-  if isinstance(value, Mapping):
-    return {str(k): _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def write_json_atomically(data: Any, path: str) -> None:
-  """Writes data as JSON to path via a temporary file renamed into place.
-
-  A reader never sees a half-written file, and a failed write (e.g. a value
-  json cannot encode) leaves the previous file as it was.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp_path = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp_path, 'w') as f:
-      json.dump(_json_safe(data), f, indent=1, allow_nan=False)
-    os.replace(tmp_path, path)
-  finally:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
 
 
 def _load_annotations(annotation_file: str) -> coco_lib.COCO:
@@ -366,10 +335,10 @@ class COCOEvaluator:
   def write_json(self, path: str, metrics: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Writes metrics (default: result()) to path atomically and returns them."""
     metrics = dict(self.result() if metrics is None else metrics)
-    write_json_atomically(metrics, path)
+    files.write_json_atomically(metrics, path)
     return metrics
 
   def write_detections_json(self, path: str) -> None:
     """Writes the detections in COCO results format to path atomically."""
-    write_json_atomically(self.detections_json(), path)
+    files.write_json_atomically(self.detections_json(), path)
 

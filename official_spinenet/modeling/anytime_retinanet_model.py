@@ -39,6 +39,7 @@ import tf_keras
 
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.heads import retinanet_head as retinanet_head_lib
+from official_spinenet.utils import tracking
 
 Outputs = Dict[str, Dict[str, tf.Tensor]]
 
@@ -59,13 +60,6 @@ def resolve_exit_index(exit_index: Optional[int], num_exits: int,
     raise ValueError(f'exit_index must be in [1, {num_exits}] (or [-{num_exits}, -1] from the '
                      f'end) for a model with {num_exits} exits, got {exit_index}.')
   return resolved
-
-
-class _Untracked:
-  """Holds a value out of Keras' attribute tracking (no checkpoint entry)."""
-
-  def __init__(self, value):
-    self.value = value
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -110,9 +104,9 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
                           for k in range(1, self._num_exits)]
     self._separate_heads = bool(separate_heads)
     self._default_exit_index = resolve_exit_index(default_exit_index, self._num_exits)
-    self._config_dict.update(separate_heads=self._separate_heads,
-                             default_exit_index=default_exit_index)
-    self._all_exits_decoders = _Untracked({})
+    self._update_config(separate_heads=self._separate_heads,
+                        default_exit_index=default_exit_index)
+    self._all_exits_decoders = tracking.Untracked({})
 
   @property
   def num_exits(self) -> int:
@@ -137,7 +131,7 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
   @default_exit_index.setter
   def default_exit_index(self, exit_index: Optional[int]) -> None:
     self._default_exit_index = resolve_exit_index(exit_index, self._num_exits)
-    self._config_dict['default_exit_index'] = exit_index
+    self._update_config(default_exit_index=exit_index)
 
   @property
   def checkpoint_items(self) -> Dict[str, Any]:

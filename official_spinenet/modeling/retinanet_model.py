@@ -2,13 +2,12 @@
 
 `RetinaNetModel.call` returns the raw per-level outputs (for the loss);
 `RetinaNetModel.detect` / `generate_detections` turn them into boxes with
-anchors from `official.vision.ops.anchor` and Model Garden's
+Model Garden's anchors and, unless nms_version='fast', its
 `MultilevelDetectionGenerator` (decode, per-class NMS).
 
-Model Garden is imported lazily, inside the functions that use it: importing any
-`official.vision` module runs `official/vision/__init__.py`, which imports all of
-its configs and tasks (gin, its SpineNet and NAS-FPN among them). Building,
-calling and checkpointing the model never does.
+Model Garden is loaded (`model_garden.load`) only by the functions that use it:
+importing any `official.vision` module imports all of its configs and tasks.
+Building, calling and checkpointing the model never does.
 """
 
 import collections
@@ -17,7 +16,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras
 
+from official_spinenet import model_garden
 from official_spinenet.modeling.heads import retinanet_head as retinanet_head_lib
+from official_spinenet.modeling.layers import constructor_config
+from official_spinenet.ops import postprocess
 
 # Model Garden's RetinaNet inference defaults.
 PRE_NMS_TOP_K = 5000
@@ -40,8 +42,7 @@ def multilevel_anchor_boxes(image_size: Tuple[int, int], min_level: int, max_lev
                             anchor_size: float = 4.0,
                             batch_size=None) -> Dict[str, tf.Tensor]:
   """Anchors str(level) -> [H_l, W_l, 4 * A] (or [B, H_l, W_l, 4 * A] with batch_size)."""
-  from official.vision.ops import anchor as anchor_lib  # pylint: disable=g-import-not-at-top
-  boxes = anchor_lib.Anchor(
+  boxes = model_garden.load('anchor').Anchor(
       min_level=min_level, max_level=max_level, num_scales=num_scales,
       aspect_ratios=list(aspect_ratios), anchor_size=anchor_size,
       image_size=tuple(int(s) for s in image_size)).multilevel_boxes
@@ -52,14 +53,12 @@ def multilevel_anchor_boxes(image_size: Tuple[int, int], min_level: int, max_lev
   return boxes
 
 
-def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                        anchor_boxes: Mapping[str, tf.Tensor],
-                        image_shape: tf.Tensor,
-                        pre_nms_top_k: int = PRE_NMS_TOP_K,
-                        pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
-                        nms_iou_threshold: float = NMS_IOU_THRESHOLD,
-                        max_num_detections: int = MAX_NUM_DETECTIONS,
-                        nms_version: str = NMS_VERSION) -> Dict[str, tf.Tensor]:
+def generate_detections(
+    outputs: Mapping[str, Mapping[str, tf.Tensor]], anchor_boxes: Mapping[str, tf.Tensor],
+    image_shape: tf.Tensor, pre_nms_top_k: int = PRE_NMS_TOP_K,
+    pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
+    nms_iou_threshold: float = NMS_IOU_THRESHOLD, max_num_detections: int = MAX_NUM_DETECTIONS,
+    nms_version: str = NMS_VERSION) -> Dict[str, tf.Tensor]:
   """Decodes raw outputs with anchors and runs per-class NMS.
 
   Args:
@@ -89,7 +88,6 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
   settings = dict(pre_nms_top_k=pre_nms_top_k, pre_nms_score_threshold=pre_nms_score_threshold,
                   nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections)
   if nms_version == 'fast':
-    from official_spinenet.ops import postprocess  # pylint: disable=g-import-not-at-top
     return postprocess.generate_detections_fast(outputs, anchor_boxes, image_shape, **settings)
   cls_outputs = _by_level(outputs['cls_outputs'])
   box_outputs = _by_level(outputs['box_outputs'])
@@ -100,8 +98,7 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     if boxes.shape.rank == 3:
       boxes = tf.tile(boxes[None], [batch_size, 1, 1, 1])
     anchors[level] = boxes
-  from official.vision.modeling.layers import detection_generator as detection_generator_lib  # pylint: disable=g-import-not-at-top
-  generator = detection_generator_lib.MultilevelDetectionGenerator(
+  generator = model_garden.load('detection_generator').MultilevelDetectionGenerator(
       apply_nms=True, nms_version=nms_version, **settings)
   results = generator(
       collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in box_outputs.items()),
@@ -112,12 +109,13 @@ def generate_detections(outputs: Mapping[str, Mapping[str, tf.Tensor]],
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
-class RetinaNetModel(tf_keras.Model):
+class RetinaNetModel(constructor_config.ConstructorConfig, tf_keras.Model):
   """Backbone -> decoder (None = identity) -> RetinaNetHead.
 
   `call(images, training)` returns {'cls_outputs': {str(level): logits},
   'box_outputs': {str(level): box deltas}}, raw, for levels head.min..max.
   """
+  CONFIG_SERIALIZERS = {key: constructor_config.LAYER for key in ('backbone', 'head', 'decoder')}
 
   def __init__(self,
                backbone: tf_keras.Model,
@@ -138,6 +136,7 @@ class RetinaNetModel(tf_keras.Model):
       anchor_size: anchor base size in units of the level stride (for `detect`).
       **kwargs: passed to tf_keras.Model.
     """
+    self._store_config(locals(), aspect_ratios=list(aspect_ratios))
     super().__init__(**kwargs)
     expected = len(aspect_ratios) * num_scales
     anchors_per_location = head.get_config()['num_anchors_per_location']
@@ -148,11 +147,6 @@ class RetinaNetModel(tf_keras.Model):
     self._backbone = backbone
     self._decoder = decoder
     self._head = head
-    self._config_dict = {
-        'backbone': backbone, 'head': head, 'decoder': decoder,
-        'num_scales': num_scales, 'aspect_ratios': tuple(aspect_ratios),
-        'anchor_size': anchor_size,
-    }
 
   @property
   def backbone(self) -> tf_keras.Model:
@@ -233,19 +227,3 @@ class RetinaNetModel(tf_keras.Model):
       image_shape = tf.tile(tf.cast(tf.shape(images)[1:3], tf.float32)[None], [batch_size, 1])
     detections = generate_detections(outputs, anchor_boxes, image_shape, **nms_settings)
     return {**outputs, **detections}
-
-  def get_config(self):
-    config = dict(self._config_dict)
-    for key in ('backbone', 'head', 'decoder'):
-      if config[key] is not None:
-        config[key] = tf_keras.layers.serialize(config[key])
-    config['aspect_ratios'] = list(config['aspect_ratios'])
-    return config
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    config = dict(config)
-    for key in ('backbone', 'head', 'decoder'):
-      if config.get(key) is not None:
-        config[key] = tf_keras.layers.deserialize(config[key], custom_objects=custom_objects)
-    return cls(**config)

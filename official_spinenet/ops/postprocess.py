@@ -57,6 +57,9 @@ from typing import Dict, Mapping
 import numpy as np
 import tensorflow as tf
 
+from official_spinenet import model_garden
+
+
 def _candidates(outputs: Mapping[str, Mapping[str, tf.Tensor]],
                 anchor_boxes: Mapping[str, tf.Tensor],
                 image_shape: tf.Tensor,
@@ -82,7 +85,7 @@ def _candidates(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     one (image, class) are in anchor order over all levels (level by level, as
     v1 lays anchors out).
   """
-  from official.vision.ops import box_ops  # pylint: disable=g-import-not-at-top
+  box_ops = model_garden.load('box_ops')
   image_shape = tf.cast(image_shape, tf.float32)
   found = {'image_ids': [], 'classes': [], 'scores': [], 'boxes': []}
   for level in sorted(outputs['box_outputs'], key=int):

@@ -15,10 +15,9 @@ import base64
 import dataclasses
 import glob
 import io
-import json
 import os
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -29,6 +28,8 @@ SIGNATURE_INPUT_NAMES = {'image_bytes': 'image_bytes', 'image_tensor': 'images',
                          'tf_example': 'tf_examples', 'serving_default': 'image_bytes'}
 OUTPUT_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections',
                'image_info')
+# A JSON file, {class id: name}, or the names of class ids 1, 2, ...
+CategoryNamesSource = Union[None, str, Mapping[Any, Any], Sequence[str]]
 
 
 @dataclasses.dataclass
@@ -232,34 +233,70 @@ def error_summary(message: str) -> str:
   return message.strip()
 
 
-def load_category_names(path: Optional[str]) -> Dict[int, str]:
-  """Class id -> name from a JSON file.
-
-  Accepted: an export's export_config.json, a {"id": "name"} object, a list of names
-  (of ids 1, 2, ...; 0 is the background), or a COCO annotation file ("categories").
-
-  Raises:
-    ValueError: the file is not JSON or none of these (the message names the file).
-  """
-  if not path:
-    return {}
+def _names_from_data(data: Any, source: str) -> Dict[int, str]:
+  """Class id -> name from parsed JSON or a Python mapping / list (see load_category_names)."""
   try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'Cannot read category names from {path}: {e}') from e
-  try:
-    if isinstance(data, list):
+    if isinstance(data, (list, tuple)):
       return {i + 1: str(name) for i, name in enumerate(data)}
-    if 'categories' in data:
+    if not isinstance(data, Mapping):
+      raise TypeError(f'it holds a {type(data).__name__}')
+    if 'categories' in data:  # a COCO annotation file
       return {int(c['id']): str(c['name']) for c in data['categories']}
-    if 'category_names' in data or 'options' in data:
+    if 'category_names' in data or 'options' in data:  # an export's export_config.json
       data = data.get('category_names') or {}
     return {int(k): str(v) for k, v in data.items()}
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    raise ValueError(f'{path} is not a category names file (export_config.json, '
+    raise ValueError(f'{source} is not a category names file (export_config.json, '
                      '{"id": "name"}, a list of names or a COCO annotation file): '
-                     f'{e!r}') from e
+                     f'{e}') from e
+
+
+def load_category_names(source: CategoryNamesSource) -> Dict[int, str]:
+  """Class id -> name, from a JSON file, a mapping or a list of names.
+
+  A file may be an export's export_config.json (its "category_names"), a
+  {"id": "name"} object, a list of names or a COCO annotation file ("categories").
+  A list names ids 1, 2, ... (0 is the background). None or '' give {}.
+
+  Args:
+    source: a JSON file path (local or gs://), a {class id: name} mapping, a list of
+      names, or None.
+
+  Returns:
+    {class id: name}; {} for None.
+
+  Raises:
+    ValueError: the file cannot be read, is none of these formats, or names no
+      category (e.g. an export made without names); a mapping key is not a class id.
+      The message names the file.
+  """
+  if source is None or source == '':
+    return {}
+  if not isinstance(source, str):
+    return _names_from_data(source, 'category names')
+  # utils.files loads TensorFlow: only when a file is read (importing this module and
+  # building REST requests need none).
+  from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
+  names = _names_from_data(files.read_json(source, 'Category names file'), source)
+  if not names:
+    raise ValueError(f'Category names file {source!r} names no categories (an export made '
+                     'without category names?).')
+  return names
+
+
+def category_names_for_json(source: CategoryNamesSource) -> Optional[Dict[str, str]]:
+  """{"class id": name} as an export's JSON records it; None when there are no names."""
+  names = load_category_names(source)
+  return {str(k): v for k, v in names.items()} or None
+
+
+def read_files(paths: Sequence[str]) -> List[bytes]:
+  """The bytes of each file (the encoded images a request sends)."""
+  encoded = []
+  for path in paths:
+    with open(path, 'rb') as f:
+      encoded.append(f.read())
+  return encoded
 
 
 def format_detections(name: str, detections: ImageDetections,

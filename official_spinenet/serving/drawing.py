@@ -1,10 +1,13 @@
 """Draws detections (boxes, class names, scores) on an image with PIL."""
 
+import io
 from typing import Mapping
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from official_spinenet.utils import files
 
 # Distinct, readable box colours, cycled by class id.
 _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -36,3 +39,21 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray,
     draw.rectangle([left, top - shift, right + 2, bottom - shift], fill=colour)
     draw.text((xmin + 1, ymin - shift), label, fill=(255, 255, 255))
   return canvas
+
+
+def save_drawing(encoded: bytes, detections, category_names: Mapping[int, str],
+                 path: str) -> None:
+  """Decodes an image, draws its detections and writes the PNG atomically (utils.files).
+
+  Args:
+    encoded: the JPEG / PNG file the detections are of.
+    detections: a client_lib.ImageDetections, boxes in the pixels of that image.
+    category_names: class id -> name.
+    path: the PNG to write (local or gs://).
+  """
+  with Image.open(io.BytesIO(encoded)) as image:
+    drawn = draw_detections(image, detections.boxes, detections.scores, detections.classes,
+                            category_names)
+  buffer = io.BytesIO()
+  drawn.save(buffer, format='PNG')
+  files.atomic_write(path, buffer.getvalue())

@@ -31,13 +31,16 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from official_spinenet.modeling import retinanet_model
+from official_spinenet.serving import client_lib
 from official_spinenet.serving import postprocessing
 from official_spinenet.serving import preprocessing
+from official_spinenet.utils import files
+from official_spinenet.utils import tracking
 
 EXTRA_ASSETS_DIR = 'assets.extra'
 EXPORT_CONFIG_FILE = 'export_config.json'
@@ -47,8 +50,6 @@ SIGNATURE_INPUTS = {  # signature -> (input name, dtype, shape without batch)
     'tf_example': ('tf_examples', tf.string, []),
 }
 DEFAULT_SIGNATURE = 'image_bytes'  # also exported as 'serving_default'
-
-CategoryNames = Union[Mapping[int, str], Sequence[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +80,6 @@ class ExportConfig:
       raise ValueError(f'batch_size must be None (dynamic) or >= 1, got {self.batch_size}.')
 
 
-class _Untracked:
-  """Holds a value out of tf.Module's tracking, so saving does not serialize it."""
-
-  def __init__(self, value):
-    self.value = value
-
-
 class DetectionServingModule(tf.Module):
   """Holds the model and the three serving functions; `signatures()` for saving."""
 
@@ -95,12 +89,11 @@ class DetectionServingModule(tf.Module):
     if not model.built:
       raise ValueError('The model is not built: build it (call it once on a batch of the '
                        'input size) and load its weights before exporting.')
-    self._model = _Untracked(model)
+    self._model = tracking.Untracked(model)
     # Only the variables are tracked, not the Keras model: Keras' own SavedModel
     # serialization traces every layer's call (tiny SpineNet-49 on this 2-core machine:
     # save 75 s and load 33 s instead of 6 s and 8 s), and TF Serving needs nothing but
-    # the signatures. The
-    # training checkpoint stays the source of weights for Keras.
+    # the signatures. The training checkpoint stays the source of weights for Keras.
     self.model_variables = list(model.variables)
     self._config = config
     self._model_input_size = preprocessing.padded_size(config.input_image_size,
@@ -112,13 +105,18 @@ class DetectionServingModule(tf.Module):
     # No autograph: nothing here branches on tensors, and converting the model and
     # Model Garden's NMS code took 2/3 of the tracing time. Untracked, or saving would
     # trace it once more as a function of its own.
-    self._detect_fn = _Untracked(tf.function(self._detect, autograph=False, input_signature=[
-        tf.TensorSpec([config.batch_size] + self._model_input_size + [3], tf.float32),
-        tf.TensorSpec([config.batch_size, 4, 2], tf.float32)]))
+    self._detect_fn = tracking.Untracked(tf.function(
+        self._detect, autograph=False, input_signature=[
+            tf.TensorSpec([config.batch_size] + self._model_input_size + [3], tf.float32),
+            tf.TensorSpec([config.batch_size, 4, 2], tf.float32)]))
 
   @property
   def model(self) -> retinanet_model.RetinaNetModel:
     return self._model.value
+
+  @property
+  def config(self) -> ExportConfig:
+    return self._config
 
   @property
   def model_input_size(self):
@@ -200,17 +198,8 @@ def _default_nms_version() -> Any:
       'nms_version'].default
 
 
-def _category_names_dict(category_names: Optional[CategoryNames]) -> Optional[Dict[str, str]]:
-  """{str(class id): name}; a sequence is read as ids 1, 2, ... (0 is background)."""
-  if category_names is None:
-    return None
-  if isinstance(category_names, Mapping):
-    return {str(int(k)): str(v) for k, v in category_names.items()}
-  return {str(i + 1): str(name) for i, name in enumerate(category_names)}
-
-
 def export_config_dict(module: DetectionServingModule, config: ExportConfig,
-                       category_names: Optional[CategoryNames] = None,
+                       category_names: client_lib.CategoryNamesSource = None,
                        extra_assets: Sequence[str] = ()) -> Dict[str, Any]:
   """The JSON-ready description written to assets.extra/export_config.json."""
   model = module.model
@@ -227,7 +216,7 @@ def export_config_dict(module: DetectionServingModule, config: ExportConfig,
       'min_level': model.min_level,
       'max_level': model.max_level,
       'num_classes_with_background': model.head.get_config()['num_classes'],
-      'category_names': _category_names_dict(category_names),
+      'category_names': client_lib.category_names_for_json(category_names),
       'signatures': signatures,
       'default_signature': DEFAULT_SIGNATURE,
       'outputs': outputs + ['image_info'],
@@ -237,8 +226,20 @@ def export_config_dict(module: DetectionServingModule, config: ExportConfig,
   }
 
 
-def _prepare_target(export_dir: str, overwrite: bool) -> str:
-  """Absolute target path; FileExistsError if it holds files and overwrite is False."""
+def check_export_dir(export_dir: str, overwrite: bool,
+                     how_to_overwrite: str = 'overwrite=True') -> str:
+  """The absolute local export_dir, checked to be writable as an export.
+
+  Args:
+    export_dir: the target folder.
+    overwrite: whether a non-empty folder may be replaced.
+    how_to_overwrite: how the error message tells the caller to allow it (a binary
+      names its flag).
+
+  Raises:
+    ValueError: a remote path (the export is moved into place with os.replace).
+    FileExistsError: a file, or a non-empty folder and overwrite is False.
+  """
   if '://' in export_dir:
     raise ValueError(f'export_dir must be a local path (the export is moved into place '
                      f'atomically with os.replace), got {export_dir!r}.')
@@ -246,26 +247,61 @@ def _prepare_target(export_dir: str, overwrite: bool) -> str:
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise FileExistsError(f'export_dir {export_dir} exists and is not a directory.')
   if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
-    raise FileExistsError(f'export_dir {export_dir} is not empty; pass overwrite=True to '
+    raise FileExistsError(f'export_dir {export_dir} is not empty; pass {how_to_overwrite} to '
                           'replace it.')
   return export_dir
 
 
+def _make_sibling_dir(path: str, suffix: str) -> str:
+  """A new empty folder beside path (same file system, so os.replace is a rename).
+
+  mkdtemp makes it 0700; it gets the umask's mode instead, as os.makedirs would,
+  since a server may run as another user.
+  """
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  folder = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(path)}.{suffix}-')
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(folder, 0o777 & ~umask)
+  return folder
+
+
 def _move_into_place(tmp_dir: str, export_dir: str) -> None:
-  """Replaces export_dir by tmp_dir (same parent, so os.replace is a rename)."""
+  """Replaces export_dir by tmp_dir; on failure the previous export stays."""
   old = None
   if os.path.isdir(export_dir) and os.listdir(export_dir):
-    old = tempfile.mkdtemp(dir=os.path.dirname(export_dir),
-                           prefix=f'.{os.path.basename(export_dir)}.old-')
-    os.replace(export_dir, old)  # rename onto the fresh empty dir
+    # os.replace moves a folder only onto an empty one: move the old export aside.
+    old = _make_sibling_dir(export_dir, 'old')
+    os.replace(export_dir, old)
   try:
     os.replace(tmp_dir, export_dir)  # an empty existing directory is replaced too
   except OSError:
     if old is not None:
-      os.replace(old, export_dir)  # put the previous export back
+      os.replace(old, export_dir)
     raise
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_export(module: DetectionServingModule, folder: str,
+                  extra_assets: Mapping[str, str], category_names) -> None:
+  """The SavedModel and assets.extra/ (export_config.json, extra_assets) in folder."""
+  tf.saved_model.save(module, folder, signatures=module.signatures())
+  assets_dir = os.path.join(folder, EXTRA_ASSETS_DIR)
+  os.makedirs(assets_dir, exist_ok=True)
+  description = export_config_dict(module, module.config, category_names, list(extra_assets))
+  for name, text in {**extra_assets,
+                     EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}.items():
+    with open(os.path.join(assets_dir, name), 'w') as f:
+      f.write(text)
+
+
+def _check_asset_names(extra_assets: Mapping[str, str]) -> None:
+  for name in extra_assets:
+    if name != os.path.basename(name) or name in ('', '.', '..', EXPORT_CONFIG_FILE):
+      raise ValueError(f'extra_assets names must be plain file names other than '
+                       f'{EXPORT_CONFIG_FILE!r}, got {name!r}.')
 
 
 def export_saved_model(model: retinanet_model.RetinaNetModel,
@@ -280,7 +316,7 @@ def export_saved_model(model: retinanet_model.RetinaNetModel,
                        max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
                        batch_size: Optional[int] = None,
                        extra_assets: Optional[Dict[str, str]] = None,
-                       category_names: Optional[CategoryNames] = None,
+                       category_names: client_lib.CategoryNamesSource = None,
                        overwrite: bool = False) -> str:
   """Writes a SavedModel of `model` with preprocessing and detection post-processing.
 
@@ -294,18 +330,17 @@ def export_saved_model(model: retinanet_model.RetinaNetModel,
     export_dir: local folder to create (or replace, with overwrite).
     input_image_size: (height, width) images are resized into (keeping aspect ratio)
       and then padded to a multiple of 2^max_level, as in training / eval.
-    score_threshold: detections scoring below are dropped (NMS pre-score threshold).
-    max_detections: detections per image (outputs are padded to it).
-    nms_iou_threshold: NMS IoU threshold.
-    pre_nms_top_k: candidates per class kept before NMS.
+    score_threshold, max_detections, nms_iou_threshold, pre_nms_top_k: NMS options:
+      the score below which detections are dropped, detections per image (outputs are
+      padded to it), the IoU threshold, candidates per class kept before NMS.
     apply_nms: False exports decoded boxes and scores of all anchors instead.
     max_image_pixels: images with more pixels (height * width) are refused with
       InvalidArgument before they are decoded.
     batch_size: None for a dynamic batch, else the fixed batch size.
     extra_assets: file name -> text, written to assets.extra/ (e.g.
       {'operative_config.gin': ...}).
-    category_names: class id -> name (or names of ids 1, 2, ...), recorded in
-      export_config.json for clients.
+    category_names: class id -> name (or names of ids 1, 2, ...; see
+      client_lib.load_category_names), recorded in export_config.json for clients.
     overwrite: replace a non-empty export_dir.
 
   Returns:
@@ -323,29 +358,13 @@ def export_saved_model(model: retinanet_model.RetinaNetModel,
       apply_nms=bool(apply_nms), max_image_pixels=int(max_image_pixels),
       batch_size=None if batch_size is None else int(batch_size))
   extra_assets = dict(extra_assets or {})
-  for name in extra_assets:
-    if name != os.path.basename(name) or name in ('', '.', '..', EXPORT_CONFIG_FILE):
-      raise ValueError(f'extra_assets names must be plain file names other than '
-                       f'{EXPORT_CONFIG_FILE!r}, got {name!r}.')
-  export_dir = _prepare_target(export_dir, overwrite)
+  _check_asset_names(extra_assets)
+  export_dir = check_export_dir(export_dir, overwrite)
   module = DetectionServingModule(model, config)
-
-  parent = os.path.dirname(export_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(export_dir)}.tmp-')
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it 0700; a server may run as another user
+  tmp_dir = _make_sibling_dir(export_dir, 'tmp')
   try:
-    tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
-    assets_dir = os.path.join(tmp_dir, EXTRA_ASSETS_DIR)
-    os.makedirs(assets_dir, exist_ok=True)
-    description = export_config_dict(module, config, category_names, list(extra_assets))
-    for name, text in {**extra_assets,
-                       EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}.items():
-      with open(os.path.join(assets_dir, name), 'w') as f:
-        f.write(text)
-    _prepare_target(export_dir, overwrite)  # someone may have written there meanwhile
+    _write_export(module, tmp_dir, extra_assets, category_names)
+    check_export_dir(export_dir, overwrite)  # someone may have written there meanwhile
     _move_into_place(tmp_dir, export_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -354,6 +373,10 @@ def export_saved_model(model: retinanet_model.RetinaNetModel,
 
 
 def read_export_config(export_dir: str) -> Dict[str, Any]:
-  """The export_config.json of an export folder."""
-  with open(os.path.join(export_dir, EXTRA_ASSETS_DIR, EXPORT_CONFIG_FILE)) as f:
-    return json.load(f)
+  """The export_config.json of an export folder.
+
+  Raises:
+    ValueError: the folder has none, or it is not JSON.
+  """
+  return files.read_json(os.path.join(export_dir, EXTRA_ASSETS_DIR, EXPORT_CONFIG_FILE),
+                         'Export config')

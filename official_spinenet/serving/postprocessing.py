@@ -8,6 +8,7 @@ from typing import Dict, Mapping
 
 import tensorflow as tf
 
+from official_spinenet import model_garden
 from official_spinenet.modeling import retinanet_model
 
 DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
@@ -101,7 +102,7 @@ def decode_all_anchors(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     decoded_boxes [B, num_anchors, 4] (model-input pixels) and decoded_box_scores
     [B, num_anchors, num_classes - 1] (column c is class id c + 1).
   """
-  from official.vision.modeling.layers import detection_generator  # pylint: disable=g-import-not-at-top
+  detection_generator = model_garden.load('detection_generator')
   cls_outputs = outputs['cls_outputs']
   box_outputs = outputs['box_outputs']
   batch_size = tf.shape(next(iter(box_outputs.values())))[0]

@@ -19,6 +19,8 @@ from typing import List, Sequence, Tuple
 
 import tensorflow as tf
 
+from official_spinenet import model_garden
+
 # Refuse images with more pixels than this (height * width) unless the export says
 # otherwise. 40 MP covers every consumer camera; the eval parser normalizes to float32
 # *before* resizing, so one such image already costs ~480 MB of float pixels.
@@ -140,7 +142,7 @@ def preprocess_image(image: tf.Tensor, input_image_size: Sequence[int],
     (float32 [model_input_size..., 3], image_info float32 [4, 2]) where image_info is
     [[original h, w], [scaled h, w], [y scale, x scale], [y offset, x offset]].
   """
-  from official.vision.ops import preprocess_ops  # pylint: disable=g-import-not-at-top
+  preprocess_ops = model_garden.load('preprocess_ops')
   image = preprocess_ops.normalize_image(image)
   image, image_info = preprocess_ops.resize_and_crop_image(
       image, list(input_image_size), padded_size=list(model_input_size),

@@ -44,7 +44,6 @@ project's TFRecords and prepared by `prepare_input`, the path an app's images ta
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -55,6 +54,8 @@ from official_spinenet.modeling import retinanet_model
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import postprocessing
 from official_spinenet.serving import preprocessing
+from official_spinenet.utils import files
+from official_spinenet.utils import tracking
 
 QUANTIZATIONS = ('float', 'int8')
 INPUT_NAME = 'images'
@@ -160,14 +161,6 @@ def _implements_signature(config: TFLiteConfig, num_classes: int) -> str:
       f'attr {{ key: "{key}" value {{ {kind}: {value} }} }}' for key, kind, value in attrs])
 
 
-class _Untracked:
-  """Holds a value out of tf.Module tracking (saving the Keras model would trace every
-  layer; the converter needs only the variables, see export_lib)."""
-
-  def __init__(self, value):
-    self.value = value
-
-
 class TFLiteDetectionModule(tf.Module):
   """The function the converter turns into the TFLite model, and the model's variables."""
 
@@ -177,7 +170,9 @@ class TFLiteDetectionModule(tf.Module):
     if not model.built:
       raise ValueError('The model is not built: build it and load its weights before '
                        'exporting.')
-    self._model = _Untracked(model)
+    # Only the variables are tracked: tracking the Keras model would trace every layer,
+    # and the converter needs nothing else (see export_lib).
+    self._model = tracking.Untracked(model)
     self.model_variables = list(model.variables)
     self._config = config
     self.input_size = model_input_size(config, model.max_level)
@@ -300,18 +295,6 @@ def convert(model: retinanet_model.RetinaNetModel, config: TFLiteConfig,
   return converter.convert()
 
 
-def _write_atomically(path: str, data, mode: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, mode) as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def description(model: retinanet_model.RetinaNetModel, config: TFLiteConfig,
                 category_names: Optional[Mapping[int, str]] = None) -> Dict[str, Any]:
   """What an app needs to know: the JSON written beside the .tflite file."""
@@ -340,8 +323,7 @@ def description(model: retinanet_model.RetinaNetModel, config: TFLiteConfig,
       'nms': 'per-class' if config.use_regular_nms else 'class-agnostic',
       'min_level': model.min_level, 'max_level': model.max_level,
       'num_classes_with_background': model.head.get_config()['num_classes'],
-      'category_names': ({str(int(k)): str(v) for k, v in category_names.items()}
-                         if category_names else None),
+      'category_names': client_lib.category_names_for_json(category_names),
       'tensorflow_version': tf.__version__,
   }
 
@@ -381,10 +363,9 @@ def export_tflite(model: retinanet_model.RetinaNetModel, output_path: str,
                                      model_input_size(config, model.max_level),
                                      config.num_calibration_images)
   content = convert(model, config, dataset)
-  os.makedirs(os.path.dirname(output_path), exist_ok=True)
-  _write_atomically(output_path, content, 'wb')
-  _write_atomically(output_path + '.json',
-                    json.dumps(description(model, config, category_names), indent=2), 'w')
+  files.atomic_write(output_path, content)
+  files.write_json_atomically(description(model, config, category_names),
+                              output_path + '.json', indent=2)
   return output_path
 
 
@@ -417,8 +398,7 @@ class TFLiteDetector:
     self.input_size = [int(shape[1]), int(shape[2])]
     self.description = {}
     if model_path and os.path.exists(model_path + '.json'):
-      with open(model_path + '.json') as f:
-        self.description = json.load(f)
+      self.description = files.read_json(model_path + '.json', 'TFLite model description')
     self.input_image_size = list(input_image_size or self.description.get(
         'options', {}).get('input_image_size') or self.input_size)
     self.normalized = bool(self.description.get('options', {}).get('normalized_coordinates'))

@@ -5,9 +5,8 @@ per-anchor weights divided by (number of positive anchors in the batch + 1);
 model loss = cls_loss + box_loss_weight * box_loss. The caller adds weight decay
 (sum of model.losses).
 
-Model Garden's FocalLoss and multi_level_flatten are imported when the loss is
-first computed, not with this module (importing `official.vision` pulls in its
-whole task registry).
+Model Garden's FocalLoss and multi_level_flatten are loaded (`model_garden.load`)
+when the loss is first computed, not with this module.
 """
 
 import collections
@@ -15,6 +14,8 @@ from typing import Any, Dict, Mapping
 
 import tensorflow as tf
 import tf_keras
+
+from official_spinenet import model_garden
 
 FOCAL_LOSS_ALPHA = 0.25
 FOCAL_LOSS_GAMMA = 1.5
@@ -55,10 +56,8 @@ def retinanet_loss(outputs: Mapping[str, Any],
     dict(total_loss=cls_loss + box_loss_weight * box_loss, cls_loss, box_loss);
     scalars, float32.
   """
-  # pylint: disable=g-import-not-at-top
-  from official.vision.losses import focal_loss
-  from official.vision.losses import loss_utils
-  # pylint: enable=g-import-not-at-top
+  focal_loss = model_garden.load('focal_loss')
+  loss_utils = model_garden.load('loss_utils')
   cls_loss_fn = focal_loss.FocalLoss(
       alpha=focal_loss_alpha, gamma=focal_loss_gamma,
       reduction=tf_keras.losses.Reduction.SUM)

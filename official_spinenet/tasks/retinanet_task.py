@@ -9,7 +9,7 @@ gin-free.
 """
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -21,15 +21,9 @@ from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.tasks import base_task
 from official_spinenet.tasks import retinanet_losses
+from official_spinenet.utils import image_sizes
 
 ModelBuilder = Callable[..., tf_keras.layers.Layer]
-
-
-def _image_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-  if isinstance(image_size, int):
-    return image_size, image_size
-  height, width = (int(s) for s in image_size)
-  return height, width
 
 
 def default_backbone(**kwargs) -> tf_keras.Model:
@@ -96,7 +90,7 @@ class RetinaNetTask(base_task.Task):
     """
     super().__init__(train_data, eval_data)
     self.num_classes = num_classes
-    self.image_size = _image_size(image_size)
+    self.image_size = image_sizes.parse_image_size(image_size, 'RetinaNetTask.image_size')
     self._backbone_fn = backbone
     self._decoder_fn = decoder
     self._head_fn = head

@@ -3,7 +3,7 @@
 A training checkpoint is `tf.train.Checkpoint(model=, optimizer=, **named parts)`,
 where the named parts are the task's sub-modules ('backbone', 'decoder', 'head').
 Naming the parts at the root makes their keys ('backbone/...') the same as those
-of the checkpoints `tools/convert_checkpoint.py` writes, so one partial-restore
+of the checkpoints `spinenet-convert-checkpoint` writes, so one partial-restore
 path (`restore_modules`) reads both.
 """
 
@@ -12,6 +12,11 @@ from typing import Dict, Sequence
 
 from absl import logging
 import tensorflow as tf
+
+from official_spinenet.utils import checkpoint_paths
+
+# How error messages name the setting (a gin binding of spinenet-train).
+_SETTING = 'TrainerConfig.init_checkpoint'
 
 # init_checkpoint_modules that are not plain sub-modules.
 ALL = 'all'
@@ -42,7 +47,8 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
   """Restores the named modules' weights from a checkpoint (no optimizer state).
 
   Args:
-    path: a checkpoint prefix, or a directory (its latest checkpoint is used).
+    path: a checkpoint prefix, a `<prefix>.index` file, or a directory (its
+      latest checkpoint is used).
     items: the task's checkpoint items: 'model' plus sub-modules by name.
     modules: names from items, or 'all' (the whole model), or
       'head_without_classifier' (every head weight except the class predictor).
@@ -51,13 +57,7 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
     ValueError: no checkpoint at path, an unknown module name, or a module whose
       variables are missing from or mis-shaped in the checkpoint.
   """
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise ValueError(f'--init_checkpoint: no checkpoint in directory {path!r}.')
-    path = latest
-  if not tf.io.gfile.exists(path + '.index'):
-    raise ValueError(f'--init_checkpoint: no checkpoint at {path!r} (no {path}.index).')
+  path = checkpoint_paths.resolve_checkpoint(path, flag=_SETTING)
   known = sorted(set(items) - {'model'}) + [ALL, HEAD_WITHOUT_CLASSIFIER]
   parts = {}
   for name in modules:
@@ -73,11 +73,12 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
   missing = sorted(set(parts) - available)
   if missing:
     raise ValueError(
-        f'--init_checkpoint {path!r} has no {missing} (it holds {sorted(available)}). '
-        'Checkpoints of other codebases must first be converted with tools/convert_checkpoint.py.')
+        f'{_SETTING} {path!r} has no {missing} (it holds {sorted(available)}). '
+        'Checkpoints of other codebases must first be converted with '
+        'spinenet-convert-checkpoint.')
   status = tf.train.Checkpoint(**parts).read(path)
   try:
     status.expect_partial().assert_existing_objects_matched()
   except AssertionError as e:
-    raise ValueError(f'--init_checkpoint {path!r} does not fit modules {list(modules)}: {e}') from e
+    raise ValueError(f'{_SETTING} {path!r} does not fit modules {list(modules)}: {e}') from e
   logging.info('Initialised %s from %s.', ', '.join(sorted(parts)), path)

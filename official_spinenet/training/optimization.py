@@ -6,10 +6,13 @@ size, a linear warm-up, and either step decay (x0.1 near the end) or cosine deca
 The warm-up wrapper is Model Garden's `LinearWarmup`; the decays are tf_keras's.
 """
 
-from typing import Optional, Sequence, Union
+import numbers
+from typing import List, Optional, Sequence, Union
 
 import tensorflow as tf
 import tf_keras
+
+from official_spinenet import model_garden
 
 # The batch size the papers quote learning rates for.
 REFERENCE_BATCH_SIZE = 256
@@ -34,7 +37,7 @@ def build_learning_rate(base_learning_rate: float,
                         warmup_steps: int = 0,
                         warmup_learning_rate: Optional[float] = None,
                         decay: str = 'step',
-                        decay_boundaries: Sequence[Union[int, float]] = (),
+                        decay_boundaries: Sequence[float] = (),
                         decay_factor: float = 0.1,
                         cosine_alpha: float = 0.0
                         ) -> Union[float, tf_keras.optimizers.schedules.LearningRateSchedule]:
@@ -46,14 +49,18 @@ def build_learning_rate(base_learning_rate: float,
       base_learning_rate * global_batch_size / reference_batch_size.
     total_steps: training steps (the end of the cosine decay).
     reference_batch_size: batch size base_learning_rate is quoted for.
-    warmup_steps: linear warm-up steps (0: none).
+    warmup_steps: linear warm-up, in steps (0: none). Steps, unlike the decay
+      boundaries: a warm-up is a fixed number of updates that lets the weights
+      settle, whatever the length of training (the papers quote it in steps).
     warmup_learning_rate: learning rate at step 0 of the warm-up; default
       WARMUP_START_FRACTION x peak (Model Garden's detection configs: 0.0067 -> 0.1).
     decay: 'constant', 'step' (multiply by decay_factor at each boundary) or
       'cosine' (from the peak at step 0 to cosine_alpha x peak at total_steps; the
       warm-up replaces its first warmup_steps).
-    decay_boundaries: step-decay boundaries; ints are steps, floats in (0, 1) are
-      fractions of total_steps.
+    decay_boundaries: step-decay boundaries as fractions of training in (0, 1],
+      increasing (e.g. [0.95, 0.98]: epochs 475 and 490 of 500); each becomes
+      step round(fraction * total_steps), so a gin file's schedule follows any
+      TRAIN_STEPS. Step counts (ints) are rejected.
     decay_factor: multiplier applied at each step boundary.
     cosine_alpha: final learning rate of the cosine decay as a fraction of the peak.
 
@@ -61,8 +68,8 @@ def build_learning_rate(base_learning_rate: float,
     A float (constant, no warm-up) or a LearningRateSchedule of the step.
 
   Raises:
-    ValueError: unknown decay, boundaries not increasing or beyond total_steps,
-      warm-up longer than training.
+    ValueError: unknown decay, boundaries that are not increasing fractions in
+      (0, 1], warm-up longer than training.
   """
   if decay not in DECAY_SCHEDULES:
     raise ValueError(f'Unknown learning-rate decay {decay!r}; choose one of {DECAY_SCHEDULES}.')
@@ -73,12 +80,7 @@ def build_learning_rate(base_learning_rate: float,
   peak = scaled_learning_rate(base_learning_rate, global_batch_size, reference_batch_size)
 
   if decay == 'step':
-    boundaries = [int(round(b * total_steps)) if isinstance(b, float) and 0 < b < 1 else int(b)
-                  for b in decay_boundaries]
-    if any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])) or any(
-        not 0 < b <= total_steps for b in boundaries):
-      raise ValueError(f'decay_boundaries must increase within (0, total_steps={total_steps}]; '
-                       f'got {list(decay_boundaries)} -> steps {boundaries}.')
+    boundaries = boundary_steps(decay_boundaries, total_steps)
     if boundaries:
       values = [peak * decay_factor**i for i in range(len(boundaries) + 1)]
       schedule = tf_keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
@@ -91,11 +93,41 @@ def build_learning_rate(base_learning_rate: float,
     schedule = peak
 
   if warmup_steps > 0:
-    from official.modeling.optimization import lr_schedule  # pylint: disable=g-import-not-at-top
     if warmup_learning_rate is None:
       warmup_learning_rate = peak * WARMUP_START_FRACTION
-    schedule = lr_schedule.LinearWarmup(schedule, warmup_steps, warmup_learning_rate)
+    schedule = model_garden.load('lr_schedule').LinearWarmup(
+        schedule, warmup_steps, warmup_learning_rate)
   return schedule
+
+
+def boundary_steps(fractions: Sequence[float], total_steps: int) -> List[int]:
+  """The steps of step-decay boundaries given as fractions of training.
+
+  Args:
+    fractions: increasing fractions in (0, 1] (`learning_rate.decay_boundaries`).
+    total_steps: training steps.
+
+  Returns:
+    round(fraction * total_steps) for each fraction.
+
+  Raises:
+    ValueError: an int (a step count: the old unit), a value outside (0, 1], or
+      boundaries that do not fall on increasing steps >= 1; the message names the
+      gin binding `learning_rate.decay_boundaries`.
+  """
+  where = 'learning_rate.decay_boundaries'
+  for b in fractions:
+    if isinstance(b, numbers.Integral) or not isinstance(b, numbers.Real):
+      raise ValueError(f'{where} are fractions of training in (0, 1] (e.g. [0.95, 0.98] for '
+                       f'epochs 475 and 490 of 500), not steps; got {list(fractions)}.')
+    if not 0 < b <= 1:
+      raise ValueError(f'{where} must be fractions of training in (0, 1]; got '
+                       f'{list(fractions)}.')
+  steps = [int(round(b * total_steps)) for b in fractions]
+  if any(s2 <= s1 for s1, s2 in zip(steps, steps[1:])) or any(s < 1 for s in steps):
+    raise ValueError(f'{where} must increase and fall on distinct steps >= 1; got '
+                     f'{list(fractions)} -> steps {steps} of {total_steps}.')
+  return steps
 
 
 def build_sgd_optimizer(learning_rate, momentum: float = 0.9, nesterov: bool = False,

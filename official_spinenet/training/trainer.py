@@ -13,7 +13,6 @@ on the whole batch.
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -28,6 +27,7 @@ from official_spinenet.tasks import base_task
 from official_spinenet.training import checkpoints
 from official_spinenet.training import distribute
 from official_spinenet.training import optimization
+from official_spinenet.utils import files
 
 MODES = ('train', 'eval', 'train_and_eval', 'continuous_eval')
 
@@ -60,14 +60,6 @@ class TrainerConfig:
   init_checkpoint: str = ''
   init_checkpoint_modules: Sequence[str] = ('backbone',)
   continuous_eval_timeout: int = 3600
-
-
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes to path via a temporary file and a rename, so readers never see half."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _format_duration(seconds: float) -> str:
@@ -205,7 +197,11 @@ class Trainer:
     optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
     return tf.stack([tf.cast(losses[name], tf.float32) for name in self.task.loss_names])
 
-  def _build_train_loop(self):
+  def build_train_loop(self) -> Callable[[Any, tf.Tensor], Dict[str, tf.Tensor]]:
+    """The compiled loop `train` runs: loop(iterator, num_steps) -> mean losses.
+
+    Public for benchmarks, which time it without checkpoints and summaries.
+    """
     strategy, names = self.strategy, self.task.loss_names
 
     @tf.function
@@ -234,7 +230,7 @@ class Trainer:
     config = self.config
     until_step = min(until_step or config.train_steps, config.train_steps)
     if self._train_loop_fn is None:
-      self._train_loop_fn = self._build_train_loop()
+      self._train_loop_fn = self.build_train_loop()
       dataset = self.strategy.distribute_datasets_from_function(
           lambda ctx: self.task.build_inputs(True, ctx))
       self._train_iterator = iter(dataset)
@@ -305,10 +301,10 @@ class Trainer:
         tf.summary.scalar(name, value)
     self._writer('eval').flush()
     if self.chief:
-      text = json.dumps({'step': step, **metrics}, indent=2, sort_keys=True)
-      tf.io.gfile.makedirs(os.path.join(self.model_dir, 'eval'))
-      write_text_atomically(os.path.join(self.model_dir, 'eval', f'metrics-{step}.json'), text)
-      write_text_atomically(os.path.join(self.model_dir, 'metrics.json'), text)
+      record = dict(sorted({'step': step, **metrics}.items()))
+      for path in (os.path.join(self.model_dir, 'eval', f'metrics-{step}.json'),
+                   os.path.join(self.model_dir, 'metrics.json')):
+        files.write_json_atomically(record, path, indent=2)
     return metrics
 
   def continuous_evaluate(self) -> Dict[str, float]:
@@ -355,7 +351,7 @@ def run_experiment(task: base_task.Task,
   tf.io.gfile.makedirs(model_dir)
   trainer = Trainer(task, strategy, model_dir, config, learning_rate, optimizer, mixed_precision)
   if operative_config is not None and trainer.chief:
-    write_text_atomically(os.path.join(model_dir, 'operative_config.gin'), operative_config())
+    files.atomic_write(os.path.join(model_dir, 'operative_config.gin'), operative_config())
   if mode == 'continuous_eval':
     return trainer.continuous_evaluate()
   restored = trainer.restore()

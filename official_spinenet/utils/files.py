@@ -11,8 +11,8 @@ import contextlib
 import json
 import math
 import os
-import uuid
 from typing import Any, Iterator, Union
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -92,5 +92,7 @@ def read_json(path: str, what: str = 'JSON file') -> Any:
       return json.load(f)
   except tf.errors.NotFoundError as e:
     raise ValueError(f'{what} {path!r} does not exist.') from e
-  except json.JSONDecodeError as e:
+  except tf.errors.OpError as e:  # a folder, no permission, ...
+    raise ValueError(f'{what} {path!r} cannot be read: {e.message}') from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f'{what} {path!r} is not valid JSON: {e}') from e

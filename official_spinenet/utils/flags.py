@@ -1,9 +1,15 @@
 """Flag groups the binaries share: gin, checkpoint, NMS options.
 
 Each `define_*` takes the FlagValues to define into (tests pass their own), and is
-called from a binary's `define_flags()`, never at import.
+called from a binary's `define_flags()`, never at import. `no_positional_arguments`
+and `usage_errors` turn bad command lines and the library's input errors into
+absl usage errors (the message, the usage line, exit status 1).
 """
 
+import contextlib
+from typing import Iterator, Sequence, Tuple, Type
+
+from absl import app
 from absl import flags
 
 
@@ -49,3 +55,28 @@ def nms_options(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
   """The NMS flags that were defined, as keyword arguments (None: task default)."""
   names = ('score_threshold', 'max_detections', 'nms_iou_threshold', 'pre_nms_top_k')
   return {n: flag_values[n].value for n in names if n in flag_values}
+
+
+def define_category_names_flag(flag_values: flags.FlagValues = flags.FLAGS,
+                               purpose: str = 'Class names') -> None:
+  """--category_names_json: a COCO annotation file, {"id": "name"} or a list of names."""
+  flags.DEFINE_string(
+      'category_names_json', None, f'{purpose}: a COCO annotation file, a JSON '
+      '{"id": "name"}, ["name of id 1", ...], or an export\'s assets.extra/export_config.json.',
+      flag_values=flag_values)
+
+
+def no_positional_arguments(argv: Sequence[str]) -> None:
+  """Raises a usage error if the command line has arguments that are not flags."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected positional arguments: {list(argv[1:])}')
+
+
+@contextlib.contextmanager
+def usage_errors(errors: Tuple[Type[BaseException], ...] = (ValueError, FileExistsError)
+                 ) -> Iterator[None]:
+  """Re-raises the library's input errors as app.UsageError (message, usage, exit 1)."""
+  try:
+    yield
+  except errors as e:
+    raise app.UsageError(str(e)) from e

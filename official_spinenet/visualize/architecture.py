@@ -6,26 +6,28 @@ the blocks and the cross-scale connections as arrows between them. The figure is
 written with matplotlib's Agg (PNG) and SVG backends without touching pyplot, so
 drawing never opens a window or changes a caller's global backend.
 
-The two small graph helpers, `zero_out_degree_merges` and `unused_blocks`, mirror
-what the backbone builds, so the drawing shows the network that actually runs:
-blocks that no endpoint depends on are drawn faded, and the hidden "sum into the
-output of the same level" connections are drawn as dashed arrows.
+The two graph helpers, `zero_out_degree_merges` and `unused_blocks`, apply the rules
+the backbones are built with (`modeling/topology.py`), so the drawing shows the
+network that actually runs: blocks that no endpoint depends on are drawn faded, and
+the hidden "sum into the output of the same level and width" connections are drawn
+as dashed arrows.
 """
 
-import collections
 import dataclasses
 import os
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import matplotlib
-import numpy as np
 from matplotlib import patches
 from matplotlib import transforms
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+import numpy as np
 
+from official_spinenet.modeling import topology
 from official_spinenet.modeling.backbones import spinenet_specs
+from official_spinenet.utils import files
 
 BlockSpec = spinenet_specs.BlockSpec
 
@@ -67,8 +69,34 @@ ARCHITECTURES = {
 }
 
 
+# Block types as the drawing API takes them: one for every stem block, or one each.
+StemBlockFns = Union[str, Sequence[str]]
+
+
 def _as_specs(block_specs: Sequence) -> List[BlockSpec]:
   return [BlockSpec.from_any(s) for s in block_specs]
+
+
+def _stem_block_fns(stem_block_fn: StemBlockFns, num_stem: int) -> List[str]:
+  fns = [stem_block_fn] * num_stem if isinstance(stem_block_fn, str) else list(stem_block_fn)
+  if len(fns) != num_stem:
+    raise ValueError(f'Got {len(fns)} stem block types for {num_stem} stem blocks.')
+  return fns
+
+
+def _graph(block_specs: Sequence, stem_levels: Sequence[int], stem_block_fn: StemBlockFns):
+  """(specs, stem nodes, node_of) for the `topology` rules.
+
+  The blocks of one level share a base width (the filter maps are per level), so
+  their channel counts differ only by the block type's expansion: that is what the
+  merge rule compares here, as the backbones compare channels.
+  """
+  def node_of(level: int, block_fn: str) -> topology.Node:
+    return topology.Node(level, spinenet_specs.block_output_channels(block_fn, 1))
+
+  stem = [node_of(level, fn) for level, fn in
+          zip(stem_levels, _stem_block_fns(stem_block_fn, len(stem_levels)))]
+  return _as_specs(block_specs), stem, lambda spec: node_of(spec.level, spec.block_fn)
 
 
 def block_levels(block_specs: Sequence, stem_levels: Sequence[int]) -> List[int]:
@@ -84,79 +112,51 @@ def block_levels(block_specs: Sequence, stem_levels: Sequence[int]) -> List[int]
   return list(stem_levels) + [s.level for s in _as_specs(block_specs)]
 
 
-def zero_out_degree_merges(block_specs: Sequence,
-                           stem_levels: Sequence[int]) -> List[Tuple[int, int]]:
-  """Finds the blocks that SpineNet sums, unresampled, into a later output block.
+def zero_out_degree_merges(block_specs: Sequence, stem_levels: Sequence[int],
+                           stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK
+                           ) -> List[Tuple[int, int]]:
+  """Finds the blocks that the backbone sums, unresampled, into a later output block.
 
-  SpineNet keeps every block useful: when an output block is built, each earlier
-  block (stem included) of the same level that nothing has consumed yet is added to
-  it. Consumers are counted as in the reference implementation: the parents of all
-  blocks built so far, including the output block's own parents, so a parent is
-  never added twice; a merged block counts as consumed afterwards.
+  The backbone keeps every block useful: when an output block is built, each earlier
+  block (stem included) of the same level and channel count that nothing has
+  consumed yet is added to it (`topology.merge_unconsumed`); a residual block is not
+  added to a bottleneck output block, which is 4x wider.
 
   Args:
     block_specs: BlockSpecs (or tuples/dicts accepted by `BlockSpec.from_any`).
     stem_levels: level of each stem block.
+    stem_block_fn: block type of the stem blocks (one for all, or one per block).
 
   Returns:
     (source, output) pairs of network indices, in build order.
   """
-  specs = _as_specs(block_specs)
-  levels = block_levels(specs, stem_levels)
-  num_stem = len(stem_levels)
-  consumers = [0] * num_stem
-  merges = []
-  for i, spec in enumerate(specs):
-    for parent in spec.input_offsets:
-      consumers[parent] += 1
-    if spec.is_output:
-      for j, count in enumerate(consumers):
-        if count == 0 and levels[j] == spec.level:
-          merges.append((j, num_stem + i))
-          consumers[j] += 1
-    consumers.append(0)
-  return merges
+  specs, stem, node_of = _graph(block_specs, stem_levels, stem_block_fn)
+  merges = topology.merge_unconsumed(specs, stem, node_of)
+  return [(source, len(stem) + i) for i, absorbed in enumerate(merges) for source in absorbed]
 
 
 def unused_blocks(block_specs: Sequence, stem_levels: Sequence[int],
-                  min_level: int = 3, max_level: int = 7) -> List[int]:
+                  min_level: int = 3, max_level: int = 7,
+                  stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK) -> List[int]:
   """Network indices of blocks that no endpoint in [min_level, max_level] needs.
 
   A block is used if an output block of an endpoint level depends on it, through
-  parent connections or zero-out-degree merges. E.g. SpineNet-49's last block is
-  the level-2 output, which only a min_level=2 model reads.
+  parent connections or zero-out-degree merges (`topology.unused_nodes`). E.g.
+  SpineNet-49's last block is the level-2 output, which only a min_level=2 model
+  reads.
 
   Args:
     block_specs: BlockSpecs (or tuples/dicts accepted by `BlockSpec.from_any`).
     stem_levels: level of each stem block.
     min_level: lowest endpoint level.
     max_level: highest endpoint level.
+    stem_block_fn: block type of the stem blocks (one for all, or one per block).
 
   Returns:
     Sorted network indices of the unused blocks.
   """
-  specs = _as_specs(block_specs)
-  num_stem = len(stem_levels)
-  inputs = collections.defaultdict(list)
-  for i, spec in enumerate(specs):
-    inputs[num_stem + i].extend(spec.input_offsets)
-  for source, target in zero_out_degree_merges(specs, stem_levels):
-    inputs[target].append(source)
-  used = _reachable(
-      [num_stem + i for i, s in enumerate(specs)
-       if s.is_output and min_level <= s.level <= max_level], inputs)
-  return [n for n in range(num_stem + len(specs)) if n not in used]
-
-
-def _reachable(starts: Sequence[int], inputs: Dict[int, List[int]]) -> Set[int]:
-  """All nodes reachable from `starts` by following `inputs` edges backwards."""
-  seen, stack = set(starts), list(starts)
-  while stack:
-    for parent in inputs.get(stack.pop(), ()):
-      if parent not in seen:
-        seen.add(parent)
-        stack.append(parent)
-  return seen
+  specs, stem, node_of = _graph(block_specs, stem_levels, stem_block_fn)
+  return topology.unused_nodes(specs, stem, node_of, min_level, max_level)
 
 
 def edge_kind(parent_level: int, level: int) -> str:
@@ -356,9 +356,9 @@ def _legend_handles(show_unused: bool, show_merges: bool) -> List[Line2D]:
 
 
 def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
-                      stem_block_fn: Union[str, Sequence[str]],
-                      output_path_prefix: str, title: Optional[str] = None,
-                      min_level: int = 3, max_level: int = 7) -> List[str]:
+                      stem_block_fn: StemBlockFns, output_path_prefix: str,
+                      title: Optional[str] = None, min_level: int = 3,
+                      max_level: int = 7) -> List[str]:
   """Draws a scale-permuted network and writes `<prefix>.png` and `<prefix>.svg`.
 
   Args:
@@ -367,7 +367,8 @@ def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
     stem_levels: level of each stem block, e.g. (2, 2) for SpineNet, (1, 2) for
       SpineNet-Mobile.
     stem_block_fn: block type of the stem blocks (one for all, or one per block).
-    output_path_prefix: path without extension; missing directories are created.
+    output_path_prefix: path without extension (local or gs://); missing
+      directories are created.
     title: optional figure title.
     min_level: lowest endpoint level; outputs below it are drawn as unused.
     max_level: highest endpoint level.
@@ -377,16 +378,11 @@ def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
   """
   specs = _as_specs(block_specs)
   num_stem = len(stem_levels)
-  stem_fns = ([stem_block_fn] * num_stem if isinstance(stem_block_fn, str)
-              else list(stem_block_fn))
-  if len(stem_fns) != num_stem:
-    raise ValueError(f'Got {len(stem_fns)} stem block types for {num_stem} stem '
-                     'blocks.')
   levels = block_levels(specs, stem_levels)
-  block_fns = stem_fns + [s.block_fn for s in specs]
+  block_fns = _stem_block_fns(stem_block_fn, num_stem) + [s.block_fn for s in specs]
   outputs = {num_stem + i for i, s in enumerate(specs) if s.is_output}
-  merges = zero_out_degree_merges(specs, stem_levels)
-  unused = set(unused_blocks(specs, stem_levels, min_level, max_level))
+  merges = zero_out_degree_merges(specs, stem_levels, stem_block_fn)
+  unused = set(unused_blocks(specs, stem_levels, min_level, max_level, stem_block_fn))
 
   fig = Figure(figsize=(14, 5))
   FigureCanvasAgg(fig)
@@ -396,15 +392,47 @@ def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
                        max_level)
   _draw_edges(fig, ax, specs, levels, num_stem, merges, drawn, outputs, unused)
   handles = _legend_handles(bool(unused), bool(merges))
-  fig.legend(handles=handles, loc='lower center', bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False,
-             fontsize=8.5, handlelength=2.2, columnspacing=1.2)
+  fig.legend(handles=handles, loc='lower center', bbox_to_anchor=(0.5, 0.0),
+             ncol=len(handles), frameon=False, fontsize=8.5, handlelength=2.2,
+             columnspacing=1.2)
 
-  directory = os.path.dirname(os.path.abspath(output_path_prefix))
-  os.makedirs(directory, exist_ok=True)
   paths = [f'{output_path_prefix}.png', f'{output_path_prefix}.svg']
   # A fixed hash salt and no date keep the SVG byte-identical across runs, so a
   # regenerated docs/ figure only shows up in a diff when the drawing changed.
   with matplotlib.rc_context({'svg.hashsalt': 'official_spinenet'}):
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={'Date': None})
+    with files.atomic_output(paths[0]) as tmp:
+      fig.savefig(tmp, format='png', dpi=150)
+    with files.atomic_output(paths[1]) as tmp:
+      fig.savefig(tmp, format='svg', metadata={'Date': None})
   return paths
+
+
+def draw_published(family: str, output_path_prefix: str,
+                   block_specs_json: Optional[str] = None, title: Optional[str] = None,
+                   min_level: int = 3, max_level: int = 7) -> List[str]:
+  """Draws a family's published architecture, or specs from a file on its stem.
+
+  Args:
+    family: a key of ARCHITECTURES ('spinenet', 'spinenet_mobile'): the stem, and
+      the block specs unless block_specs_json is given.
+    output_path_prefix: writes `<prefix>.png` and `<prefix>.svg`.
+    block_specs_json: optional file written by `spinenet_specs.save_block_specs`.
+    title: figure title; default: the model name, or the JSON file's name.
+    min_level: lowest endpoint level.
+    max_level: highest endpoint level.
+
+  Returns:
+    The written paths: [png, svg].
+  """
+  if family not in ARCHITECTURES:
+    raise ValueError(f'Unknown architecture family {family!r}; choose one of '
+                     f'{sorted(ARCHITECTURES)}.')
+  preset = ARCHITECTURES[family]
+  specs, default_title = preset.block_specs, preset.title
+  if block_specs_json:
+    specs = spinenet_specs.load_block_specs(block_specs_json)
+    default_title = os.path.splitext(os.path.basename(block_specs_json))[0]
+  return draw_architecture(specs, preset.stem_levels, preset.stem_block_fn,
+                           output_path_prefix,
+                           title=default_title if title is None else title,
+                           min_level=min_level, max_level=max_level)

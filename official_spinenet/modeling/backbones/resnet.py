@@ -1,13 +1,15 @@
 """Model Garden's ResNet as a backbone builder (for RetinaNet R-50 NAS-FPN).
 
 ResNet is not a seed system, so it is reused from tf-models-official rather than
-written here. `official.vision` is imported on the first build, not with this
+written here. It is loaded (`model_garden.load`) on the first build, not with this
 module: importing it loads Model Garden's whole registry.
 """
 
 from typing import Optional, Sequence
 
 import tf_keras
+
+from official_spinenet import model_garden
 
 
 def build_resnet(model_id: int = 50,
@@ -41,8 +43,7 @@ def build_resnet(model_id: int = 50,
   if not 2 <= min_level <= 5 or max_level < min_level:
     raise ValueError(f'resnet gives levels 2-5: min_level must be in [2, 5] and max_level '
                      f'>= min_level, got min_level={min_level}, max_level={max_level}.')
-  from official.vision.modeling.backbones import resnet as mg_resnet  # pylint: disable=g-import-not-at-top
-  return mg_resnet.ResNet(
+  return model_garden.load('resnet').ResNet(
       model_id=int(model_id), input_specs=tf_keras.layers.InputSpec(shape=list(input_specs)),
       depth_multiplier=depth_multiplier, stem_type=stem_type,
       resnetd_shortcut=resnetd_shortcut, replace_stem_max_pool=replace_stem_max_pool,

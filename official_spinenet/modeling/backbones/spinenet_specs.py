@@ -9,59 +9,33 @@ list `stem blocks + blocks built so far`, so block i (0-based) may take any pare
 `< num_stem_blocks + i`.
 
 This module holds the published tables, a validator with clear messages and JSON
-read/write, so that an architecture found by the search is a file a config can name.
+read/write (`topology.SpecBase`), so that an architecture found by the search is a
+file a config can name.
 """
 
 import dataclasses
-import json
-import os
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Mapping, Optional, Sequence
+
+from official_spinenet.modeling import topology
 
 BOTTLENECK = 'bottleneck'
 RESIDUAL = 'residual'
 MBCONV = 'mbconv'
 BLOCK_TYPES = (BOTTLENECK, RESIDUAL, MBCONV)
+# Output channels of a block over its width (Sec. 3.1): a bottleneck expands 4x.
+BLOCK_EXPANSION = {BOTTLENECK: 4, RESIDUAL: 1, MBCONV: 1}
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockSpec:
-  """One block of a scale-permuted network.
+class BlockSpec(topology.SpecBase, node='block', input_name='parent', op_field='block_fn'):
+  """One block of a scale-permuted network (`topology.SpecBase`).
 
-  Attributes:
-    level: feature level; the block's output is 1/2^level of the input size.
-    block_fn: one of 'bottleneck', 'residual', 'mbconv'.
-    input_offsets: indices of the two parents in `stem blocks + earlier blocks`.
-    is_output: whether the block gives the endpoint of its level.
+  Its op is `block_fn`: 'bottleneck', 'residual' or 'mbconv'; its inputs are its two
+  parents in `stem blocks + earlier blocks`.
   """
-  level: int
-  block_fn: str
-  input_offsets: Tuple[int, int]
-  is_output: bool
 
-  def to_dict(self) -> dict:
-    return {'level': self.level, 'block_fn': self.block_fn,
-            'input_offsets': list(self.input_offsets), 'is_output': self.is_output}
-
-  @classmethod
-  def from_any(cls, value: Union['BlockSpec', Mapping, Sequence]) -> 'BlockSpec':
-    """Accepts a BlockSpec, a dict (JSON form) or a (level, fn, (a, b), out) tuple."""
-    if isinstance(value, BlockSpec):
-      return value
-    if isinstance(value, Mapping) or hasattr(value, 'keys'):  # Keras wraps dicts.
-      missing = {'level', 'block_fn', 'input_offsets', 'is_output'} - set(value)
-      if missing:
-        raise ValueError(f'Block spec {dict(value)} lacks the keys {sorted(missing)}.')
-      level, block_fn = value['level'], value['block_fn']
-      offsets, is_output = value['input_offsets'], value['is_output']
-    else:
-      if len(value) != 4:
-        raise ValueError(f'Block spec {value!r} must be (level, block_fn, '
-                         '(input0, input1), is_output).')
-      level, block_fn, offsets, is_output = value
-    if len(offsets) != 2:
-      raise ValueError(f'Block spec {value!r} must have exactly two input offsets.')
-    return cls(int(level), str(block_fn), (int(offsets[0]), int(offsets[1])),
-               bool(is_output))
+  @property
+  def block_fn(self) -> str:
+    return self.op
 
 
 # SpineNet-49's scale permutation and cross-scale connections (Fig. 4 of the paper),
@@ -88,26 +62,12 @@ SPINENET_BLOCK_SPECS = (
 )
 
 # SpineNet-Mobile (Du et al., "Efficient Scale-Permuted Backbone with Learned
-# Resource Distribution", 2020): the SpineNet-49 topology with one more level-2
-# block, all blocks inverted bottlenecks. Indices 0 and 1 are the L1 and L2 stem.
-SPINENET_MOBILE_BLOCK_SPECS = (
-    (2, MBCONV, (0, 1), False),
-    (2, MBCONV, (1, 2), False),
-    (4, MBCONV, (1, 2), False),
-    (3, MBCONV, (3, 4), False),
-    (4, MBCONV, (3, 5), False),
-    (6, MBCONV, (4, 6), False),
-    (4, MBCONV, (4, 6), False),
-    (5, MBCONV, (7, 8), False),
-    (7, MBCONV, (7, 9), False),
-    (5, MBCONV, (9, 10), False),
-    (5, MBCONV, (9, 11), False),
-    (4, MBCONV, (6, 11), True),
-    (3, MBCONV, (5, 11), True),
-    (5, MBCONV, (8, 13), True),
-    (7, MBCONV, (6, 15), True),
-    (6, MBCONV, (13, 15), True),
-)
+# Resource Distribution", 2020): the SpineNet-49 topology with one more level-2 block
+# first, all blocks inverted bottlenecks. Indices 0 and 1 are the L1 and L2 stem, so
+# SpineNet-49's parents move up by one; its last (level-2 output) block is left out.
+SPINENET_MOBILE_BLOCK_SPECS = ((2, MBCONV, (0, 1), False),) + tuple(
+    (level, MBCONV, (parent0 + 1, parent1 + 1), is_output)
+    for level, _, (parent0, parent1), is_output in SPINENET_BLOCK_SPECS[:-1])
 
 # Block widths per level before `filter_size_scale` (Table 1 / Sec. 3.1). A
 # bottleneck block outputs 4x this width, a residual block this width.
@@ -156,10 +116,15 @@ def lookup_model_id(model_id: str, table: Mapping[str, object], family: str):
   return table[key]
 
 
+def block_output_channels(block_fn: str, filters: int) -> int:
+  """Channels a block of type `block_fn` and width `filters` outputs."""
+  return filters * BLOCK_EXPANSION[block_fn]
+
+
 def build_block_specs(specs: Optional[Iterable] = None,
                       default: Sequence = SPINENET_BLOCK_SPECS) -> List[BlockSpec]:
   """Turns tuples, dicts or BlockSpecs (default: SpineNet-49) into BlockSpecs."""
-  return [BlockSpec.from_any(s) for s in (default if specs is None else specs)]
+  return BlockSpec.build(specs, default)
 
 
 def validate_block_specs(specs: Sequence[BlockSpec], num_stem_blocks: int,
@@ -180,34 +145,10 @@ def validate_block_specs(specs: Sequence[BlockSpec], num_stem_blocks: int,
     allowed_block_fns: block types the backbone can build.
     max_block_level: highest level a block may have (default: max_level).
   """
-  if not specs:
-    raise ValueError('block_specs is empty.')
-  if min_level > max_level:
-    raise ValueError(f'min_level {min_level} is greater than max_level {max_level}.')
   max_block_level = max_level if max_block_level is None else max_block_level
-  output_levels = {}
-  for i, spec in enumerate(specs):
-    if spec.block_fn not in allowed_block_fns:
-      raise ValueError(f'Block spec {i} has block_fn {spec.block_fn!r}; this backbone '
-                       f'builds {list(allowed_block_fns)}.')
-    if not 1 <= spec.level <= max_block_level:
-      raise ValueError(f'Block spec {i} has level {spec.level}, outside the allowed '
-                       f'range [1, {max_block_level}].')
-    limit = num_stem_blocks + i
-    for offset in spec.input_offsets:
-      if not 0 <= offset < limit:
-        raise ValueError(
-            f'Block spec {i} has parent {offset}, out of range: it may use the '
-            f'{num_stem_blocks} stem blocks and the blocks before it (0..{limit - 1}).')
-    if spec.is_output:
-      if spec.level in output_levels:
-        raise ValueError(f'Block specs {output_levels[spec.level]} and {i} are both '
-                         f'output blocks of level {spec.level}.')
-      output_levels[spec.level] = i
-  missing = [l for l in range(min_level, max_level + 1) if l not in output_levels]
-  if missing:
-    raise ValueError(f'No output block for levels {missing}; the endpoints need one '
-                     f'output block per level in [{min_level}, {max_level}].')
+  BlockSpec.validate_graph(specs, num_stem_blocks, f'{num_stem_blocks} stem blocks',
+                           (min_level, max_level), allowed_block_fns, (1, max_block_level),
+                           'the allowed range')
 
 
 def validate_input_size(input_shape: Sequence[Optional[int]], max_level: int,
@@ -227,34 +168,14 @@ def validate_input_size(input_shape: Sequence[Optional[int]], max_level: int,
 
 
 def block_specs_to_json(specs: Sequence[BlockSpec]) -> str:
-  return json.dumps([BlockSpec.from_any(s).to_dict() for s in specs], indent=1)
+  return BlockSpec.to_json(specs)
 
 
 def save_block_specs(specs: Sequence[BlockSpec], path: str) -> None:
   """Writes specs as JSON atomically (a temporary file renamed into place)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(block_specs_to_json(specs))
-  os.replace(tmp, path)
+  BlockSpec.save(specs, path)
 
 
 def load_block_specs(path: str) -> List[BlockSpec]:
   """Reads block specs written by `save_block_specs` (a JSON list of dicts)."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except FileNotFoundError as e:
-    raise ValueError(f'Block spec file {path!r} does not exist.') from e
-  except json.JSONDecodeError as e:
-    raise ValueError(f'Block spec file {path!r} is not valid JSON: {e}') from e
-  if isinstance(data, Mapping) and 'block_specs' in data:
-    data = data['block_specs']
-  if not isinstance(data, list):
-    raise ValueError(f'Block spec file {path!r} must hold a JSON list of block specs.')
-  specs = []
-  for i, item in enumerate(data):
-    try:
-      specs.append(BlockSpec.from_any(item))
-    except (ValueError, TypeError) as e:
-      raise ValueError(f'Block spec file {path!r}, entry {i}: {e}') from e
-  return specs
+  return BlockSpec.load(path)

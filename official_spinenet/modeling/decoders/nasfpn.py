@@ -31,26 +31,21 @@ describes). The functional graph keeps the reference's layer numbering
 (`modeling/layers/graph_layout.py`), so its checkpoints restore key for key.
 """
 
-import copy
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
 
-from official_spinenet.modeling.backbones import common
+from official_spinenet.modeling import topology
 from official_spinenet.modeling.decoders import merging_cells
 from official_spinenet.modeling.decoders import nasfpn_specs
+from official_spinenet.modeling.layers import constructor_config
 from official_spinenet.modeling.layers import conv_norm_act
 from official_spinenet.modeling.layers import dropblock
 from official_spinenet.modeling.layers import graph_layout
 from official_spinenet.modeling.layers import resample
+from official_spinenet.utils import tracking
 
-# Constructor arguments that get_config serializes: (serialize, deserialize).
-_SERIALIZERS = {
-    'kernel_initializer': (common.serialize_initializer, common.deserialize_initializer),
-    'kernel_regularizer': (common.serialize_regularizer, common.deserialize_regularizer),
-    'bias_regularizer': (common.serialize_regularizer, common.deserialize_regularizer),
-}
 # tf-models-official resamples every cell input to 256 channels (its
 # `_resample_feature_map` default), also when num_filters is not 256.
 REFERENCE_MERGE_FILTERS = 256
@@ -118,8 +113,27 @@ def check_feature_sizes(shapes: Mapping[str, Sequence[Optional[int]]], min_level
           f'level {l}: {size}' for l, size in sorted(image_sizes.items())) + '.')
 
 
+def _check_arguments(shapes: Mapping[str, Sequence[Optional[int]]],
+                     specs: Sequence[nasfpn_specs.CellSpec], config: Mapping[str, Any]) -> None:
+  """Clear errors for what NASFPN cannot build (config: its constructor arguments)."""
+  min_level, max_level = config['min_level'], config['max_level']
+  nasfpn_specs.validate_cell_specs(specs, min_level, max_level)
+  merge_filters = config['merge_filters']
+  for key, value in (('num_filters', config['num_filters']),
+                     ('num_repeats', config['num_repeats']),
+                     ('merge_filters', 1 if merge_filters is None else merge_filters)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'NASFPN {key} must be a positive int, got {value!r}.')
+  if str(min_level) not in shapes:
+    raise ValueError(
+        f'NASFPN needs the backbone features of min_level {min_level}; got levels '
+        f'{list(shapes)}. (Higher levels it lacks come by max pooling.)')
+  check_feature_sizes(shapes, min_level, max_level)
+  dropblock.DropBlock(config['dropblock_drop_rate'], config['dropblock_size'])
+
+
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
-class NASFPN(tf_keras.Model):
+class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
   """NAS-FPN decoder as a functional Keras model.
 
   Input: dict str(level) -> [B, H / 2^level, W / 2^level, C_level] from a backbone;
@@ -187,68 +201,29 @@ class NASFPN(tf_keras.Model):
     """
     shapes = _input_shapes(input_specs)
     specs = nasfpn_specs.resolve_cell_specs(cell_specs)
-    nasfpn_specs.validate_cell_specs(specs, min_level, max_level)
-    for key, value in (('num_filters', num_filters), ('num_repeats', num_repeats),
-                       ('merge_filters', 1 if merge_filters is None else merge_filters)):
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f'NASFPN {key} must be a positive int, got {value!r}.')
-    if str(min_level) not in shapes:
-      raise ValueError(
-          f'NASFPN needs the backbone features of min_level {min_level}; got levels '
-          f'{list(shapes)}. (Higher levels it lacks come by max pooling.)')
-    check_feature_sizes(shapes, min_level, max_level)
-
-    config = {
-        'input_specs': shapes,
-        'min_level': min_level,
-        'max_level': max_level,
-        'cell_specs': [s.to_dict() for s in specs],
-        'num_filters': num_filters,
-        'num_repeats': num_repeats,
-        'use_separable_conv': use_separable_conv,
-        'merge_filters': merge_filters,
-        'activation': activation,
-        'use_sync_bn': use_sync_bn,
-        'norm_momentum': norm_momentum,
-        'norm_epsilon': norm_epsilon,
-        'kernel_initializer': kernel_initializer,
-        'kernel_regularizer': kernel_regularizer,
-        'bias_regularizer': bias_regularizer,
-        'dropblock_drop_rate': dropblock_drop_rate,
-        'dropblock_size': dropblock_size,
-        'return_all_repeats': return_all_repeats,
-    }
-    # Keras wraps dict attributes for tracking; a closure keeps the config plain.
-    self._constructor_config = lambda: copy.deepcopy(config)
+    self._store_config(locals(), input_specs=shapes,
+                       cell_specs=[s.to_dict() for s in specs])
+    _check_arguments(shapes, specs, self._config_dict)
     self._specs = specs
     self._levels = list(range(min_level, max_level + 1))
+    # Every node has num_filters channels, so the merge rule compares levels only.
+    self._merges = topology.merge_unconsumed(specs, [topology.Node(l) for l in self._levels])
     self._num_filters = num_filters
     self._merge_filters = num_filters if merge_filters is None else merge_filters
     self._use_separable_conv = use_separable_conv
     self._dropblock_args = dict(drop_rate=dropblock_drop_rate, block_size=dropblock_size)
-    self._factory = conv_norm_act.LayerFactory(
-        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon,
-        kernel_initializer=(default_kernel_initializer() if kernel_initializer is None
-                            else kernel_initializer),
-        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
-    dropblock.DropBlock(**self._dropblock_args)  # Fails early on bad arguments.
-
-    inputs = {key: tf_keras.Input(shape=shape[1:], batch_size=shape[0])
-              for key, shape in shapes.items()}
-    feats = self._build_input_pyramid(inputs)
-    pyramids = []
-    for _ in range(num_repeats):
-      feats = self._build_pyramid_network(feats)
-      pyramids.append({str(level): x for level, x in zip(self._levels, feats)})
+    self._factory = conv_norm_act.LayerFactory.from_arguments(
+        locals(), kernel_initializer=(default_kernel_initializer() if kernel_initializer is None
+                                      else kernel_initializer))
+    inputs, pyramids = self._build_repeats(shapes, num_repeats)
     self._output_specs = {level: x.shape for level, x in pyramids[-1].items()}
     super().__init__(inputs=inputs, outputs=pyramids[-1], **kwargs)
     # The per-repeat graphs share this model's layers; kept out of Keras' attribute
     # tracking so that they add nothing to `layers` or the checkpoint.
-    object.__setattr__(self, '_repeat_graph', (inputs, pyramids))
-    object.__setattr__(self, '_early_exit_models', {})
-    object.__setattr__(self, '_all_repeats_model',
-                       tf_keras.Model(inputs, pyramids) if return_all_repeats else None)
+    self._repeat_graph = tracking.Untracked((inputs, pyramids))
+    self._early_exit_models = tracking.Untracked({})
+    self._all_repeats_model = tracking.Untracked(
+        tf_keras.Model(inputs, pyramids) if return_all_repeats else None)
 
   def _conv(self, filters: int, kernel_size: int) -> tf_keras.layers.Layer:
     """A conv with bias (as the reference), separable if configured."""
@@ -292,32 +267,41 @@ class NASFPN(tf_keras.Model):
         feats.append(self._resample(feats[-1], level - 1, level, self._num_filters))
     return feats
 
+  def _build_repeats(self, shapes: Mapping[str, Sequence[Optional[int]]], num_repeats: int
+                     ) -> Tuple[Dict[str, tf.Tensor], List[Dict[str, tf.Tensor]]]:
+    """The graph: the input pyramid, then the pyramid network num_repeats times.
+
+    Returns:
+      The inputs {str(level): [B, H_l, W_l, C_l]} and the output pyramid of every
+      repeat, {str(level): [B, H_l, W_l, num_filters]} each.
+    """
+    inputs = {key: tf_keras.Input(shape=shape[1:], batch_size=shape[0])
+              for key, shape in shapes.items()}
+    feats = self._build_input_pyramid(inputs)
+    pyramids = []
+    for _ in range(num_repeats):
+      feats = self._build_pyramid_network(feats)
+      pyramids.append({str(level): x for level, x in zip(self._levels, feats)})
+    return inputs, pyramids
+
   def _build_pyramid_network(self, feats: List[tf.Tensor]) -> List[tf.Tensor]:
     """One repeat: walks the cell specs; returns the output cells ordered by level."""
     f = self._factory
     nodes, levels = list(feats), list(self._levels)
-    consumers = [0] * len(nodes)
-    for spec in self._specs:
-      inputs = []
-      for offset in spec.input_offsets:
-        consumers[offset] += 1
-        inputs.append(self._resample(nodes[offset], levels[offset], spec.level,
-                                     self._merge_filters))
+    for spec, absorbed in zip(self._specs, self._merges):
+      inputs = [self._resample(nodes[i], levels[i], spec.level, self._merge_filters)
+                for i in spec.input_offsets]
       x = merging_cells.merge(spec.binary_op, inputs, [levels[i] for i in spec.input_offsets])
-      if spec.is_output:
-        # Nodes no cell consumed would be wasted; the output cell of their level
-        # absorbs them (Sec. 3.1).
-        for j, node in enumerate(nodes):
-          if consumers[j] == 0 and levels[j] == spec.level:
-            consumers[j] += 1
-            x = tf_keras.layers.Add()(
-                [x, self._resample(node, levels[j], spec.level, self._merge_filters)])
+      # Nodes no cell consumed would be wasted; the output cell of their level
+      # absorbs them (Sec. 3.1).
+      for j in absorbed:
+        x = tf_keras.layers.Add()(
+            [x, self._resample(nodes[j], levels[j], spec.level, self._merge_filters)])
       x = f.norm()(self._conv(self._num_filters, 3)(f.activation_layer()(x)))
       if self._dropblock_args['drop_rate']:
         x = dropblock.DropBlock(**self._dropblock_args)(x)
       nodes.append(x)
       levels.append(spec.level)
-      consumers.append(0)
     num_levels = len(self._levels)
     outputs = dict(zip(levels[-num_levels:], nodes[-num_levels:]))
     return [outputs[level] for level in self._levels]
@@ -330,8 +314,8 @@ class NASFPN(tf_keras.Model):
 
   def call(self, inputs, training=None, mask=None):
     self._check_inputs(inputs)
-    if self._all_repeats_model is not None:
-      return self._all_repeats_model(inputs, training=training)
+    if self._all_repeats_model.value is not None:
+      return self._all_repeats_model.value(inputs, training=training)
     return super().call(inputs, training=training, mask=mask)
 
   def early_exit_model(self, num_repeats: int) -> tf_keras.Model:
@@ -340,40 +324,26 @@ class NASFPN(tf_keras.Model):
     For anytime detection (Sec. 3.2): its output is the pyramid dict after repeat
     `num_repeats` (1-based); it takes the same input dict as this model.
     """
-    inputs, pyramids = self._repeat_graph
+    inputs, pyramids = self._repeat_graph.value
     if not 1 <= num_repeats <= len(pyramids):
       raise ValueError(f'num_repeats must be in [1, {len(pyramids)}], got {num_repeats}.')
-    if num_repeats not in self._early_exit_models:
-      self._early_exit_models[num_repeats] = tf_keras.Model(inputs, pyramids[num_repeats - 1])
-    return self._early_exit_models[num_repeats]
+    models = self._early_exit_models.value
+    if num_repeats not in models:
+      models[num_repeats] = tf_keras.Model(inputs, pyramids[num_repeats - 1])
+    return models[num_repeats]
 
   @property
-  def output_specs(self) -> Dict[str, tf.TensorShape]:
-    """{str(level): TensorShape} of the output pyramid."""
-    return self._output_specs
+  def num_repeats(self) -> int:
+    return self._config_dict['num_repeats']
 
   @property
   def cell_specs(self) -> List[nasfpn_specs.CellSpec]:
     return list(self._specs)
 
   @property
-  def num_repeats(self) -> int:
-    return self._constructor_config()['num_repeats']
-
-  def get_config(self):
-    config = self._constructor_config()
-    for key, (serialize, _) in _SERIALIZERS.items():
-      if config[key] is not None:
-        config[key] = serialize(config[key])
-    return config
-
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    config = dict(config)
-    for key, (_, deserialize) in _SERIALIZERS.items():
-      if config.get(key) is not None:
-        config[key] = deserialize(config[key])
-    return cls(**config)
+  def output_specs(self) -> Dict[str, tf.TensorShape]:
+    """{str(level): TensorShape} of the output pyramid."""
+    return self._output_specs
 
 
 def build_nasfpn(**kwargs) -> NASFPN:

@@ -30,7 +30,8 @@ from typing import Dict, Mapping, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from official_spinenet.modeling.backbones import common
+from official_spinenet.modeling import topology
+from official_spinenet.modeling.layers import constructor_config
 from official_spinenet.modeling.layers import conv_norm_act
 
 # Focal loss prior: the classifier starts out predicting foreground with this
@@ -42,7 +43,7 @@ SEPARABLE_PREDICTOR_KERNEL_STDDEV = 0.03
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
-class RetinaNetHead(tf_keras.layers.Layer):
+class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer):
   """RetinaNet class and box head, shared across levels min_level..max_level.
 
   Input: dict str(level) -> [B, H_l, W_l, C] for every level in [min_level, max_level].
@@ -50,23 +51,16 @@ class RetinaNetHead(tf_keras.layers.Layer):
   [B, H_l, W_l, num_classes * num_anchors_per_location] and
   [B, H_l, W_l, num_params_per_anchor * num_anchors_per_location].
   """
+  CONFIG_INCLUDES_BASE = True
 
-  def __init__(self,
-               min_level: int = 3,
-               max_level: int = 7,
-               num_classes: int = 91,
-               num_anchors_per_location: int = 9,
-               num_convs: int = 4,
-               num_filters: int = 256,
-               use_separable_conv: bool = False,
-               activation: str = 'relu',
-               use_sync_bn: bool = False,
-               norm_momentum: float = 0.99,
+  def __init__(self, min_level: int = 3, max_level: int = 7, num_classes: int = 91,
+               num_anchors_per_location: int = 9, num_convs: int = 4, num_filters: int = 256,
+               use_separable_conv: bool = False, activation: str = 'relu',
+               use_sync_bn: bool = False, norm_momentum: float = 0.99,
                norm_epsilon: float = 0.001,
                kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
                bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
-               num_params_per_anchor: int = 4,
-               **kwargs):
+               num_params_per_anchor: int = 4, **kwargs):
     """Initializes the head.
 
     Args:
@@ -87,35 +81,17 @@ class RetinaNetHead(tf_keras.layers.Layer):
       **kwargs: passed to tf_keras.layers.Layer.
     """
     super().__init__(**kwargs)
-    if min_level > max_level:
-      raise ValueError(f'min_level {min_level} is greater than max_level {max_level}.')
+    self._store_config(locals())
+    topology.check_level_order(min_level, max_level)
     for key, value, lower in (('num_classes', num_classes, 1),
                               ('num_anchors_per_location', num_anchors_per_location, 1),
                               ('num_convs', num_convs, 0), ('num_filters', num_filters, 1),
                               ('num_params_per_anchor', num_params_per_anchor, 1)):
       if not isinstance(value, int) or value < lower:
         raise ValueError(f'{key} must be an int >= {lower}, got {value!r}.')
-    self._config_dict = {
-        'min_level': min_level,
-        'max_level': max_level,
-        'num_classes': num_classes,
-        'num_anchors_per_location': num_anchors_per_location,
-        'num_convs': num_convs,
-        'num_filters': num_filters,
-        'use_separable_conv': use_separable_conv,
-        'activation': activation,
-        'use_sync_bn': use_sync_bn,
-        'norm_momentum': norm_momentum,
-        'norm_epsilon': norm_epsilon,
-        'kernel_regularizer': kernel_regularizer,
-        'bias_regularizer': bias_regularizer,
-        'num_params_per_anchor': num_params_per_anchor,
-    }
-    self._factory = conv_norm_act.LayerFactory(
-        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon,
-        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=HEAD_KERNEL_STDDEV),
-        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
+    self._factory = conv_norm_act.LayerFactory.from_arguments(
+        locals(),
+        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=HEAD_KERNEL_STDDEV))
     self._activation_fn = self._factory.activation_fn()
 
   @property
@@ -202,16 +178,3 @@ class RetinaNetHead(tf_keras.layers.Layer):
       boxes[str(level)] = self._box_regressor(
           self._apply_tower(x, self._box_convs, self._box_norms[i], training))
     return scores, boxes
-
-  def get_config(self):
-    config = {**super().get_config(), **self._config_dict}
-    config['kernel_regularizer'] = common.serialize_regularizer(config['kernel_regularizer'])
-    config['bias_regularizer'] = common.serialize_regularizer(config['bias_regularizer'])
-    return config
-
-  @classmethod
-  def from_config(cls, config):
-    config = dict(config)
-    for key in ('kernel_regularizer', 'bias_regularizer'):
-      config[key] = common.deserialize_regularizer(config.get(key))
-    return cls(**config)

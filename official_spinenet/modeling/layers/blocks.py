@@ -10,11 +10,12 @@ format and match the layout of the published TF2 SpineNet checkpoints, so those
 restore without renaming.
 """
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
 
+from official_spinenet.modeling.layers import constructor_config
 from official_spinenet.modeling.layers import conv_norm_act
 from official_spinenet.modeling.layers import dropblock
 from official_spinenet.modeling.layers import graph_layout
@@ -23,8 +24,9 @@ from official_spinenet.modeling.layers import stochastic_depth
 BOTTLENECK_EXPANSION = 4
 
 
-class _ResidualBase(tf_keras.layers.Layer):
+class _ResidualBase(constructor_config.ConstructorConfig, tf_keras.layers.Layer):
   """Shared constructor, config and shortcut of the residual blocks."""
+  CONFIG_INCLUDES_BASE = True
 
   def __init__(self, filters: int, strides: int = 1, use_projection: bool = False,
                stochastic_depth_drop_rate: Optional[float] = None,
@@ -34,32 +36,38 @@ class _ResidualBase(tf_keras.layers.Layer):
                norm_epsilon: float = 0.001, dropblock_drop_rate: Optional[float] = None,
                dropblock_size: int = 3, **kwargs):
     super().__init__(**kwargs)
+    self._store_config(locals())
     self._filters = filters
     self._strides = strides
     self._use_projection = use_projection
-    self._stochastic_depth_drop_rate = stochastic_depth_drop_rate
     self._dropblock_drop_rate = dropblock_drop_rate
-    self._dropblock_size = dropblock_size
-    self._factory = conv_norm_act.LayerFactory(
-        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon, kernel_initializer=kernel_initializer,
-        kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer)
+    self._factory = conv_norm_act.LayerFactory.from_arguments(locals())
     self._activation_fn = self._factory.activation_fn()
 
   @property
   def output_filters(self) -> int:
     raise NotImplementedError
 
-  def _build_shortcut_and_drop(self):
+  def _conv_shapes(self) -> Sequence[Tuple[int, int, int]]:
+    """(filters, kernel size, strides) of the residual branch's convs, in order."""
+    raise NotImplementedError
+
+  def build(self, input_shape):
+    f = self._factory
     if self._use_projection:
-      self._shortcut = self._factory.conv(self.output_filters, 1, self._strides)
-      self._norm0 = self._factory.norm()
-    self._stochastic_depth = (
-        stochastic_depth.StochasticDepth(self._stochastic_depth_drop_rate)
-        if self._stochastic_depth_drop_rate else None)
+      self._shortcut = f.conv(self.output_filters, 1, self._strides)
+      self._norm0 = f.norm()
+    drop_rate = self._config_dict['stochastic_depth_drop_rate']
+    self._stochastic_depth = stochastic_depth.StochasticDepth(drop_rate) if drop_rate else None
     # Built only when on: no new checkpoint object when off.
     if self._dropblock_drop_rate:
-      self._dropblock = dropblock.DropBlock(self._dropblock_drop_rate, self._dropblock_size)
+      self._dropblock = dropblock.DropBlock(self._dropblock_drop_rate,
+                                            self._config_dict['dropblock_size'])
+    # `_conv1`, `_norm1`, `_conv2`, ...: the checkpoints' names, in their order.
+    for i, (filters, kernel_size, strides) in enumerate(self._conv_shapes(), 1):
+      setattr(self, f'_conv{i}', f.conv(filters, kernel_size, strides))
+      setattr(self, f'_norm{i}', f.norm())
+    super().build(input_shape)
 
   def _drop(self, x, training):
     """DropBlock after a BN (and its activation), if configured."""
@@ -67,25 +75,21 @@ class _ResidualBase(tf_keras.layers.Layer):
       return x
     return self._dropblock(x, training=training)
 
-  def _shortcut_and_merge(self, inputs, residual, training):
+  def call(self, inputs, training=None):
+    """conv -> BN [-> activation] per conv (none after the last), then the shortcut."""
+    x = inputs
+    num_convs = len(self._conv_shapes())
+    for i in range(1, num_convs + 1):
+      x = getattr(self, f'_norm{i}')(getattr(self, f'_conv{i}')(x), training=training)
+      if i < num_convs:
+        x = self._activation_fn(x)
+      x = self._drop(x, training)
     shortcut = inputs
     if self._use_projection:
       shortcut = self._drop(self._norm0(self._shortcut(inputs), training=training), training)
     if self._stochastic_depth is not None:
-      residual = self._stochastic_depth(residual, training=training)
-    return self._activation_fn(residual + shortcut)
-
-  def get_config(self):
-    return {
-        **super().get_config(),
-        'filters': self._filters,
-        'strides': self._strides,
-        'use_projection': self._use_projection,
-        'stochastic_depth_drop_rate': self._stochastic_depth_drop_rate,
-        'dropblock_drop_rate': self._dropblock_drop_rate,
-        'dropblock_size': self._dropblock_size,
-        **self._factory.layer_kwargs(),
-    }
+      x = self._stochastic_depth(x, training=training)
+    return self._activation_fn(x + shortcut)
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -99,23 +103,9 @@ class BottleneckBlock(_ResidualBase):
   def output_filters(self) -> int:
     return self._filters * BOTTLENECK_EXPANSION
 
-  def build(self, input_shape):
-    self._build_shortcut_and_drop()
-    f = self._factory
-    self._conv1 = f.conv(self._filters, 1)
-    self._norm1 = f.norm()
-    self._conv2 = f.conv(self._filters, 3, self._strides)
-    self._norm2 = f.norm()
-    self._conv3 = f.conv(self.output_filters, 1)
-    self._norm3 = f.norm()
-    super().build(input_shape)
-
-  def call(self, inputs, training=None):
-    act = self._activation_fn
-    x = self._drop(act(self._norm1(self._conv1(inputs), training=training)), training)
-    x = self._drop(act(self._norm2(self._conv2(x), training=training)), training)
-    x = self._drop(self._norm3(self._conv3(x), training=training), training)
-    return self._shortcut_and_merge(inputs, x, training)
+  def _conv_shapes(self):
+    return ((self._filters, 1, 1), (self._filters, 3, self._strides),
+            (self.output_filters, 1, 1))
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -129,20 +119,8 @@ class ResidualBlock(_ResidualBase):
   def output_filters(self) -> int:
     return self._filters
 
-  def build(self, input_shape):
-    self._build_shortcut_and_drop()
-    f = self._factory
-    self._conv1 = f.conv(self._filters, 3, self._strides)
-    self._norm1 = f.norm()
-    self._conv2 = f.conv(self._filters, 3)
-    self._norm2 = f.norm()
-    super().build(input_shape)
-
-  def call(self, inputs, training=None):
-    x = self._drop(self._activation_fn(self._norm1(self._conv1(inputs), training=training)),
-                   training)
-    x = self._drop(self._norm2(self._conv2(x), training=training), training)
-    return self._shortcut_and_merge(inputs, x, training)
+  def _conv_shapes(self):
+    return ((self._filters, 3, self._strides), (self._filters, 3, 1))
 
 
 RESIDUAL_BLOCKS = {'bottleneck': BottleneckBlock, 'residual': ResidualBlock}

@@ -8,7 +8,7 @@ numerics of the SpineNet paper's TF2 implementation: no conv bias before BN, Ker
 """
 
 import dataclasses
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import tensorflow as tf
 import tf_keras
@@ -49,6 +49,18 @@ class LayerFactory:
 
   def __post_init__(self):
     activations.get_activation(self.activation)  # Fails early on a bad name.
+
+  @classmethod
+  def from_arguments(cls, arguments: Mapping[str, Any], **overrides: Any) -> 'LayerFactory':
+    """The factory of a constructor's arguments: those named like its fields.
+
+    Args:
+      arguments: e.g. a layer constructor's `locals()`; other keys are ignored.
+      **overrides: field values that replace or add to those in arguments.
+    """
+    settings = {field.name: arguments[field.name] for field in dataclasses.fields(cls)
+                if field.name in arguments}
+    return cls(**{**settings, **overrides})
 
   def conv(self, filters: int, kernel_size: int, strides: int = 1,
            use_bias: bool = False, name: Optional[str] = None,

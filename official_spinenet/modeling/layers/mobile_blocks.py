@@ -23,6 +23,7 @@ from typing import Optional
 import tensorflow as tf
 import tf_keras
 
+from official_spinenet.modeling.layers import constructor_config
 from official_spinenet.modeling.layers import conv_norm_act
 from official_spinenet.modeling.layers import stochastic_depth
 
@@ -44,48 +45,15 @@ def make_divisible(value: float, divisor: int = 1, min_value: Optional[int] = No
   return int(rounded)
 
 
-def _deserialize(kind, value):
-  """Regularizer/initializer configs (dicts) from get_config back into objects."""
-  if isinstance(value, dict):
-    return kind.deserialize(value)
-  return value
-
-
-def _serialize(kind, value):
-  if value is None or isinstance(value, str):
-    return value
-  return kind.serialize(value)
-
-
-class _MobileLayer(tf_keras.layers.Layer):
-  """Shared handling of the conv/BN settings of the mobile layers."""
-
-  def _make_factory(self, activation, use_sync_bn, norm_momentum, norm_epsilon,
-                    kernel_initializer, kernel_regularizer, bias_regularizer):
-    self._factory = conv_norm_act.LayerFactory(
-        activation=activation, use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon,
-        kernel_initializer=_deserialize(tf_keras.initializers, kernel_initializer),
-        kernel_regularizer=_deserialize(tf_keras.regularizers, kernel_regularizer),
-        bias_regularizer=_deserialize(tf_keras.regularizers, bias_regularizer))
-
-  def _factory_config(self):
-    f = self._factory
-    return {
-        'kernel_initializer': _serialize(tf_keras.initializers, f.kernel_initializer),
-        'kernel_regularizer': _serialize(tf_keras.regularizers, f.kernel_regularizer),
-        'bias_regularizer': _serialize(tf_keras.regularizers, f.bias_regularizer),
-    }
-
-
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
-class SqueezeExcitation(_MobileLayer):
+class SqueezeExcitation(constructor_config.ConstructorConfig, tf_keras.layers.Layer):
   """Channel gating by global context (Hu et al., 2018).
 
   Input [B, H, W, out_filters]; output the input times a per-example, per-channel
   gate in [0, 1] computed from its spatial mean through a bottleneck of
   make_divisible(max(1, int(in_filters * se_ratio)), divisible_by) channels.
   """
+  CONFIG_INCLUDES_BASE = True
 
   def __init__(self, in_filters: int, out_filters: int, se_ratio: float,
                divisible_by: int = 1, round_down_protect: bool = True,
@@ -95,30 +63,25 @@ class SqueezeExcitation(_MobileLayer):
     super().__init__(**kwargs)
     if not 0.0 < se_ratio <= 1.0:
       raise ValueError(f'se_ratio must be in (0, 1], got {se_ratio}.')
-    self._in_filters = in_filters
-    self._out_filters = out_filters
-    self._se_ratio = se_ratio
-    self._divisible_by = divisible_by
-    self._round_down_protect = round_down_protect
-    self._activation = activation
-    self._gating_activation = gating_activation
-    self._make_factory(activation, False, 0.99, 1e-3, kernel_initializer,
-                       kernel_regularizer, bias_regularizer)
+    self._store_config(locals())
+    # SE's convs have no BN: only the activation and conv settings apply.
+    self._factory = conv_norm_act.LayerFactory.from_arguments(locals())
     self._activation_fn = self._factory.activation_fn()
     self._gating_activation_fn = self._factory.activation_fn(gating_activation)
 
   @property
   def num_reduced_filters(self) -> int:
-    return make_divisible(max(1, int(self._in_filters * self._se_ratio)),
-                          self._divisible_by,
-                          round_down_protect=self._round_down_protect)
+    c = self._config_dict
+    return make_divisible(max(1, int(c['in_filters'] * c['se_ratio'])), c['divisible_by'],
+                          round_down_protect=c['round_down_protect'])
 
   def build(self, input_shape):
-    if input_shape[-1] != self._out_filters:
-      raise ValueError(f'SqueezeExcitation expects {self._out_filters} input channels, '
+    out_filters = self._config_dict['out_filters']
+    if input_shape[-1] != out_filters:
+      raise ValueError(f'SqueezeExcitation expects {out_filters} input channels, '
                        f'got {input_shape[-1]}.')
     self._se_reduce = self._factory.conv(self.num_reduced_filters, 1, use_bias=True)
-    self._se_expand = self._factory.conv(self._out_filters, 1, use_bias=True)
+    self._se_expand = self._factory.conv(out_filters, 1, use_bias=True)
     super().build(input_shape)
 
   def call(self, inputs):
@@ -127,28 +90,16 @@ class SqueezeExcitation(_MobileLayer):
     x = self._gating_activation_fn(self._se_expand(x))
     return x * inputs
 
-  def get_config(self):
-    return {
-        **super().get_config(),
-        'in_filters': self._in_filters,
-        'out_filters': self._out_filters,
-        'se_ratio': self._se_ratio,
-        'divisible_by': self._divisible_by,
-        'round_down_protect': self._round_down_protect,
-        'activation': self._activation,
-        'gating_activation': self._gating_activation,
-        **self._factory_config(),
-    }
-
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
-class InvertedBottleneckBlock(_MobileLayer):
+class InvertedBottleneckBlock(constructor_config.ConstructorConfig, tf_keras.layers.Layer):
   """Inverted bottleneck (MBConv) with optional squeeze-excitation.
 
   Input [B, H, W, in_filters]; output [B, ceil(H/strides), ceil(W/strides),
   out_filters]. The residual connection exists only when in_filters == out_filters,
   strides == 1 and use_residual.
   """
+  CONFIG_INCLUDES_BASE = True
 
   def __init__(self, in_filters: int, out_filters: int, expand_ratio: float = 6,
                strides: int = 1, kernel_size: int = 3,
@@ -195,70 +146,60 @@ class InvertedBottleneckBlock(_MobileLayer):
       raise ValueError(f'strides must be >= 1, got {strides}.')
     if expand_ratio < 1:
       raise ValueError(f'expand_ratio must be >= 1, got {expand_ratio}.')
-    self._in_filters = in_filters
-    self._out_filters = out_filters
-    self._expand_ratio = expand_ratio
-    self._strides = strides
-    self._kernel_size = kernel_size
-    self._se_ratio = se_ratio
-    self._se_inner_activation = se_inner_activation
-    self._se_gating_activation = se_gating_activation
-    self._divisible_by = divisible_by
-    self._stochastic_depth_drop_rate = stochastic_depth_drop_rate
-    self._use_residual = use_residual
-    self._regularize_depthwise = regularize_depthwise
-    self._make_factory(activation, use_sync_bn, norm_momentum, norm_epsilon,
-                       kernel_initializer, kernel_regularizer, bias_regularizer)
+    self._store_config(locals())
+    self._factory = conv_norm_act.LayerFactory.from_arguments(locals())
 
   @property
   def expanded_filters(self) -> int:
-    return make_divisible(self._in_filters * self._expand_ratio, self._divisible_by)
+    c = self._config_dict
+    return make_divisible(c['in_filters'] * c['expand_ratio'], c['divisible_by'])
 
   @property
   def has_residual(self) -> bool:
-    return (self._use_residual and self._in_filters == self._out_filters and
-            self._strides == 1)
+    c = self._config_dict
+    return c['use_residual'] and c['in_filters'] == c['out_filters'] and c['strides'] == 1
 
   @property
   def has_squeeze_excitation(self) -> bool:
-    return bool(self._se_ratio) and 0.0 < self._se_ratio <= 1.0
+    se_ratio = self._config_dict['se_ratio']
+    return bool(se_ratio) and 0.0 < se_ratio <= 1.0
 
   def build(self, input_shape):
-    if input_shape[-1] != self._in_filters:
-      raise ValueError(f'InvertedBottleneckBlock expects {self._in_filters} input '
+    c = self._config_dict
+    if input_shape[-1] != c['in_filters']:
+      raise ValueError(f'InvertedBottleneckBlock expects {c["in_filters"]} input '
                        f'channels, got {input_shape[-1]}.')
     f = self._factory
     expanded = self.expanded_filters
     # Attribute order = weight order; it equals the reference's, so that
     # `set_weights(reference.get_weights())` and checkpoints line up.
-    if self._expand_ratio > 1:
+    if c['expand_ratio'] > 1:
       self._conv0 = f.conv(expanded, 1)
       self._norm0 = f.norm()
     self._activation_layer = f.activation_layer()
-    self._conv1 = f.depthwise_conv(self._kernel_size, self._strides,
-                                   regularize=self._regularize_depthwise)
+    self._conv1 = f.depthwise_conv(c['kernel_size'], c['strides'],
+                                   regularize=c['regularize_depthwise'])
     self._norm1 = f.norm()
     self._depthwise_activation_layer = f.activation_layer()
     self._squeeze_excitation = None
     if self.has_squeeze_excitation:
       self._squeeze_excitation = SqueezeExcitation(
-          in_filters=self._in_filters, out_filters=expanded, se_ratio=self._se_ratio,
-          divisible_by=self._divisible_by, activation=self._se_inner_activation,
-          gating_activation=self._se_gating_activation,
+          in_filters=c['in_filters'], out_filters=expanded, se_ratio=c['se_ratio'],
+          divisible_by=c['divisible_by'], activation=c['se_inner_activation'],
+          gating_activation=c['se_gating_activation'],
           kernel_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
           kernel_regularizer=f.kernel_regularizer,
           bias_regularizer=f.bias_regularizer)
-    self._conv2 = f.conv(self._out_filters, 1)
+    self._conv2 = f.conv(c['out_filters'], 1)
     self._norm2 = f.norm()
-    self._stochastic_depth = (
-        stochastic_depth.StochasticDepth(self._stochastic_depth_drop_rate)
-        if self._stochastic_depth_drop_rate else None)
+    drop_rate = c['stochastic_depth_drop_rate']
+    self._stochastic_depth = stochastic_depth.StochasticDepth(drop_rate) if drop_rate else None
     self._add = tf_keras.layers.Add()
     super().build(input_shape)
 
   def call(self, inputs, training=None):
     x = inputs
-    if self._expand_ratio > 1:
+    if self._config_dict['expand_ratio'] > 1:
       x = self._activation_layer(self._norm0(self._conv0(x), training=training))
     x = self._depthwise_activation_layer(self._norm1(self._conv1(x), training=training))
     if self._squeeze_excitation is not None:
@@ -272,29 +213,7 @@ class InvertedBottleneckBlock(_MobileLayer):
 
   def compute_output_shape(self, input_shape):
     b, h, w, _ = tf.TensorShape(input_shape).as_list()
-    s = self._strides
+    s = self._config_dict['strides']
     return tf.TensorShape([b, None if h is None else -(-h // s),
-                           None if w is None else -(-w // s), self._out_filters])
-
-  def get_config(self):
-    f = self._factory
-    return {
-        **super().get_config(),
-        'in_filters': self._in_filters,
-        'out_filters': self._out_filters,
-        'expand_ratio': self._expand_ratio,
-        'strides': self._strides,
-        'kernel_size': self._kernel_size,
-        'se_ratio': self._se_ratio,
-        'se_inner_activation': self._se_inner_activation,
-        'se_gating_activation': self._se_gating_activation,
-        'divisible_by': self._divisible_by,
-        'stochastic_depth_drop_rate': self._stochastic_depth_drop_rate,
-        'use_residual': self._use_residual,
-        'regularize_depthwise': self._regularize_depthwise,
-        'activation': f.activation,
-        'use_sync_bn': f.use_sync_bn,
-        'norm_momentum': f.norm_momentum,
-        'norm_epsilon': f.norm_epsilon,
-        **self._factory_config(),
-    }
+                           None if w is None else -(-w // s),
+                           self._config_dict['out_filters']])

@@ -1,15 +1,8 @@
-r"""Parameters and multiply-adds of SpineNet / SpineNet-Mobile / NAS-FPN models vs. the papers.
+"""Parameters and multiply-adds of the published SpineNet / SpineNet-Mobile / NAS-FPN models.
 
-  spinenet-stats                                # every model, a text table
-  spinenet-stats --models=49,190 --json         # some models, JSON
-  spinenet-stats --include=retinanet            # only the RetinaNet rows
-  spinenet-stats --models=49 --json --resolution_override=256   # quick (tests)
-
-or `python -m official_spinenet.stats_main ...`. Model ids: the SpineNet ids
-49S, 49, 96, 143, 143L, 190, the SpineNet-Mobile ids mobile-49, mobile-49S,
-mobile-49XS, and the RetinaNet NAS-FPN ids r50-nasfpn-3@256, r50-nasfpn-5@256,
-r50-nasfpn-7@256, r50-nasfpn-7@384 (Model Garden's ResNet-50 + our NAS-FPN with
-N repeats @ width, NAS-FPN paper Sec. 4.3 and Table 1). Row kinds (--include):
+The table `MODELS` holds how to build each published model and the figures the
+papers report; `compute_rows` counts ours (`model_stats`) beside them, and
+`report` gives the text table or JSON that `spinenet-stats` prints. Row kinds:
 
   retinanet       backbone + RetinaNetHead (91 classes, 9 anchors, levels 3-7) at the
                   paper's detection resolution. Head: 4 convs x 256 filters, except
@@ -24,35 +17,25 @@ N repeats @ width, NAS-FPN paper Sec. 4.3 and Table 1). Row kinds (--include):
                   (224/256)^2 (conv multiply-adds are proportional to the area).
 
 Multiply-adds are those of conv and dense layers for one image (the papers'
-"FLOPs"; see `official_spinenet.modeling.model_stats`). Counting only traces the
-model (no arithmetic) and each backbone is built once, for any input size, so the
-1280-pixel models take seconds to count; building SpineNet-190 takes the longest.
-
---resolution_override=N replaces every resolution by N (a multiple of 128) for
-quick runs, e.g. the tests' `--models=49 --json --resolution_override=256`.
+"FLOPs"; see `model_stats`). Counting only traces the model (no arithmetic) and
+each backbone is built once, for any input size, so the 1280-pixel models take
+seconds to count; building SpineNet-190 takes the longest.
 """
 
 import dataclasses
 import gc
 import json
-import os
-import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
 from absl import logging
 import tf_keras
 
 from official_spinenet.modeling import model_stats
-from official_spinenet.modeling.backbones import spinenet
+from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
-
-FLAGS = flags.FLAGS
+from official_spinenet.utils import tables
 
 NUM_CLASSES = 91
 NUM_ANCHORS = 9
@@ -68,7 +51,7 @@ MULTIPLY_ADDS_CONVENTION = (
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
   """A published model: how to build it and what the papers report."""
-  family: str  # 'spinenet', 'spinenet_mobile' or 'resnet' (Model Garden's)
+  family: str  # a factory.BACKBONES family: 'spinenet', 'spinenet_mobile', 'resnet'
   model_id: str
   resolution: int
   head_filters: int
@@ -127,43 +110,23 @@ NOTES = {
 }
 
 
-def define_flags() -> None:
-  """Defines this binary's flags (called from `run()`, never at import)."""
-  flags.DEFINE_boolean('json', False, 'Print JSON instead of a text table.')
-  flags.DEFINE_list('models', list(MODELS),
-                    f'Model ids to report; any of {list(MODELS)}.')
-  flags.DEFINE_list('include', list(ROW_KINDS), f'Row kinds; any of {list(ROW_KINDS)}.')
-  flags.DEFINE_integer('resolution_override', None,
-                       'If set, every model and row kind is counted at this square '
-                       'resolution (a multiple of 128) instead of the paper\'s; for '
-                       'quick runs and tests.', lower_bound=128)
+def resolve_names(values: Iterable[str], allowed: Iterable[str], what: str) -> List[str]:
+  """`values` spelled as in `allowed` (case-insensitive); ValueError naming `what`."""
+  allowed = list(allowed)
+  lookup = {a.upper(): a for a in allowed}
+  unknown = [v for v in values if v.upper() not in lookup]
+  if unknown:
+    raise ValueError(f'{what}: unknown value {unknown[0]!r}; choose from {allowed}.')
+  return [lookup[v.upper()] for v in values]
 
 
 def _build_backbone(entry: ModelEntry) -> tf_keras.Model:
-  """The backbone for any input size: one build serves every resolution counted."""
-  input_specs = [None, None, None, 3]
-  if entry.family == 'spinenet':
-    return spinenet.build_spinenet(entry.model_id, input_specs=input_specs)
-  if entry.family == 'resnet':
-    # Model Garden's ResNet (reused, not a seed system); importing official.vision
-    # is slow, so only the NAS-FPN rows do it.
-    from official_spinenet.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
-    return resnet.build_resnet(entry.model_id, input_specs=input_specs)
-  # Imported here: SpineNet rows must not depend on the mobile module.
-  from official_spinenet.modeling.backbones import spinenet_mobile  # pylint: disable=g-import-not-at-top
-  return spinenet_mobile.build_spinenet_mobile(entry.model_id, input_specs=input_specs)
+  """The backbone for any input size: one build serves every resolution counted.
 
-
-def _build_decoder(entry: ModelEntry, backbone: tf_keras.Model) -> Optional[tf_keras.Model]:
-  if not entry.nasfpn:
-    return None
-  num_repeats, num_filters = entry.nasfpn
-  return nasfpn.NASFPN(input_specs=backbone.output_specs, min_level=MIN_LEVEL,
-                       max_level=MAX_LEVEL, num_repeats=num_repeats, num_filters=num_filters)
-
-
-def _endpoint_filters(features: tf_keras.Model) -> int:
-  return int(features.output_specs[str(MAX_LEVEL)][-1])
+  The factory imports only the entry's family: SpineNet rows do not load the
+  mobile module, and only the NAS-FPN rows load Model Garden's ResNet (slow).
+  """
+  return factory.build_backbone(entry.family, entry.model_id, input_specs=[None, None, None, 3])
 
 
 def _feature_shapes(model: tf_keras.Model, resolution: int) -> Dict[str, list]:
@@ -177,9 +140,27 @@ def _counted_resolution(resolution: int, stride: int = 2 ** MAX_LEVEL) -> int:
   return -(-resolution // stride) * stride
 
 
-def _row(key: str, entry: ModelEntry, kind: str, resolution: int, params: int,
-         multiply_adds: float, published: Optional[Tuple[float, float]],
-         breakdown: Dict[str, float], note: str, seconds: float) -> dict:
+def _count(model, input_shape) -> Tuple[int, float]:
+  """(trainable parameters, multiply-adds for one image)."""
+  madds = model_stats.count_multiply_adds(model, input_shape)
+  return model_stats.count_params(model), madds
+
+
+def _head_counts(entry: ModelEntry, features: tf_keras.Model,
+                 resolution: int) -> Tuple[int, float]:
+  """Parameters and multiply-adds of the entry's RetinaNet head on `features`' levels."""
+  head = retinanet_head.RetinaNetHead(
+      min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
+      num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
+      num_filters=entry.head_filters, use_separable_conv=entry.separable_head)
+  return _count(head, _feature_shapes(features, resolution))
+
+
+def _row(key: str, entry: ModelEntry, kind: str, resolution: int, counts: Tuple[int, float],
+         published: Optional[Tuple[float, float]], breakdown: Dict[str, float], note: str,
+         start: float) -> dict:
+  """One row of the report: our counts, the published figures, the differences."""
+  params, multiply_adds = counts
   notes = [n for n in (entry.note if kind != 'backbone' else '', note,
                        NOTES.get((key, kind), '')) if n]
   row = {
@@ -197,7 +178,7 @@ def _row(key: str, entry: ModelEntry, kind: str, resolution: int, params: int,
       'published_multiply_adds_b': published[1] if published else None,
       'breakdown': breakdown,
       'note': '; '.join(notes),
-      'seconds': round(seconds, 1),
+      'seconds': round(time.time() - start, 1),
   }
   if published:
     row['params_diff_pct'] = round(100.0 * (params / 1e6 / published[0] - 1.0), 1)
@@ -207,87 +188,85 @@ def _row(key: str, entry: ModelEntry, kind: str, resolution: int, params: int,
 
 
 def _detection_rows(key: str, entry: ModelEntry, backbone: tf_keras.Model,
-                    kinds: List[str], resolution: int) -> List[dict]:
+                    kinds: Sequence[str], resolution: int) -> List[dict]:
+  """The 'backbone' and 'retinanet' rows of one model (NAS-FPN: 'retinanet' only)."""
   start = time.time()
-  backbone_params = model_stats.count_params(backbone)
-  backbone_madds = model_stats.count_multiply_adds(backbone, [1, resolution, resolution, 3])
-  decoder = _build_decoder(entry, backbone)
+  backbone_params, backbone_madds = _count(backbone, [1, resolution, resolution, 3])
+  if entry.nasfpn:
+    return [_nasfpn_row(key, entry, backbone, resolution, backbone_params, backbone_madds,
+                        start)] if 'retinanet' in kinds else []
   rows = []
-  if decoder is not None:
-    if 'retinanet' in kinds:
-      rows.append(_nasfpn_row(key, entry, backbone, decoder, resolution,
-                              backbone_params, backbone_madds, start))
-    return rows
-  filters = _endpoint_filters(backbone)
   if 'backbone' in kinds:
-    rows.append(_row(key, entry, 'backbone', resolution, backbone_params, backbone_madds,
+    filters = int(backbone.output_specs[str(MAX_LEVEL)][-1])
+    rows.append(_row(key, entry, 'backbone', resolution, (backbone_params, backbone_madds),
                      None, {}, f'endpoints: levels {MIN_LEVEL}-{MAX_LEVEL} x {filters} '
-                     'filters', time.time() - start))
+                     'filters', start))
   if 'retinanet' in kinds:
-    head = retinanet_head.RetinaNetHead(
-        min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
-        num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
-        num_filters=entry.head_filters, use_separable_conv=entry.separable_head)
-    head_madds = model_stats.count_multiply_adds(head, _feature_shapes(backbone, resolution))
-    head_params = model_stats.count_params(head)
+    head_params, head_madds = _head_counts(entry, backbone, resolution)
     head_kind = 'separable ' if entry.separable_head else ''
     rows.append(_row(
-        key, entry, 'retinanet', resolution, backbone_params + head_params,
-        backbone_madds + head_madds, entry.published_retinanet,
+        key, entry, 'retinanet', resolution,
+        (backbone_params + head_params, backbone_madds + head_madds), entry.published_retinanet,
         {'backbone_params': backbone_params, 'head_params': head_params,
          'backbone_multiply_adds': backbone_madds, 'head_multiply_adds': head_madds},
-        f'{head_kind}head {entry.head_convs}x{entry.head_filters}',
-        time.time() - start))
+        f'{head_kind}head {entry.head_convs}x{entry.head_filters}', start))
   return rows
 
 
-def _nasfpn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
-                decoder: tf_keras.Model, resolution: int, backbone_params: int,
-                backbone_madds: int, start: float) -> dict:
+def _nasfpn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int,
+                backbone_params: int, backbone_madds: float, start: float) -> dict:
   """RetinaNet with a NAS-FPN decoder: backbone + decoder + head."""
-  decoder_madds = model_stats.count_multiply_adds(decoder, _feature_shapes(backbone, resolution))
-  decoder_params = model_stats.count_params(decoder)
-  head = retinanet_head.RetinaNetHead(
-      min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
-      num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
-      num_filters=entry.head_filters)
-  head_madds = model_stats.count_multiply_adds(head, _feature_shapes(decoder, resolution))
-  head_params = model_stats.count_params(head)
+  num_repeats, num_filters = entry.nasfpn
+  decoder = nasfpn.NASFPN(input_specs=backbone.output_specs, min_level=MIN_LEVEL,
+                          max_level=MAX_LEVEL, num_repeats=num_repeats, num_filters=num_filters)
+  decoder_params, decoder_madds = _count(decoder, _feature_shapes(backbone, resolution))
+  head_params, head_madds = _head_counts(entry, decoder, resolution)
   note = (f'ResNet-{entry.model_id} (Model Garden) {backbone_params / 1e6:.2f}M / '
           f'{backbone_madds / 1e9:.1f}B, NAS-FPN {decoder_params / 1e6:.2f}M / '
           f'{decoder_madds / 1e9:.1f}B, head {entry.head_convs}x{entry.head_filters}')
-  return _row(key, entry, 'retinanet', resolution,
-              backbone_params + decoder_params + head_params,
-              backbone_madds + decoder_madds + head_madds, entry.published_retinanet,
+  counts = (backbone_params + decoder_params + head_params,
+            backbone_madds + decoder_madds + head_madds)
+  return _row(key, entry, 'retinanet', resolution, counts, entry.published_retinanet,
               {'backbone_params': backbone_params, 'decoder_params': decoder_params,
                'head_params': head_params, 'backbone_multiply_adds': backbone_madds,
                'decoder_multiply_adds': decoder_madds, 'head_multiply_adds': head_madds},
-              note, time.time() - start)
+              note, start)
 
 
 def _classification_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
                         resolution: int) -> dict:
+  """ImageNet classifier: the backbone + GAP of the level-7 endpoint + Dense(1001)."""
   start = time.time()
   counted = _counted_resolution(resolution)
   inputs = tf_keras.Input([None, None, 3])
   features = backbone(inputs)[str(MAX_LEVEL)]
   pooled = tf_keras.layers.GlobalAveragePooling2D()(features)
   logits = tf_keras.layers.Dense(NUM_IMAGENET_CLASSES)(pooled)
-  model = tf_keras.Model(inputs, logits)
-  params = model_stats.count_params(model)
-  madds = model_stats.count_multiply_adds(model, [1, counted, counted, 3])
+  params, madds = _count(tf_keras.Model(inputs, logits), [1, counted, counted, 3])
   note = f'GAP(P{MAX_LEVEL}) + Dense({NUM_IMAGENET_CLASSES})'
   if counted != resolution:
     # The backbone needs sizes divisible by 2^7; conv multiply-adds scale with area.
     madds *= (resolution / counted) ** 2
     note += f'; counted at {counted}, scaled by ({resolution}/{counted})^2'
-  return _row(key, entry, 'classification', resolution, params, madds,
-              entry.published_classification, {}, note, time.time() - start)
+  return _row(key, entry, 'classification', resolution, (params, madds),
+              entry.published_classification, {}, note, start)
 
 
-def compute_rows(model_keys: List[str], kinds: List[str],
+def compute_rows(model_keys: Sequence[str], kinds: Sequence[str],
                  resolution_override: Optional[int] = None) -> List[dict]:
-  """Builds every requested model and returns one dict per (model, row kind)."""
+  """Builds every requested model and returns one dict per (model, row kind).
+
+  Args:
+    model_keys: keys of MODELS.
+    kinds: any of ROW_KINDS.
+    resolution_override: count every model and row kind at this square size (a
+      multiple of 128) instead of the paper's; for quick runs.
+
+  Returns:
+    Rows with our counts ('params', 'multiply_adds', ...), the published figures
+    and the differences in percent; a model whose backbone cannot be imported
+    gives one row of kind 'unavailable'.
+  """
   rows = []
   for key in model_keys:
     entry = MODELS[key]
@@ -318,69 +297,51 @@ def compute_rows(model_keys: List[str], kinds: List[str],
   return rows
 
 
-def _fmt(value, digits: int) -> str:
-  if value is None:
-    return '-'
-  return f'{value:.{digits}f}'
+def _table_cells(row: Mapping[str, Any]) -> List[Any]:
+  """The text-table cells of one row (without the note)."""
+  if row['kind'] == 'unavailable':
+    return [row['model'], '-', '-', None, None, None, None]
+  madds_digits = 2 if row['multiply_adds_b'] < 10 else 1
+  published = row['published_multiply_adds_b']
+  return [row['name'], row['kind'], str(row['resolution']), f"{row['params_m']:.2f}",
+          None if row['published_params_m'] is None else f"{row['published_params_m']:.2f}",
+          f"{row['multiply_adds_b']:.{madds_digits}f}",
+          None if published is None else f'{published:.{madds_digits}f}']
 
 
-def format_table(rows: List[dict]) -> str:
-  """A fixed-width text table of the rows."""
-  header = ('model', 'kind', 'res', 'params M', 'pub. M', 'mult-adds B', 'pub. B', 'note')
-  lines = []
-  for r in rows:
-    if r['kind'] == 'unavailable':
-      lines.append((r['model'], '-', '-', '-', '-', '-', '-', r['note']))
-      continue
-    name = r['name']
-    madds_digits = 2 if r['multiply_adds_b'] < 10 else 1
-    lines.append((name, r['kind'], str(r['resolution']), _fmt(r['params_m'], 2),
-                  _fmt(r['published_params_m'], 2), _fmt(r['multiply_adds_b'], madds_digits),
-                  _fmt(r['published_multiply_adds_b'], 2 if madds_digits == 2 else 1),
-                  r['note']))
-  widths = [max(len(str(row[i])) for row in [header] + lines) for i in range(len(header) - 1)]
-  out = []
-  for row in [header] + lines:
-    out.append('  '.join(str(c).ljust(w) if i < 3 else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(row[:-1], widths))) + '  ' + row[-1])
-    if row is header:
-      out.append('-' * (sum(widths) + 2 * len(widths) + 4))
-  out.append(f'Multiply-adds: {MULTIPLY_ADDS_CONVENTION}.')
-  return '\n'.join(out)
+def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+  """A fixed-width text table of the rows, each followed by its note."""
+  header = ('model', 'kind', 'res', 'params M', 'pub. M', 'mult-adds B', 'pub. B')
+  lines = tables.format_table(header, [_table_cells(r) for r in rows],
+                              left_columns=3).split('\n')
+  # The note is free text of any length: it trails its row rather than widening a column.
+  lines[0] += '  note'
+  lines[1] = '-' * len(lines[0])
+  for i, row in enumerate(rows):
+    lines[i + 2] += f"  {row['note']}"
+  lines.append(f'Multiply-adds: {MULTIPLY_ADDS_CONVENTION}.')
+  return '\n'.join(lines)
 
 
-def _parse_list(values: List[str], allowed, flag: str) -> List[str]:
-  lookup = {a.upper(): a for a in allowed}
-  out = []
-  for v in values:
-    if v.upper() not in lookup:
-      raise app.UsageError(f'--{flag}: unknown value {v!r}; choose from {list(allowed)}.')
-    out.append(lookup[v.upper()])
-  return out
+def report(model_keys: Sequence[str], kinds: Sequence[str],
+           resolution_override: Optional[int] = None, as_json: bool = False) -> str:
+  """What `spinenet-stats` prints: the rows as a text table or as JSON.
 
+  Args:
+    model_keys: keys of MODELS, any case (e.g. '49s', 'mobile-49').
+    kinds: any of ROW_KINDS, any case.
+    resolution_override: see compute_rows; must be a multiple of 2^7.
+    as_json: JSON ({'convention', 'resolution_override', 'rows'}) instead of a table.
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  model_keys = _parse_list(FLAGS.models, MODELS, 'models')
-  kinds = _parse_list(FLAGS.include, ROW_KINDS, 'include')
-  if FLAGS.resolution_override and FLAGS.resolution_override % 2 ** MAX_LEVEL:
-    raise app.UsageError(f'--resolution_override must be a multiple of {2 ** MAX_LEVEL}.')
-  rows = compute_rows(model_keys, kinds, FLAGS.resolution_override)
-  if FLAGS.json:
-    print(json.dumps({'convention': MULTIPLY_ADDS_CONVENTION,
-                      'resolution_override': FLAGS.resolution_override,
-                      'rows': rows}, indent=1))
-  else:
-    print(format_table(rows))
-  sys.stdout.flush()
-
-
-def run():
-  """Console-script entry point (`spinenet-stats`)."""
-  define_flags()
-  app.run(main)
-
-
-if __name__ == '__main__':
-  run()
+  Raises:
+    ValueError: an unknown model or kind, or a bad resolution_override.
+  """
+  model_keys = resolve_names(model_keys, MODELS, '--models')
+  kinds = resolve_names(kinds, ROW_KINDS, '--include')
+  if resolution_override and resolution_override % 2 ** MAX_LEVEL:
+    raise ValueError(f'--resolution_override must be a multiple of {2 ** MAX_LEVEL}.')
+  rows = compute_rows(model_keys, kinds, resolution_override)
+  if as_json:
+    return json.dumps({'convention': MULTIPLY_ADDS_CONVENTION,
+                       'resolution_override': resolution_override, 'rows': rows}, indent=1)
+  return format_rows(rows)

@@ -1,54 +1,37 @@
-r"""spinenet-predict: run a detector over image files; write COCO results and drawings.
+"""A detector over image files: COCO results, images.json and drawings (spinenet-predict).
 
-From an exported SavedModel:
+The detector is an exported SavedModel (`saved_model_predictor`, its `image_bytes`
+signature) or a gin config + checkpoint (`checkpoint_predictor`, the same serving module,
+`export_lib.DetectionServingModule`, built in-process), so images are decoded, resized
+and padded as at evaluation, and boxes come back in the pixels of each file.
 
-  spinenet-predict --saved_model=/models/shapes/1 \
-    --images=/data/shapes/val --images='/more/*.jpg' --output_dir=/tmp/predictions
-
-or from the training gin config and a checkpoint (no export needed):
-
-  spinenet-predict --gin_file=demo/retinanet_spinenet_shapes.gin \
-    --checkpoint=/tmp/spinenet_demo/model --images=/tmp/spinenet_demo/data/val \
-    --annotation_file=/tmp/spinenet_demo/data/annotations/instances_val.json \
-    --output_dir=/tmp/predictions
-
-Both run the same code: the SavedModel's `image_bytes` signature, or the same
-serving module (`export_lib.DetectionServingModule`) built in-process, so images are
-decoded, resized and padded as at evaluation, and boxes come back in the pixels of
-each file.
-
---output_dir receives:
+`run_predict` writes to its output folder:
   detections.json   COCO results: [{"image_id", "category_id", "bbox": [x, y, w, h],
                     "score"}, ...] in original-image pixels (pycocotools loadRes reads it)
   images.json       {"images": [{"id", "file_name", "path", "height", "width",
                     "num_detections", "drawing"}], "categories": [...], "failed": [...]}:
-                    the image id of each file (1, 2, ... in the order of --images, or
-                    the ids of --annotation_file, matched by file name)
-  <image name>.png  each image with its detections scoring >= --draw_min_score drawn
-                    (boxes, class names, scores); off with --nodraw
-Every file is written to a temporary name and renamed into place. An image that
-fails (corrupt, too large) is reported in images.json["failed"] and the others carry
-on; the exit status is then 1.
+                    the image id of each file (1, 2, ... in the order of the images, or
+                    the ids of the annotation file, matched by file name)
+  <image name>.png  each image with its detections scoring >= draw_min_score drawn
+Every file is written atomically (utils.files). An image that fails (corrupt, too
+large) is reported in images.json["failed"] and the others carry on.
 """
 
 import dataclasses
-import io
 import os
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import tensorflow as tf
 
 from official_spinenet.data import coco_tfrecord
-from official_spinenet.evaluation import coco_evaluator
 from official_spinenet.serving import client_lib
+from official_spinenet.serving import drawing
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
+from official_spinenet.utils import files
+from official_spinenet.workflows import loading
 
-FLAGS = flags.FLAGS
 DETECTIONS_FILE = 'detections.json'
 IMAGES_FILE = 'images.json'
 
@@ -111,7 +94,7 @@ def saved_model_predictor(export_dir: str) -> Predictor:
   config_path = os.path.join(export_dir, export_lib.EXTRA_ASSETS_DIR,
                              export_lib.EXPORT_CONFIG_FILE)
   config = export_lib.read_export_config(export_dir) if os.path.exists(config_path) else {}
-  names = client_lib.load_category_names(config_path) if config else {}
+  names = client_lib.load_category_names(config.get('category_names'))
   batch_size = config.get('options', {}).get('batch_size')
 
   def call(encoded):
@@ -132,18 +115,12 @@ def checkpoint_predictor(gin_files: Sequence[str], gin_params: Sequence[str],
 
   The NMS options default to the task's evaluation settings, as in spinenet-export.
   """
-  from official_spinenet import export  # pylint: disable=g-import-not-at-top
-  loaded = export.load_model(gin_files, gin_params, checkpoint)
-  nms = loaded.task.nms_settings
+  loaded = loading.load_model(gin_files, gin_params, checkpoint)
   config = export_lib.ExportConfig(
       input_image_size=tuple(loaded.task.image_size),
-      score_threshold=(nms['pre_nms_score_threshold'] if score_threshold is None
-                       else float(score_threshold)),
-      max_detections=nms['max_num_detections'] if max_detections is None
-      else int(max_detections),
-      nms_iou_threshold=nms['nms_iou_threshold'] if nms_iou_threshold is None
-      else float(nms_iou_threshold),
-      pre_nms_top_k=nms['pre_nms_top_k'], max_image_pixels=int(max_image_pixels))
+      **loading.task_nms_options(loaded.task, score_threshold, max_detections,
+                                 nms_iou_threshold),
+      max_image_pixels=int(max_image_pixels))
   module = export_lib.DetectionServingModule(loaded.model, config)
   serve = tf.function(module.serve_image_bytes, autograph=False,
                       input_signature=[tf.TensorSpec([None], tf.string)])
@@ -204,28 +181,6 @@ def coco_results(image_id: int, detections: client_lib.ImageDetections
   return results
 
 
-def save_png_atomically(image, path: str) -> None:
-  """Saves a PIL image as PNG via a temporary file renamed into place."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    image.save(tmp, format='PNG')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _draw(encoded: bytes, detections: client_lib.ImageDetections,
-          category_names: Dict[int, str], path: str) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(encoded)) as image:
-    drawn = drawing.draw_detections(image, detections.boxes, detections.scores,
-                                    detections.classes, category_names)
-  save_png_atomically(drawn, path)
-
-
 def _detect_batch(predictor: Predictor, paths: Sequence[str], encoded: Sequence[bytes]):
   """[(path, detections or None, error or None)]; a refused batch is retried image by image."""
   try:
@@ -240,6 +195,13 @@ def _detect_batch(predictor: Predictor, paths: Sequence[str], encoded: Sequence[
     except tf.errors.InvalidArgumentError as e:
       results.append((path, None, client_lib.error_summary(e.message)))
   return results
+
+
+def _image_entry(image_id: int, path: str,
+                 detections: client_lib.ImageDetections) -> Dict[str, Any]:
+  return {'id': image_id, 'file_name': os.path.basename(path), 'path': path,
+          'height': int(detections.image_size[0]), 'width': int(detections.image_size[1]),
+          'num_detections': int(len(detections.scores)), 'drawing': None}
 
 
 def run_predict(predictor: Predictor,
@@ -283,17 +245,14 @@ def run_predict(predictor: Predictor,
   if annotations is not None:
     names.update(annotations.category_names)
   names.update(category_names or {})
-  os.makedirs(output_dir, exist_ok=True)
+  tf.io.gfile.makedirs(output_dir)
   drawings = dict(zip(paths, client_lib.drawing_names(paths)))
   logging.info('Predicting %d image(s) with %s.', len(paths), predictor.description)
 
   results, entries, failed = [], [], []
   progress = coco_tfrecord.TextProgress(len(paths), 'Predicting', enabled=show_progress)
   for batch_paths in client_lib.batches(paths, batch_size):
-    encoded = []
-    for path in batch_paths:
-      with open(path, 'rb') as f:
-        encoded.append(f.read())
+    encoded = client_lib.read_files(batch_paths)
     for (path, detections, error), data in zip(
         _detect_batch(predictor, batch_paths, encoded), encoded):
       if error is not None:
@@ -301,21 +260,18 @@ def run_predict(predictor: Predictor,
         failed.append({'path': path, 'error': error})
         continue
       results.extend(coco_results(ids[path], detections))
-      entry = {'id': ids[path], 'file_name': os.path.basename(path), 'path': path,
-               'height': int(detections.image_size[0]), 'width': int(detections.image_size[1]),
-               'num_detections': int(len(detections.scores)), 'drawing': None}
+      entries.append(_image_entry(ids[path], path, detections))
       if draw:
-        entry['drawing'] = drawings[path]
-        _draw(data, detections.above(draw_min_score), names,
-              os.path.join(output_dir, drawings[path]))
-      entries.append(entry)
+        entries[-1]['drawing'] = drawings[path]
+        drawing.save_drawing(data, detections.above(draw_min_score), names,
+                             os.path.join(output_dir, drawings[path]))
     progress.update(len(batch_paths))
   progress.close()
 
   detections_file = os.path.join(output_dir, DETECTIONS_FILE)
   images_file = os.path.join(output_dir, IMAGES_FILE)
-  coco_evaluator.write_json_atomically(results, detections_file)
-  coco_evaluator.write_json_atomically({
+  files.write_json_atomically(results, detections_file)
+  files.write_json_atomically({
       'images': entries,
       'categories': [{'id': i, 'name': n} for i, n in sorted(names.items())],
       'failed': failed, 'model': predictor.description,
@@ -325,88 +281,58 @@ def run_predict(predictor: Predictor,
           'detections_file': detections_file, 'images_file': images_file}
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the flags (at run time, so importing this module registers none).
+def _check_model_source(saved_model, gin_files, gin_params, checkpoint,
+                        nms_options: Dict[str, Any]) -> None:
+  """A SavedModel alone, or gin files and a checkpoint (with options)."""
+  if not saved_model:
+    if not (gin_files and checkpoint):
+      raise ValueError('Give --saved_model, or --gin_file and --checkpoint.')
+    return
+  checkpoint_only = {'gin_file': gin_files, 'gin_param': gin_params,
+                     'checkpoint': checkpoint, **nms_options}
+  given = ['--' + k for k, v in checkpoint_only.items() if v not in (None, [], ())]
+  if given:
+    raise ValueError(f'--saved_model runs the export as it is; do not combine it with '
+                     f'{", ".join(given)} (NMS options are fixed at export time).')
 
-  Tests pass their own FlagValues, so these names never meet other binaries' flags.
+
+def predict(images: Sequence[str], output_dir: str, *,
+            saved_model: Optional[str] = None,
+            gin_files: Sequence[str] = (),
+            gin_params: Sequence[str] = (),
+            checkpoint: Optional[str] = None,
+            nms_options: Optional[Dict[str, Any]] = None,
+            category_names: client_lib.CategoryNamesSource = None,
+            annotation_file: Optional[str] = None,
+            **run_options) -> Dict[str, Any]:
+  """What spinenet-predict runs: cheap checks, then the predictor, then run_predict.
+
+  Images, class names and the annotation file are checked before the model loads.
+
+  Args:
+    images, output_dir, annotation_file: see run_predict.
+    saved_model: a spinenet-export folder; or else gin_files, gin_params and
+      checkpoint (see loading.load_model).
+    nms_options: checkpoint only: score_threshold, max_detections, nms_iou_threshold
+      (None: the task's evaluation settings).
+    category_names: see client_lib.load_category_names.
+    **run_options: batch_size, draw, draw_min_score, show_progress (see run_predict).
+
+  Returns:
+    run_predict's summary.
+
+  Raises:
+    ValueError: naming the problem (model, images, names, annotation file).
   """
-  fv = dict(flag_values=flag_values)
-  flags.DEFINE_string('saved_model', None, 'A spinenet-export SavedModel folder. Or give '
-                      '--gin_file and --checkpoint instead.', **fv)
-  flags.DEFINE_multi_string('gin_file', [], 'Without --saved_model: the gin files the model '
-                            'was trained with.', **fv)
-  flags.DEFINE_multi_string('gin_param', [], 'Without --saved_model: gin bindings.', **fv)
-  flags.DEFINE_string('checkpoint', None, 'Without --saved_model: a checkpoint prefix or a '
-                      'model dir (its newest checkpoint).', **fv)
-  flags.DEFINE_multi_string('images', None, 'Image files, folders (their .jpg/.jpeg/.png) or '
-                            'globs; repeat the flag or separate them by commas.', **fv)
-  flags.DEFINE_string('output_dir', None, 'Where detections.json, images.json and the '
-                      'drawings go.', **fv)
-  flags.DEFINE_string('annotation_file', None, 'A COCO annotation file: image ids (matched '
-                      'by file name) and class names come from it.', **fv)
-  flags.DEFINE_string('category_names_json', None, 'Class names (a COCO annotation file, '
-                      '{"id": "name"} or a list of the names of ids 1, 2, ...).', **fv)
-  flags.DEFINE_integer('batch_size', 8, 'Images per model call.', lower_bound=1, **fv)
-  flags.DEFINE_boolean('draw', True, 'Write a PNG per image with the detections drawn.', **fv)
-  flags.DEFINE_float('draw_min_score', 0.3, 'Draw detections scoring at least this.', **fv)
-  flags.DEFINE_float('score_threshold', None, 'Without --saved_model: drop detections below '
-                     'this (default: RetinaNetTask.pre_nms_score_threshold).', **fv)
-  flags.DEFINE_integer('max_detections', None, 'Without --saved_model: detections per image '
-                       '(default: RetinaNetTask.max_num_detections).', **fv)
-  flags.DEFINE_float('nms_iou_threshold', None, 'Without --saved_model: NMS IoU threshold.', **fv)
-  flags.mark_flags_as_required(['images', 'output_dir'], flag_values=flag_values)
-
-
-def _split(values: Sequence[str]) -> List[str]:
-  return [v for value in values for v in value.split(',') if v]
-
-
-def run(argv) -> None:
-  """The absl entry point: flags -> a predictor -> run_predict()."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected positional arguments: {argv[1:]}')
-  checkpoint_only = {'gin_file': FLAGS.gin_file, 'gin_param': FLAGS.gin_param,
-                     'checkpoint': FLAGS.checkpoint, 'score_threshold': FLAGS.score_threshold,
-                     'max_detections': FLAGS.max_detections,
-                     'nms_iou_threshold': FLAGS.nms_iou_threshold}
-  if FLAGS.saved_model:
-    given = ['--' + k for k, v in checkpoint_only.items() if v not in (None, [])]
-    if given:
-      raise app.UsageError(f'--saved_model runs the export as it is; do not combine it with '
-                           f'{", ".join(given)} (NMS options are fixed at export time).')
-  elif not (FLAGS.gin_file and FLAGS.checkpoint):
-    raise app.UsageError('Give --saved_model, or --gin_file and --checkpoint.')
-  try:
-    category_names = client_lib.load_category_names(FLAGS.category_names_json)
-    paths = client_lib.find_images(_split(FLAGS.images))  # fail before loading the model
-    if FLAGS.annotation_file:
-      assign_image_ids(paths, coco_tfrecord.load_coco_instances(FLAGS.annotation_file))
-    if FLAGS.saved_model:
-      predictor = saved_model_predictor(FLAGS.saved_model)
-    else:
-      predictor = checkpoint_predictor(
-          FLAGS.gin_file, FLAGS.gin_param, FLAGS.checkpoint,
-          score_threshold=FLAGS.score_threshold, max_detections=FLAGS.max_detections,
-          nms_iou_threshold=FLAGS.nms_iou_threshold)
-    summary = run_predict(predictor, paths, FLAGS.output_dir,
-                          annotation_file=FLAGS.annotation_file,
-                          category_names=category_names, batch_size=FLAGS.batch_size,
-                          draw=FLAGS.draw, draw_min_score=FLAGS.draw_min_score)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  print(f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
-        f'{summary["detections_file"]}, {summary["images_file"]}'
-        + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else ''))
-  if summary['failed']:
-    sys.exit(f'{len(summary["failed"])} image(s) failed: '
-             + '; '.join(f'{f["path"]}: {f["error"]}' for f in summary['failed']))
-
-
-def main():
-  """Console-script entry point (`spinenet-predict`)."""
-  define_flags()
-  app.run(run)
-
-
-if __name__ == '__main__':
-  main()
+  _check_model_source(saved_model, gin_files, gin_params, checkpoint, nms_options or {})
+  names = client_lib.load_category_names(category_names)
+  paths = client_lib.find_images(images)
+  if annotation_file:
+    assign_image_ids(paths, coco_tfrecord.load_coco_instances(annotation_file))
+  if saved_model:
+    predictor = saved_model_predictor(saved_model)
+  else:
+    predictor = checkpoint_predictor(gin_files, gin_params, checkpoint,
+                                     **(nms_options or {}))
+  return run_predict(predictor, paths, output_dir, annotation_file=annotation_file,
+                     category_names=names, **run_options)

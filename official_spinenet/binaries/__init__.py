@@ -1,0 +1,1 @@
+"""User commands: thin absl binaries (flags -> one library call), one module per command."""

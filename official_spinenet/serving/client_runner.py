@@ -1,0 +1,156 @@
+"""The network side of the TF Serving client: REST / gRPC calls over a list of images.
+
+`run_client(ClientOptions(images=[...], ...))` is what `spinenet-serve-client` runs.
+Requests and replies are built and parsed by `client_lib` (pure functions, tested
+against the SavedModel); this module sends them and writes the results. REST needs
+neither TensorFlow nor tensorflow-serving-api; gRPC needs the latter. TensorFlow is
+loaded only to write --output_dir / --output_json (utils.files, atomic and gs://-able).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import urllib.error
+import urllib.request
+
+from absl import logging
+
+from official_spinenet.serving import client_lib
+
+_GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # large photos in one batch
+SIGNATURES = ('image_bytes', 'image_tensor')
+PROTOCOLS = ('rest', 'grpc')
+
+Predict = Callable[[Sequence], List[client_lib.ImageDetections]]
+
+
+@dataclasses.dataclass
+class ClientOptions:
+  """What to send where (spinenet-serve-client's flags, by the same names).
+
+  Attributes:
+    images: image files, folders (their .jpg/.jpeg/.png) or globs.
+    protocol: 'rest' or 'grpc'.
+    server: TF Serving host.
+    rest_port: TF Serving --rest_api_port.
+    grpc_port: TF Serving --port (gRPC).
+    model_name: the model's name in the server config.
+    model_version: a version; None: the latest.
+    signature: 'image_bytes' (the files, any sizes per batch) or 'image_tensor'
+      (decoded pixels, one image per request).
+    batch_size: images per request (image_bytes).
+    columnar: REST: the columnar "inputs" format instead of "instances".
+    timeout: seconds to wait for one reply.
+    min_score: print, draw and return the detections scoring at least this.
+    label_map: class names (client_lib.load_category_names formats).
+    output_dir: if set, one PNG per image with its detections drawn.
+    output_json: if set, all detections as JSON.
+  """
+  images: Sequence[str]
+  protocol: str = 'rest'
+  server: str = 'localhost'
+  rest_port: int = 8501
+  grpc_port: int = 8500
+  model_name: str = 'spinenet'
+  model_version: Optional[int] = None
+  signature: str = 'image_bytes'
+  batch_size: int = 8
+  columnar: bool = False
+  timeout: float = 60.0
+  min_score: float = 0.3
+  label_map: Optional[str] = None
+  output_dir: Optional[str] = None
+  output_json: Optional[str] = None
+
+
+def predict_rest(images, url: str, signature: str, columnar: bool, timeout: float):
+  """POSTs one REST predict request; returns per-image detections."""
+  body = json.dumps(client_lib.rest_predict_payload(images, signature, columnar)).encode()
+  request = urllib.request.Request(url, data=body,
+                                   headers={'Content-Type': 'application/json'})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+      return client_lib.parse_rest_response(json.load(reply))
+  except urllib.error.HTTPError as e:  # TF Serving puts the reason in a JSON body
+    raise RuntimeError(f'{url}: HTTP {e.code}: {e.read().decode(errors="replace")}') from e
+
+
+def make_grpc_predict(target: str, model_name: str, signature: str, model_version,
+                      timeout: float) -> Predict:
+  """A function images -> detections over one gRPC channel to TF Serving."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+  channel = grpc.insecure_channel(target, options=[
+      ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+      ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES)])
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+  def predict(images):
+    request = client_lib.grpc_predict_request(images, model_name, signature, model_version)
+    return client_lib.parse_grpc_response(stub.Predict(request, timeout=timeout))
+  return predict
+
+
+def _predict_fn(options: ClientOptions) -> Predict:
+  if options.protocol == 'rest':
+    url = client_lib.rest_predict_url(options.server, options.rest_port, options.model_name,
+                                      options.model_version)
+    return lambda images: predict_rest(images, url, options.signature, options.columnar,
+                                       options.timeout)
+  if options.protocol == 'grpc':
+    return make_grpc_predict(f'{options.server}:{options.grpc_port}', options.model_name,
+                             options.signature, options.model_version, options.timeout)
+  raise ValueError(f'protocol must be one of {PROTOCOLS}, got {options.protocol!r}.')
+
+
+def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
+  """Sends the images, prints (and optionally draws / writes) the detections.
+
+  A refused batch (a corrupt file, a timeout) is printed as FAILED and the other
+  batches carry on.
+
+  Returns:
+    ({image path: {'boxes_ymin_xmin_ymax_xmax', 'scores', 'classes'}} above min_score,
+    [paths of images whose request failed]).
+
+  Raises:
+    ValueError: no images found, a bad label map, protocol or signature.
+  """
+  if options.signature not in SIGNATURES:
+    raise ValueError(f'signature must be one of {SIGNATURES}, got {options.signature!r}.')
+  paths = client_lib.find_images(options.images)
+  category_names = client_lib.load_category_names(options.label_map)
+  predict = _predict_fn(options)
+  drawings = dict(zip(paths, client_lib.drawing_names(paths)))
+  # image_tensor requests hold one image size, so they go one by one.
+  batch_size = options.batch_size if options.signature == 'image_bytes' else 1
+  results, failed = {}, []
+  for batch_paths in client_lib.batches(paths, batch_size):
+    encoded = client_lib.read_files(batch_paths)
+    images = (encoded if options.signature == 'image_bytes'
+              else [client_lib.decode_to_array(e) for e in encoded])
+    logging.info('Sending %d image(s) starting with %s', len(images), batch_paths[0])
+    try:
+      replies = predict(images)
+    except Exception as e:  # pylint: disable=broad-except
+      # One refused batch must not stop the others; the server's InvalidArgument
+      # message names the problem.
+      failed.extend(batch_paths)
+      print(f'FAILED {", ".join(batch_paths)}: {e}')
+      continue
+    for path, data, detections in zip(batch_paths, encoded, replies):
+      detections = detections.above(options.min_score)
+      print(client_lib.format_detections(path, detections, category_names))
+      results[path] = {'boxes_ymin_xmin_ymax_xmax': detections.boxes.tolist(),
+                       'scores': detections.scores.tolist(),
+                       'classes': detections.classes.tolist()}
+      if options.output_dir:
+        from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
+        drawing.save_drawing(data, detections, category_names,
+                             os.path.join(options.output_dir, drawings[path]))
+  if options.output_json:
+    from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
+    files.write_json_atomically({'detections': results, 'failed': failed},
+                                options.output_json)
+  return results, failed
