@@ -1,16 +1,17 @@
 """Installs official_spinenet: SpineNet, SpineNet-Mobile and NAS-FPN for TensorFlow 2."""
+
 import setuptools
 
 INSTALL_REQUIRES = [
-    'tensorflow~=2.20.0',
-    'tf-keras~=2.20.0',
-    'tf-models-official~=2.20.0',
-    'pycocotools>=2.0.7',
-    'absl-py>=1.4',
-    'gin-config>=0.5',
-    'numpy',
-    'matplotlib>=3.7',
-    'pillow>=9',
+  'tensorflow~=2.20.0',
+  'tf-keras~=2.20.0',
+  'tf-models-official~=2.20.0',
+  'pycocotools>=2.0.7',
+  'absl-py>=1.4',
+  'gin-config>=0.5',
+  'numpy',
+  'matplotlib>=3.7',
+  'pillow>=9',
 ]
 
 SERVING_REQUIRES = ['tensorflow-serving-api~=2.20.0']
@@ -24,37 +25,38 @@ GIN_PACKAGE = 'official_spinenet.gin_configs'
 
 # User commands: every one is `official_spinenet.binaries.<module>:run`.
 CONSOLE_SCRIPTS = {
-    'spinenet-train': 'train',
-    'spinenet-demo': 'demo',
-    'spinenet-export': 'export',
-    'spinenet-predict': 'predict',
-    'spinenet-stats': 'stats',
-    'spinenet-make-shapes': 'make_shapes',
-    'spinenet-serve-client': 'serve_client',
-    'spinenet-convert-checkpoint': 'convert_checkpoint',
-    'spinenet-create-coco-tfrecord': 'create_coco_tfrecord',
-    'spinenet-export-tflite': 'export_tflite',
-    'spinenet-draw-architecture': 'draw_architecture',
+  'spinenet-train': 'train',
+  'spinenet-demo': 'demo',
+  'spinenet-export': 'export',
+  'spinenet-predict': 'predict',
+  'spinenet-stats': 'stats',
+  'spinenet-make-shapes': 'make_shapes',
+  'spinenet-serve-client': 'serve_client',
+  'spinenet-convert-checkpoint': 'convert_checkpoint',
+  'spinenet-create-coco-tfrecord': 'create_coco_tfrecord',
+  'spinenet-export-tflite': 'export_tflite',
+  'spinenet-draw-architecture': 'draw_architecture',
 }
 
 setuptools.setup(
-    name='official_spinenet',
-    version='0.1.0',
-    description='SpineNet, SpineNet-Mobile and NAS-FPN detectors for TensorFlow 2.',
-    packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*'])
-    + [GIN_PACKAGE],
-    package_dir={GIN_PACKAGE: 'gin_configs'},
-    package_data={GIN_PACKAGE: ['**/*.gin']},
-    include_package_data=False,
-    python_requires='>=3.10,<3.13',
-    install_requires=INSTALL_REQUIRES,
-    extras_require={
-        # The gRPC path of spinenet-serve-client; REST needs nothing extra.
-        'serving': SERVING_REQUIRES,
-        'test': ['pytest>=7', 'pytest-xdist>=3', 'build>=1'] + SERVING_REQUIRES + LINT_REQUIRES,
-    },
-    entry_points={
-        'console_scripts': [f'{name}=official_spinenet.binaries.{module}:run'
-                            for name, module in CONSOLE_SCRIPTS.items()],
-    },
+  name='official_spinenet',
+  version='0.1.0',
+  description='SpineNet, SpineNet-Mobile and NAS-FPN detectors for TensorFlow 2.',
+  packages=setuptools.find_packages(include=['official_spinenet', 'official_spinenet.*'])
+  + [GIN_PACKAGE],
+  package_dir={GIN_PACKAGE: 'gin_configs'},
+  package_data={GIN_PACKAGE: ['**/*.gin']},
+  include_package_data=False,
+  python_requires='>=3.10,<3.13',
+  install_requires=INSTALL_REQUIRES,
+  extras_require={
+    # The gRPC path of spinenet-serve-client; REST needs nothing extra.
+    'serving': SERVING_REQUIRES,
+    'test': ['pytest>=7', 'pytest-xdist>=3', 'build>=1'] + SERVING_REQUIRES + LINT_REQUIRES,
+  },
+  entry_points={
+    'console_scripts': [
+      f'{name}=official_spinenet.binaries.{module}:run' for name, module in CONSOLE_SCRIPTS.items()
+    ],
+  },
 )

@@ -26,23 +26,27 @@ from official_spinenet.utils import files
 # top-level item (`backbone/`, `decoder/`) and inside the model (`model/_backbone/`).
 SOURCE_PREFIX_CANDIDATES = ('backbone', 'model/_backbone', 'model/backbone', 'model')
 DECODER_SOURCE_PREFIX_CANDIDATES = ('decoder', 'model/_decoder', 'model/decoder')
-PART_SOURCE_PREFIX_CANDIDATES = {'backbone': SOURCE_PREFIX_CANDIDATES,
-                                 'decoder': DECODER_SOURCE_PREFIX_CANDIDATES}
+PART_SOURCE_PREFIX_CANDIDATES = {
+  'backbone': SOURCE_PREFIX_CANDIDATES,
+  'decoder': DECODER_SOURCE_PREFIX_CANDIDATES,
+}
 # How error messages point at the settings of each part (spinenet-convert-checkpoint).
 _PREFIX_FLAGS = {'backbone': '--source_prefix', 'decoder': '--decoder_source_prefix'}
 _ARCHITECTURE_FLAGS = {
-    'backbone': '--model and --model_id (and min/max level)',
-    'decoder': '--decoder and its --decoder_* flags (and min/max level)',
+  'backbone': '--model and --model_id (and min/max level)',
+  'decoder': '--decoder and its --decoder_* flags (and min/max level)',
 }
 _SKIPPED_KEYS = ('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter')
 
 
-def _variable_keys(shape_map: Dict[str, Sequence[int]], prefix: str
-                   ) -> Dict[str, Tuple[int, ...]]:
+def _variable_keys(shape_map: Dict[str, Sequence[int]], prefix: str) -> Dict[str, Tuple[int, ...]]:
   """{key relative to prefix: shape} for the variables under `prefix/`."""
   head = prefix.rstrip('/') + '/'
-  return {k[len(head):]: tuple(v) for k, v in shape_map.items()
-          if k.startswith(head) and not k.startswith(_SKIPPED_KEYS)}
+  return {
+    k[len(head) :]: tuple(v)
+    for k, v in shape_map.items()
+    if k.startswith(head) and not k.startswith(_SKIPPED_KEYS)
+  }
 
 
 def expected_keys(module: tf.Module, part: str = 'backbone') -> Dict[str, Tuple[int, ...]]:
@@ -53,10 +57,12 @@ def expected_keys(module: tf.Module, part: str = 'backbone') -> Dict[str, Tuple[
   return _variable_keys(shape_map, part)
 
 
-def find_source_prefix(shape_map: Dict[str, Sequence[int]],
-                       wanted: Dict[str, Tuple[int, ...]],
-                       candidates: Sequence[str] = SOURCE_PREFIX_CANDIDATES,
-                       part: str = 'backbone') -> str:
+def find_source_prefix(
+  shape_map: Dict[str, Sequence[int]],
+  wanted: Dict[str, Tuple[int, ...]],
+  candidates: Sequence[str] = SOURCE_PREFIX_CANDIDATES,
+  part: str = 'backbone',
+) -> str:
   """The prefix under which the source checkpoint holds the most wanted variables."""
   best, best_hits = None, 0
   for prefix in candidates:
@@ -66,29 +72,41 @@ def find_source_prefix(shape_map: Dict[str, Sequence[int]],
   if best is None:
     sample = sorted(k for k in shape_map if not k.startswith(_SKIPPED_KEYS))[:5]
     raise ValueError(
-        f'Found no {part} variables in the source checkpoint under any of '
-        f'{list(candidates)}; its first keys are {sample}. Pass '
-        f'{_PREFIX_FLAGS.get(part, "the source prefix")} to name where the {part} is.')
+      f'Found no {part} variables in the source checkpoint under any of '
+      f'{list(candidates)}; its first keys are {sample}. Pass '
+      f'{_PREFIX_FLAGS.get(part, "the source prefix")} to name where the {part} is.'
+    )
   return best
 
 
-def compare_keys(source: Dict[str, Tuple[int, ...]], wanted: Dict[str, Tuple[int, ...]],
-                 source_name: str, model_name: str, part: str = 'backbone') -> None:
+def compare_keys(
+  source: Dict[str, Tuple[int, ...]],
+  wanted: Dict[str, Tuple[int, ...]],
+  source_name: str,
+  model_name: str,
+  part: str = 'backbone',
+) -> None:
   """Raises a ValueError that names missing and mis-shaped variables."""
   missing = sorted(k for k in wanted if k not in source)
-  mis_shaped = sorted((k, source[k], wanted[k]) for k in wanted
-                      if k in source and source[k] != wanted[k])
+  mis_shaped = sorted(
+    (k, source[k], wanted[k]) for k in wanted if k in source and source[k] != wanted[k]
+  )
   if not missing and not mis_shaped:
     return
   lines = [f'Checkpoint {source_name} does not match {model_name}:']
   if missing:
-    lines.append(f'  {len(missing)} of {len(wanted)} variables are missing, e.g. '
-                 + ', '.join(missing[:8]))
+    lines.append(
+      f'  {len(missing)} of {len(wanted)} variables are missing, e.g. ' + ', '.join(missing[:8])
+    )
   if mis_shaped:
-    lines.append(f'  {len(mis_shaped)} variables have the wrong shape, e.g. ' + ', '.join(
-        f'{k}: checkpoint {s} vs model {w}' for k, s, w in mis_shaped[:8]))
-  lines.append(f'  Check {_ARCHITECTURE_FLAGS.get(part, "the architecture")} against the '
-               'model that wrote the checkpoint.')
+    lines.append(
+      f'  {len(mis_shaped)} variables have the wrong shape, e.g. '
+      + ', '.join(f'{k}: checkpoint {s} vs model {w}' for k, s, w in mis_shaped[:8])
+    )
+  lines.append(
+    f'  Check {_ARCHITECTURE_FLAGS.get(part, "the architecture")} against the '
+    'model that wrote the checkpoint.'
+  )
   raise ValueError('\n'.join(lines))
 
 
@@ -123,9 +141,13 @@ def _write_atomically(modules: Mapping[str, tf.Module], output_prefix: str) -> s
   return output_prefix
 
 
-def convert_checkpoint(source: str, modules: Mapping[str, tf.Module], output_prefix: str,
-                       source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
-                       model_names: Optional[Mapping[str, str]] = None) -> str:
+def convert_checkpoint(
+  source: str,
+  modules: Mapping[str, tf.Module],
+  output_prefix: str,
+  source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
+  model_names: Optional[Mapping[str, str]] = None,
+) -> str:
   """Converts the parts of a Model Garden checkpoint into our layout.
 
   Args:
@@ -156,22 +178,33 @@ def convert_checkpoint(source: str, modules: Mapping[str, tf.Module], output_pre
   readers = []
   for part, module in modules.items():
     if part not in PART_SOURCE_PREFIX_CANDIDATES:
-      raise ValueError(f'Unknown checkpoint part {part!r}; choose from '
-                       f'{sorted(PART_SOURCE_PREFIX_CANDIDATES)}.')
+      raise ValueError(
+        f'Unknown checkpoint part {part!r}; choose from {sorted(PART_SOURCE_PREFIX_CANDIDATES)}.'
+      )
     wanted = expected_keys(module, part)
     prefix = source_prefixes.get(part) or find_source_prefix(
-        shape_map, wanted, PART_SOURCE_PREFIX_CANDIDATES[part], part)
-    compare_keys(_variable_keys(shape_map, prefix), wanted, f'{source} ({prefix}/)',
-                 model_names.get(part, f'the {part}'), part)
+      shape_map, wanted, PART_SOURCE_PREFIX_CANDIDATES[part], part
+    )
+    compare_keys(
+      _variable_keys(shape_map, prefix),
+      wanted,
+      f'{source} ({prefix}/)',
+      model_names.get(part, f'the {part}'),
+      part,
+    )
     readers.append(_nested_checkpoint(prefix, module))
   for reader in readers:
     reader.read(source).expect_partial().assert_existing_objects_matched()
   return _write_atomically(modules, output_prefix)
 
 
-def convert_backbone_checkpoint(source: str, backbone: tf_keras.Model, output_prefix: str,
-                                source_prefix: Optional[str] = None,
-                                model_name: str = 'the model') -> str:
+def convert_backbone_checkpoint(
+  source: str,
+  backbone: tf_keras.Model,
+  output_prefix: str,
+  source_prefix: Optional[str] = None,
+  model_name: str = 'the model',
+) -> str:
   """Converts a Model Garden checkpoint's backbone into our layout.
 
   Args:
@@ -187,17 +220,28 @@ def convert_backbone_checkpoint(source: str, backbone: tf_keras.Model, output_pr
   Raises:
     ValueError: the source is missing, or does not hold this architecture.
   """
-  return convert_checkpoint(source, {'backbone': backbone}, output_prefix,
-                            {'backbone': source_prefix}, {'backbone': model_name})
+  return convert_checkpoint(
+    source,
+    {'backbone': backbone},
+    output_prefix,
+    {'backbone': source_prefix},
+    {'backbone': model_name},
+  )
 
 
 DECODERS = ('none', 'nasfpn')
 
 
-def build_parts(backbone: str = 'spinenet', model_id: str = '49', min_level: int = 3,
-                max_level: int = 7, decoder: str = 'none', decoder_num_filters: int = 256,
-                decoder_num_repeats: int = 5, decoder_use_separable_conv: bool = False
-                ) -> Tuple[Dict[str, tf.Module], Dict[str, str]]:
+def build_parts(
+  backbone: str = 'spinenet',
+  model_id: str = '49',
+  min_level: int = 3,
+  max_level: int = 7,
+  decoder: str = 'none',
+  decoder_num_filters: int = 256,
+  decoder_num_repeats: int = 5,
+  decoder_use_separable_conv: bool = False,
+) -> Tuple[Dict[str, tf.Module], Dict[str, str]]:
   """Our parts with the source model's architecture, and how messages name them.
 
   Args:
@@ -215,22 +259,30 @@ def build_parts(backbone: str = 'spinenet', model_id: str = '49', min_level: int
   """
   if decoder not in DECODERS:
     raise ValueError(f'Unknown decoder {decoder!r}; choose one of {DECODERS}.')
-  built = factory.build_backbone(backbone, model_id, min_level=min_level,
-                                 max_level=max_level, input_specs=[None, None, None, 3])
+  built = factory.build_backbone(
+    backbone, model_id, min_level=min_level, max_level=max_level, input_specs=[None, None, None, 3]
+  )
   parts = {'backbone': built}
   names = {'backbone': f'{backbone}-{model_id}'}
   if decoder == 'nasfpn':
     parts['decoder'] = nasfpn.NASFPN(
-        input_specs=built.output_specs, min_level=min_level, max_level=max_level,
-        num_filters=decoder_num_filters, num_repeats=decoder_num_repeats,
-        use_separable_conv=decoder_use_separable_conv)
+      input_specs=built.output_specs,
+      min_level=min_level,
+      max_level=max_level,
+      num_filters=decoder_num_filters,
+      num_repeats=decoder_num_repeats,
+      use_separable_conv=decoder_use_separable_conv,
+    )
     names['decoder'] = f'NAS-FPN {decoder_num_repeats}@{decoder_num_filters}'
   return parts, names
 
 
-def convert_architecture(source: str, output_prefix: str,
-                         source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
-                         **architecture) -> Tuple[str, Sequence[str]]:
+def convert_architecture(
+  source: str,
+  output_prefix: str,
+  source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
+  **architecture,
+) -> Tuple[str, Sequence[str]]:
   """Builds our parts for the source's architecture and converts the checkpoint.
 
   Args:

@@ -34,8 +34,10 @@ def gin_configs_dir() -> str:
   for candidate in _candidates():
     if os.path.isdir(candidate):
       return candidate
-  raise FileNotFoundError(f'No gin_configs folder found (looked in {_candidates()}); the '
-                          'installation is incomplete: reinstall official_spinenet.')
+  raise FileNotFoundError(
+    f'No gin_configs folder found (looked in {_candidates()}); the '
+    'installation is incomplete: reinstall official_spinenet.'
+  )
 
 
 def list_gin_files() -> List[str]:
@@ -43,8 +45,7 @@ def list_gin_files() -> List[str]:
   root = gin_configs_dir()
   found = []
   for folder, _, files in os.walk(root):
-    found += [os.path.relpath(os.path.join(folder, f), root) for f in files
-              if f.endswith('.gin')]
+    found += [os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith('.gin')]
   return sorted(p.replace(os.sep, '/') for p in found)
 
 
@@ -63,5 +64,7 @@ def resolve_gin_file(path: str, flag: Optional[str] = '--gin_file') -> str:
     return candidate
   folder = os.path.dirname(path.replace(os.sep, '/'))
   nearby = [f for f in list_gin_files() if os.path.dirname(f) == folder] or list_gin_files()
-  raise ValueError(f'{flag} {path!r} does not exist, neither as a path nor in the packaged '
-                   f'configs ({root}); they include {nearby[:12]}.')
+  raise ValueError(
+    f'{flag} {path!r} does not exist, neither as a path nor in the packaged '
+    f'configs ({root}); they include {nearby[:12]}.'
+  )

@@ -42,10 +42,12 @@ def _register(fn, name: str):
 
 # Builders that forward **kwargs to a class: bindings are checked against it.
 _FORWARDING_BUILDERS = {
-    'spinenet': (_register(spinenet.build_spinenet, 'spinenet'), spinenet.SpineNet),
-    'spinenet_mobile': (_register(spinenet_mobile.build_spinenet_mobile, 'spinenet_mobile'),
-                        spinenet_mobile.SpineNetMobile),
-    'nasfpn': (_register(nasfpn.build_nasfpn, 'nasfpn'), nasfpn.NASFPN),
+  'spinenet': (_register(spinenet.build_spinenet, 'spinenet'), spinenet.SpineNet),
+  'spinenet_mobile': (
+    _register(spinenet_mobile.build_spinenet_mobile, 'spinenet_mobile'),
+    spinenet_mobile.SpineNetMobile,
+  ),
+  'nasfpn': (_register(nasfpn.build_nasfpn, 'nasfpn'), nasfpn.NASFPN),
 }
 _register(resnet.build_resnet, 'resnet')
 _register(retinanet_head.RetinaNetHead, 'RetinaNetHead')
@@ -58,27 +60,29 @@ _register(optimization.build_sgd_optimizer, 'sgd')
 _register(optimization.build_adam_optimizer, 'adam')
 
 
-
 @gin.configurable(module=MODULE)
-def experiment(task: base_task.Task = gin.REQUIRED,
-               trainer_config: trainer.TrainerConfig = gin.REQUIRED,
-               learning_rate: Callable[..., Any] = gin.REQUIRED,
-               optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (
-                   optimization.build_sgd_optimizer)) -> Dict[str, Any]:
+def experiment(
+  task: base_task.Task = gin.REQUIRED,
+  trainer_config: trainer.TrainerConfig = gin.REQUIRED,
+  learning_rate: Callable[..., Any] = gin.REQUIRED,
+  optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (optimization.build_sgd_optimizer),
+) -> Dict[str, Any]:
   """What one training run is: a task, loop settings and the optimizer builders."""
-  return dict(task=task, config=trainer_config, learning_rate=learning_rate,
-              optimizer=optimizer)
+  return dict(task=task, config=trainer_config, learning_rate=learning_rate, optimizer=optimizer)
 
 
 def _check_forwarded_bindings() -> None:
   """Unknown parameters of builders that take **kwargs fail now, not at build time."""
   for name, (builder, target) in _FORWARDING_BUILDERS.items():
     accepted = set(inspect.signature(target.__init__).parameters) | set(
-        inspect.signature(builder).parameters)
+      inspect.signature(builder).parameters
+    )
     unknown = sorted(set(gin.get_bindings(builder)) - accepted)
     if unknown:
-      raise ValueError(f'Unknown gin parameter(s) {unknown} for {name!r}; it accepts '
-                       f'{sorted(accepted - {"self", "kwargs"})}.')
+      raise ValueError(
+        f'Unknown gin parameter(s) {unknown} for {name!r}; it accepts '
+        f'{sorted(accepted - {"self", "kwargs"})}.'
+      )
 
 
 def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = None) -> None:
@@ -93,8 +97,9 @@ def parse_gin(gin_files: Sequence[str], gin_params: Optional[Sequence[str]] = No
   gin.add_config_file_search_path(config_files.gin_configs_dir())
   files = [config_files.resolve_gin_file(f) for f in gin_files or ()]
   try:
-    gin.parse_config_files_and_bindings(files, list(gin_params or ()), skip_unknown=False,
-                                        finalize_config=False)
+    gin.parse_config_files_and_bindings(
+      files, list(gin_params or ()), skip_unknown=False, finalize_config=False
+    )
   except (OSError, ValueError, KeyError, SyntaxError) as e:
     raise ValueError(f'Bad gin configuration: {e}') from e
   _check_forwarded_bindings()

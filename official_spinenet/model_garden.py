@@ -16,33 +16,37 @@ from types import ModuleType
 
 # Short name -> module. Everything the package takes from tf-models-official.
 MODULES = {
-    'anchor': 'official.vision.ops.anchor',
-    'box_ops': 'official.vision.ops.box_ops',
-    'preprocess_ops': 'official.vision.ops.preprocess_ops',
-    'focal_loss': 'official.vision.losses.focal_loss',
-    'loss_utils': 'official.vision.losses.loss_utils',
-    'retinanet_input': 'official.vision.dataloaders.retinanet_input',
-    'maskrcnn_input': 'official.vision.dataloaders.maskrcnn_input',
-    'classification_input': 'official.vision.dataloaders.classification_input',
-    'tf_example_decoder': 'official.vision.dataloaders.tf_example_decoder',
-    'detection_generator': 'official.vision.modeling.layers.detection_generator',
-    'resnet': 'official.vision.modeling.backbones.resnet',
-    'lr_schedule': 'official.modeling.optimization.lr_schedule',
-    # Model Garden's own RetinaNet experiment, only to compare training speed against
-    # (workflows/train_throughput.py): loading it loads their SpineNet, at that call.
-    'retinanet_config': 'official.vision.configs.retinanet',
-    'retinanet_task': 'official.vision.tasks.retinanet',
+  'anchor': 'official.vision.ops.anchor',
+  'box_ops': 'official.vision.ops.box_ops',
+  'preprocess_ops': 'official.vision.ops.preprocess_ops',
+  'focal_loss': 'official.vision.losses.focal_loss',
+  'loss_utils': 'official.vision.losses.loss_utils',
+  'retinanet_input': 'official.vision.dataloaders.retinanet_input',
+  'maskrcnn_input': 'official.vision.dataloaders.maskrcnn_input',
+  'classification_input': 'official.vision.dataloaders.classification_input',
+  'tf_example_decoder': 'official.vision.dataloaders.tf_example_decoder',
+  'detection_generator': 'official.vision.modeling.layers.detection_generator',
+  'resnet': 'official.vision.modeling.backbones.resnet',
+  'lr_schedule': 'official.modeling.optimization.lr_schedule',
+  # Model Garden's own RetinaNet experiment, only to compare training speed against
+  # (workflows/train_throughput.py): loading it loads their SpineNet, at that call.
+  'retinanet_config': 'official.vision.configs.retinanet',
+  'retinanet_task': 'official.vision.tasks.retinanet',
 }
-_REFERENCE_ONLY = ('official.vision.modeling.backbones.spinenet',
-                   'official.vision.modeling.backbones.spinenet_mobile',
-                   'official.vision.modeling.decoders.nasfpn')
+_REFERENCE_ONLY = (
+  'official.vision.modeling.backbones.spinenet',
+  'official.vision.modeling.backbones.spinenet_mobile',
+  'official.vision.modeling.decoders.nasfpn',
+)
 
 
 def load(name: str) -> ModuleType:
   """The tf-models-official module registered as `name` in MODULES, imported now."""
   if name not in MODULES:
-    raise KeyError(f'No tf-models-official module {name!r} registered; add it to '
-                   f'model_garden.MODULES (known: {sorted(MODULES)}).')
+    raise KeyError(
+      f'No tf-models-official module {name!r} registered; add it to '
+      f'model_garden.MODULES (known: {sorted(MODULES)}).'
+    )
   path = MODULES[name]
   if path.startswith(_REFERENCE_ONLY):
     raise ValueError(f'{path} is the reference implementation; the package never uses it.')

@@ -4,6 +4,7 @@ The tests form a package (`tests/__init__.py`), so helpers are imported as
 `from tests import export_fixtures`; nothing edits sys.path. Markers and options
 are in pyproject.toml ([tool.pytest.ini_options]).
 """
+
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -34,6 +35,8 @@ def shapes_data(tmp_path_factory):
   COCO annotation files per split. Read-only: tests that change data make their own.
   """
   from official_spinenet.data import shapes  # pylint: disable=g-import-not-at-top
+
   root = tmp_path_factory.mktemp('shapes')
-  return shapes.make_shapes_dataset(str(root), num_train=16, num_val=4, image_size=128, seed=0,
-                                    num_shards=1)
+  return shapes.make_shapes_dataset(
+    str(root), num_train=16, num_val=4, image_size=128, seed=0, num_shards=1
+  )

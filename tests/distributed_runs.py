@@ -5,6 +5,7 @@
 Logical CPU devices must be configured before TensorFlow initialises, which a
 pytest process that already ran other tests cannot do; hence a subprocess.
 """
+
 import json
 import os
 import sys
@@ -19,15 +20,15 @@ STEPS = 2
 def _exact_params(data_dir):
   """The tiny config without randomness (no augmentation), with sync BN and clipping."""
   return [
-      f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
-      'train/InputConfig.aug_rand_hflip = False',
-      'train/InputConfig.aug_scale_min = 1.0',
-      'train/InputConfig.aug_scale_max = 1.0',
-      'spinenet.use_sync_bn = True',
-      'RetinaNetHead.use_sync_bn = True',
-      f'TRAIN_STEPS = {STEPS}',
-      'TrainerConfig.steps_per_loop = 1',
-      'TrainerConfig.gradient_clip_norm = 0.5',
+    f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
+    'train/InputConfig.aug_rand_hflip = False',
+    'train/InputConfig.aug_scale_min = 1.0',
+    'train/InputConfig.aug_scale_max = 1.0',
+    'spinenet.use_sync_bn = True',
+    'RetinaNetHead.use_sync_bn = True',
+    f'TRAIN_STEPS = {STEPS}',
+    'TrainerConfig.steps_per_loop = 1',
+    'TrainerConfig.gradient_clip_norm = 0.5',
   ]
 
 
@@ -44,24 +45,27 @@ def mirrored_vs_one_device(data_dir, output):
   """Trains the same initial weights on one device and on two mirrored CPUs."""
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+  )
   # pylint: disable=g-import-not-at-top
   import tf_keras
 
   from official_spinenet import configurables
   from official_spinenet.training import trainer as trainer_lib
+
   # pylint: enable=g-import-not-at-top
   results, initial, images = {}, None, None
   strategies = {
-      'one_device': tf.distribute.OneDeviceStrategy('/cpu:0'),
-      'mirrored': tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
+    'one_device': tf.distribute.OneDeviceStrategy('/cpu:0'),
+    'mirrored': tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
   }
   for name, strategy in strategies.items():
     configurables.parse_gin([TINY], _exact_params(data_dir))
     experiment = configurables.build_experiment()
     task = experiment['task']
-    trainer = trainer_lib.Trainer(task, strategy, os.path.join(output, name),
-                                  experiment['config'], experiment['learning_rate'])
+    trainer = trainer_lib.Trainer(
+      task, strategy, os.path.join(output, name), experiment['config'], experiment['learning_rate']
+    )
     if initial is None:
       initial = [w.numpy() for w in trainer.model.weights]
       images = next(iter(task.build_inputs(True)))[0].numpy()
@@ -79,11 +83,11 @@ def mirrored_vs_one_device(data_dir, output):
     before = [v.numpy() for v in trained]
     losses = [trainer.train(until_step=step)['total_loss'] for step in range(1, STEPS + 1)]
     results[name] = {
-        'replicas': strategy.num_replicas_in_sync,
-        'sync_bn_logits': sync_bn_logits.tolist(),
-        'losses': losses,
-        'weights': [v.numpy().tolist() for v in trained],
-        'initial': [v0.tolist() for v0 in before],
+      'replicas': strategy.num_replicas_in_sync,
+      'sync_bn_logits': sync_bn_logits.tolist(),
+      'losses': losses,
+      'weights': [v.numpy().tolist() for v in trained],
+      'initial': [v0.tolist() for v0 in before],
     }
   with open(os.path.join(output, 'results.json'), 'w') as f:
     json.dump(results, f)

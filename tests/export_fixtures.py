@@ -7,6 +7,7 @@ builds a gin config's model (by default gin_configs/testing/retinanet_tiny.gin),
 it detector-like predictor weights (`scale_predictors`) and saves a training-style
 checkpoint.
 """
+
 import io
 
 import numpy as np
@@ -23,8 +24,9 @@ from official_spinenet.serving import preprocessing
 
 INPUT_SIZE = 128
 NUM_CLASSES = shapes.NUM_CLASSES_WITH_BACKGROUND
-NMS_SETTINGS = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
-                    pre_nms_top_k=1000)
+NMS_SETTINGS = dict(
+  score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5, pre_nms_top_k=1000
+)
 # (height, width) of the test images: landscape, portrait, larger than the input.
 IMAGE_SIZES = ((96, 128), (128, 80), (150, 200))
 ATOL = 1e-4
@@ -32,17 +34,21 @@ ATOL = 1e-4
 # The tiny gin config (128 px) and its evaluation NMS settings.
 TINY = 'testing/retinanet_tiny.gin'
 NAMES = [c['name'] for c in shapes.CATEGORIES]
-SETTINGS = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
-                pre_nms_top_k=5000)
+SETTINGS = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5, pre_nms_top_k=5000)
 
 
 def build_unbuilt_model() -> retinanet_model.RetinaNetModel:
   """The tiny architecture, never called: not built, the head has no variables yet."""
   backbone = factory.build_backbone(
-      'spinenet', '49', input_specs=[None, INPUT_SIZE, INPUT_SIZE, 3],
-      filter_size_scale=0.25, endpoints_num_filters=32)
-  head = retinanet_head.RetinaNetHead(min_level=3, max_level=7, num_classes=NUM_CLASSES,
-                                      num_convs=1, num_filters=32)
+    'spinenet',
+    '49',
+    input_specs=[None, INPUT_SIZE, INPUT_SIZE, 3],
+    filter_size_scale=0.25,
+    endpoints_num_filters=32,
+  )
+  head = retinanet_head.RetinaNetHead(
+    min_level=3, max_level=7, num_classes=NUM_CLASSES, num_convs=1, num_filters=32
+  )
   return retinanet_model.RetinaNetModel(backbone=backbone, head=head)
 
 
@@ -85,27 +91,35 @@ def decode(encoded: bytes) -> np.ndarray:
 
 def reference_detections(model, images, **settings):
   """The in-process model: same preprocessing, model.detect, boxes to original pixels."""
-  processed = [preprocessing.preprocess_image(tf.constant(image), (INPUT_SIZE, INPUT_SIZE),
-                                              [INPUT_SIZE, INPUT_SIZE]) for image in images]
+  processed = [
+    preprocessing.preprocess_image(
+      tf.constant(image), (INPUT_SIZE, INPUT_SIZE), [INPUT_SIZE, INPUT_SIZE]
+    )
+    for image in images
+  ]
   batch = tf.stack([p[0] for p in processed])
   image_info = tf.stack([p[1] for p in processed]).numpy()
   detections = model.detect(
-      batch, image_shape=image_info[:, 1, :],
-      anchor_boxes=model.anchor_boxes((INPUT_SIZE, INPUT_SIZE)),
-      pre_nms_score_threshold=settings['score_threshold'],
-      max_num_detections=settings['max_detections'],
-      nms_iou_threshold=settings['nms_iou_threshold'],
-      pre_nms_top_k=settings['pre_nms_top_k'])
+    batch,
+    image_shape=image_info[:, 1, :],
+    anchor_boxes=model.anchor_boxes((INPUT_SIZE, INPUT_SIZE)),
+    pre_nms_score_threshold=settings['score_threshold'],
+    max_num_detections=settings['max_detections'],
+    nms_iou_threshold=settings['nms_iou_threshold'],
+    pre_nms_top_k=settings['pre_nms_top_k'],
+  )
   scale = np.tile(image_info[:, 2], 2)[:, None, :]
   offset = np.tile(image_info[:, 3], 2)[:, None, :]
   size = np.tile(image_info[:, 0], 2)[:, None, :]
   boxes = np.clip((detections['detection_boxes'].numpy() + offset) / scale, 0.0, size)
-  return {'detection_boxes': boxes,
-          'detection_scores': detections['detection_scores'].numpy(),
-          'detection_classes': detections['detection_classes'].numpy(),
-          'num_detections': detections['num_detections'].numpy(),
-          'image_info': image_info,
-          'raw_outputs': {k: detections[k] for k in ('cls_outputs', 'box_outputs')}}
+  return {
+    'detection_boxes': boxes,
+    'detection_scores': detections['detection_scores'].numpy(),
+    'detection_classes': detections['detection_classes'].numpy(),
+    'num_detections': detections['num_detections'].numpy(),
+    'image_info': image_info,
+    'raw_outputs': {k: detections[k] for k in ('cls_outputs', 'box_outputs')},
+  }
 
 
 def assert_same_detections(test, actual, expected, atol=ATOL):
@@ -114,30 +128,49 @@ def assert_same_detections(test, actual, expected, atol=ATOL):
   test.assertAllEqual(actual['num_detections'], expected['num_detections'])
   test.assertAllClose(actual['image_info'], expected['image_info'], atol=atol)
   for i, count in enumerate(expected['num_detections']):
-    got = np.concatenate([actual['detection_boxes'][i, :count],
-                          actual['detection_scores'][i, :count, None],
-                          actual['detection_classes'][i, :count, None]], axis=1)
-    want = np.concatenate([expected['detection_boxes'][i, :count],
-                           expected['detection_scores'][i, :count, None],
-                           expected['detection_classes'][i, :count, None]], axis=1)
+    got = np.concatenate(
+      [
+        actual['detection_boxes'][i, :count],
+        actual['detection_scores'][i, :count, None],
+        actual['detection_classes'][i, :count, None],
+      ],
+      axis=1,
+    )
+    want = np.concatenate(
+      [
+        expected['detection_boxes'][i, :count],
+        expected['detection_scores'][i, :count, None],
+        expected['detection_classes'][i, :count, None],
+      ],
+      axis=1,
+    )
     test.assertAllClose(np.sort(got[:, 4]), np.sort(want[:, 4]), atol=atol)
     unmatched = list(range(count))
     for row in got:
       match = next((j for j in unmatched if np.allclose(row, want[j], atol=atol)), None)
-      test.assertIsNotNone(match, f'image {i}: served detection {row} not in the '
-                                  'in-process detections')
+      test.assertIsNotNone(
+        match, f'image {i}: served detection {row} not in the in-process detections'
+      )
       unmatched.remove(match)
     # Padding past num_detections is zero.
-    test.assertAllEqual(actual['detection_scores'][i, count:],
-                        np.zeros_like(actual['detection_scores'][i, count:]))
+    test.assertAllEqual(
+      actual['detection_scores'][i, count:], np.zeros_like(actual['detection_scores'][i, count:])
+    )
 
 
 def _flat(outputs) -> np.ndarray:
   return np.concatenate([np.reshape(outputs[k].numpy(), [-1]) for k in sorted(outputs, key=int)])
 
 
-def scale_predictors(model, images=None, input_size=(128, 128), logit_std=2.0,
-                     logit_mean=-4.0, max_logit=6.0, box_std=0.1) -> None:
+def scale_predictors(
+  model,
+  images=None,
+  input_size=(128, 128),
+  logit_std=2.0,
+  logit_mean=-4.0,
+  max_logit=6.0,
+  box_std=0.1,
+) -> None:
   """Rescales a fresh RetinaNet's predictors so that it detects things, like a detector.
 
   At initialisation every score is the focal-loss prior (~0.01) and every box an
@@ -154,14 +187,19 @@ def scale_predictors(model, images=None, input_size=(128, 128), logit_std=2.0,
     input_size: the model input (height, width).
   """
   images = sample_images() if images is None else images
-  batch = tf.stack([preprocessing.preprocess_image(tf.constant(i), input_size,
-                                                   list(input_size))[0] for i in images])
+  batch = tf.stack(
+    [
+      preprocessing.preprocess_image(tf.constant(i), input_size, list(input_size))[0]
+      for i in images
+    ]
+  )
   outputs = model(batch, training=False)
   head = model.head
   # pylint: disable=protected-access
   for layer, key, std, mean, cap in (
-      (head._classifier, 'cls_outputs', logit_std, logit_mean, max_logit),
-      (head._box_regressor, 'box_outputs', box_std, 0.0, None)):
+    (head._classifier, 'cls_outputs', logit_std, logit_mean, max_logit),
+    (head._box_regressor, 'box_outputs', box_std, 0.0, None),
+  ):
     bias = next(w for w in layer.weights if 'bias' in w.name)
     kernel = next(w for w in layer.weights if 'kernel' in w.name and 'depthwise' not in w.name)
     values = _flat(outputs[key])
@@ -174,8 +212,7 @@ def scale_predictors(model, images=None, input_size=(128, 128), logit_std=2.0,
   # pylint: enable=protected-access
 
 
-def make_checkpoint(model_dir, gin_files=(TINY,), gin_params=(), prepare=scale_predictors,
-                    step=2):
+def make_checkpoint(model_dir, gin_files=(TINY,), gin_params=(), prepare=scale_predictors, step=2):
   """Builds the gin config's model, `prepare(model)`s it, saves `model_dir/ckpt-<step>`.
 
   Returns:

@@ -1,4 +1,5 @@
 """Where the tests find the checkout (one definition for every test module)."""
+
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -28,11 +28,17 @@ DEMO = 'demo/nasfpn_anytime_shapes.gin'
 # The anytime demo at tiny widths: 2 exits, quarter-width ResNet-18, 16-channel
 # pyramid and head.
 TINY_DEMO_PARAMS = [
-    'NUM_REPEATS = 2', 'NUM_FILTERS = 16', 'TRAIN_BATCH_SIZE = 4', 'EVAL_BATCH_SIZE = 4',
-    'TRAIN_STEPS = 2', 'resnet.depth_multiplier = 0.25',
-    'RetinaNetHead.num_convs = 1', 'RetinaNetHead.num_filters = 16',
-    'learning_rate.warmup_steps = 0', 'TrainerConfig.steps_per_loop = 2',
-    'TrainerConfig.checkpoint_interval = 2',
+  'NUM_REPEATS = 2',
+  'NUM_FILTERS = 16',
+  'TRAIN_BATCH_SIZE = 4',
+  'EVAL_BATCH_SIZE = 4',
+  'TRAIN_STEPS = 2',
+  'resnet.depth_multiplier = 0.25',
+  'RetinaNetHead.num_convs = 1',
+  'RetinaNetHead.num_filters = 16',
+  'learning_rate.warmup_steps = 0',
+  'TrainerConfig.steps_per_loop = 2',
+  'TrainerConfig.checkpoint_interval = 2',
 ]
 
 
@@ -49,16 +55,29 @@ def _tiny_backbone(size=SIZE):
   return model
 
 
-def _model(num_repeats=2, num_filters=16, separate_heads=False, use_separable_conv=False,
-           num_convs=1, backbone=None, **kwargs):
+def _model(
+  num_repeats=2,
+  num_filters=16,
+  separate_heads=False,
+  use_separable_conv=False,
+  num_convs=1,
+  backbone=None,
+  **kwargs,
+):
   backbone = backbone or _tiny_backbone()
-  decoder = nasfpn.NASFPN(input_specs=backbone.output_specs, num_repeats=num_repeats,
-                          num_filters=num_filters, merge_filters=None,
-                          use_separable_conv=use_separable_conv)
-  head = retinanet_head.RetinaNetHead(num_classes=NUM_CLASSES, num_convs=num_convs,
-                                      num_filters=num_filters)
+  decoder = nasfpn.NASFPN(
+    input_specs=backbone.output_specs,
+    num_repeats=num_repeats,
+    num_filters=num_filters,
+    merge_filters=None,
+    use_separable_conv=use_separable_conv,
+  )
+  head = retinanet_head.RetinaNetHead(
+    num_classes=NUM_CLASSES, num_convs=num_convs, num_filters=num_filters
+  )
   model = anytime_retinanet_model.AnytimeRetinaNetModel(
-      backbone=backbone, head=head, decoder=decoder, separate_heads=separate_heads, **kwargs)
+    backbone=backbone, head=head, decoder=decoder, separate_heads=separate_heads, **kwargs
+  )
   model(tf.zeros([1, SIZE, SIZE, 3]), training=False, all_exits=True)
   return model
 
@@ -71,17 +90,16 @@ def _assert_outputs(testcase, outputs, batch):
   testcase.assertEqual(sorted(outputs), ['box_outputs', 'cls_outputs'])
   testcase.assertEqual(sorted(outputs['cls_outputs']), LEVELS)
   for level in LEVELS:
-    side = SIZE // 2**int(level)
+    side = SIZE // 2 ** int(level)
     testcase.assertEqual(outputs['cls_outputs'][level].shape, [batch, side, side, NUM_CLASSES * 9])
     testcase.assertEqual(outputs['box_outputs'][level].shape, [batch, side, side, 4 * 9])
 
 
 class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.named_parameters(
-      ('1_repeat_16', 1, 16, False),
-      ('3_repeats_24', 3, 24, False),
-      ('2_repeats_16_separable', 2, 16, True),
+    ('1_repeat_16', 1, 16, False),
+    ('3_repeats_24', 3, 24, False),
+    ('2_repeats_16_separable', 2, 16, True),
   )
   def test_outputs_of_every_exit(self, num_repeats, num_filters, separable):
     model = _model(num_repeats, num_filters, use_separable_conv=separable)
@@ -95,8 +113,9 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
     _assert_outputs(self, model(images, training=False), 2)
     _assert_outputs(self, model(images, training=False, exit_index=1), 2)
     if separable:
-      self.assertTrue(any(isinstance(l, tf_keras.layers.SeparableConv2D)
-                          for l in model.decoder.layers))
+      self.assertTrue(
+        any(isinstance(l, tf_keras.layers.SeparableConv2D) for l in model.decoder.layers)
+      )
 
   def test_early_exit_equals_that_exit_of_the_full_run(self):
     model = _model(num_repeats=3)
@@ -110,10 +129,12 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
         for level in LEVELS:
           self.assertAllClose(early[key][level], reference[key][level], atol=1e-5)
     # The last exit is what a plain RetinaNet of the same parts computes.
-    plain = retinanet_model.RetinaNetModel(backbone=model.backbone, head=model.head,
-                                           decoder=model.decoder)
-    self.assertAllClose(plain(images, training=False)['cls_outputs']['3'],
-                        full[-1]['cls_outputs']['3'], atol=1e-5)
+    plain = retinanet_model.RetinaNetModel(
+      backbone=model.backbone, head=model.head, decoder=model.decoder
+    )
+    self.assertAllClose(
+      plain(images, training=False)['cls_outputs']['3'], full[-1]['cls_outputs']['3'], atol=1e-5
+    )
     with self.assertRaisesRegex(ValueError, r'exit_index must be in \[1, 3\]'):
       model(images, training=False, exit_index=4)
 
@@ -122,8 +143,13 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
     images = _images(batch=2)
     image_shape = tf.constant([[SIZE, SIZE], [96.0, 112.0]])
     # Untrained scores sit near the 0.01 prior: a zero threshold keeps candidates.
-    detections = model.detect(images, image_shape=image_shape, exit_index=1,
-                              pre_nms_score_threshold=0.0, max_num_detections=20)
+    detections = model.detect(
+      images,
+      image_shape=image_shape,
+      exit_index=1,
+      pre_nms_score_threshold=0.0,
+      max_num_detections=20,
+    )
     num = detections['num_detections'].numpy()
     self.assertAllEqual(num, [20, 20])
     boxes = detections['detection_boxes'].numpy()
@@ -132,8 +158,9 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(np.all(boxes >= 0))
     self.assertTrue(np.all(boxes[0] <= SIZE))
     self.assertTrue(np.all(boxes[1, :, [0, 2]] <= 96.0) and np.all(boxes[1, :, [1, 3]] <= 112.0))
-    self.assertTrue(np.all(boxes[..., 2] >= boxes[..., 0]) and
-                    np.all(boxes[..., 3] >= boxes[..., 1]))
+    self.assertTrue(
+      np.all(boxes[..., 2] >= boxes[..., 0]) and np.all(boxes[..., 3] >= boxes[..., 1])
+    )
     self.assertTrue(np.all((scores > 0) & (scores < 1)))
     self.assertTrue(np.all(np.diff(scores, axis=1) <= 1e-6))  # best first
     self.assertTrue(np.all((classes >= 0) & (classes < NUM_CLASSES)))
@@ -143,8 +170,9 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_earlier_exits_cost_fewer_multiply_adds(self):
     model = _model(num_repeats=3)
-    counts = [model_stats.count_multiply_adds(model.exit_model(k), [1, SIZE, SIZE, 3])
-              for k in (1, 2, 3)]
+    counts = [
+      model_stats.count_multiply_adds(model.exit_model(k), [1, SIZE, SIZE, 3]) for k in (1, 2, 3)
+    ]
     self.assertLess(counts[0], counts[1])
     self.assertLess(counts[1], counts[2])
     # Every repeat costs the same: one pyramid network's worth more per exit.
@@ -160,8 +188,9 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
     shared = _model(num_repeats=3, backbone=backbone)
     separate = _model(num_repeats=3, backbone=backbone, separate_heads=True)
     head_params = model_stats.count_params(shared.head)
-    self.assertEqual(model_stats.count_params(separate),
-                     model_stats.count_params(shared) + 2 * head_params)
+    self.assertEqual(
+      model_stats.count_params(separate), model_stats.count_params(shared) + 2 * head_params
+    )
     self.assertLen({id(h) for h in shared.heads}, 1)
     self.assertLen({id(h) for h in separate.heads}, 3)
     self.assertIs(separate.heads[-1], separate.head)
@@ -177,29 +206,30 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
     images = _images()
     expected = model(images, training=False)  # the last exit
     path = tf.train.Checkpoint(model=model, **model.checkpoint_items).write(
-        os.path.join(self.get_temp_dir(), 'anytime'))
+      os.path.join(self.get_temp_dir(), 'anytime')
+    )
 
     fresh_backbone = _tiny_backbone()
     fresh_backbone.set_weights(model.backbone.get_weights())  # the backbone is not ours
     plain = retinanet_model.RetinaNetModel(
-        backbone=fresh_backbone,
-        head=retinanet_head.RetinaNetHead.from_config(model.head.get_config()),
-        decoder=nasfpn.NASFPN.from_config(model.decoder.get_config()))
+      backbone=fresh_backbone,
+      head=retinanet_head.RetinaNetHead.from_config(model.head.get_config()),
+      decoder=nasfpn.NASFPN.from_config(model.decoder.get_config()),
+    )
     plain(images, training=False)
     plain_path = tf.train.Checkpoint(model=plain, **plain.checkpoint_items).write(
-        os.path.join(self.get_temp_dir(), 'plain'))
+      os.path.join(self.get_temp_dir(), 'plain')
+    )
     # The same variables under the same keys.
     self.assertEqual(
-        {k: tuple(s) for k, s in tf.train.list_variables(path) if '_CHECKPOINTABLE' not in k},
-        {k: tuple(s) for k, s in tf.train.list_variables(plain_path)
-         if '_CHECKPOINTABLE' not in k})
+      {k: tuple(s) for k, s in tf.train.list_variables(path) if '_CHECKPOINTABLE' not in k},
+      {k: tuple(s) for k, s in tf.train.list_variables(plain_path) if '_CHECKPOINTABLE' not in k},
+    )
     tf.train.Checkpoint(model=plain).read(path).assert_existing_objects_matched()
     restored = plain(images, training=False)
     for level in LEVELS:
-      self.assertAllClose(restored['cls_outputs'][level], expected['cls_outputs'][level],
-                          atol=1e-5)
-      self.assertAllClose(restored['box_outputs'][level], expected['box_outputs'][level],
-                          atol=1e-5)
+      self.assertAllClose(restored['cls_outputs'][level], expected['cls_outputs'][level], atol=1e-5)
+      self.assertAllClose(restored['box_outputs'][level], expected['box_outputs'][level], atol=1e-5)
 
   def test_get_config_round_trip(self):
     model = _model(num_repeats=2, separate_heads=True, default_exit_index=1)
@@ -227,14 +257,17 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
 @pytest.fixture(scope='module')
 def data():
   with tempfile.TemporaryDirectory() as tmp:
-    yield shapes.make_shapes_dataset(tmp, num_train=8, num_val=4, image_size=SIZE, seed=0,
-                                     num_shards=1, show_progress=False)
+    yield shapes.make_shapes_dataset(
+      tmp, num_train=8, num_val=4, image_size=SIZE, seed=0, num_shards=1, show_progress=False
+    )
 
 
 def _data_params(data):
-  return [f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
-          f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'",
-          f"ANNOTATION_FILE = '{data['val']['annotation_file']}'"]
+  return [
+    f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
+    f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'",
+    f"ANNOTATION_FILE = '{data['val']['annotation_file']}'",
+  ]
 
 
 def _tiny_task(data, *extra):
@@ -245,11 +278,14 @@ def _tiny_task(data, *extra):
 @pytest.fixture(scope='module')
 def built(data):
   """One tiny task and model: exit weights, weight decay, evaluation at exit 1."""
-  task = _tiny_task(data, 'AnytimeRetinaNetTask.exit_weights = [0.25, 1.0]',
-                    'AnytimeRetinaNetTask.l2_weight_decay = 1e-3',
-                    'AnytimeRetinaNetTask.eval_exit = 1',
-                    # Untrained scores sit near the 0.01 prior: keep every candidate.
-                    'AnytimeRetinaNetTask.pre_nms_score_threshold = 0.0')
+  task = _tiny_task(
+    data,
+    'AnytimeRetinaNetTask.exit_weights = [0.25, 1.0]',
+    'AnytimeRetinaNetTask.l2_weight_decay = 1e-3',
+    'AnytimeRetinaNetTask.eval_exit = 1',
+    # Untrained scores sit near the 0.01 prior: keep every candidate.
+    'AnytimeRetinaNetTask.pre_nms_score_threshold = 0.0',
+  )
   return task, task.build_model()
 
 
@@ -264,8 +300,7 @@ def test_loss_is_the_weighted_sum_over_exits(built):
   per_exit = [retinanet_losses.retinanet_loss(o, labels, NUM_CLASSES) for o in outputs]
   l2 = tf.add_n(model.losses)
   for k, exit_losses in enumerate(per_exit, start=1):
-    np.testing.assert_allclose(losses[f'exit_{k}/model_loss'], exit_losses['total_loss'],
-                               rtol=1e-5)
+    np.testing.assert_allclose(losses[f'exit_{k}/model_loss'], exit_losses['total_loss'], rtol=1e-5)
     np.testing.assert_allclose(losses[f'exit_{k}/cls_loss'], exit_losses['cls_loss'], rtol=1e-5)
   expected_model = 0.25 * per_exit[0]['total_loss'] + per_exit[1]['total_loss']
   np.testing.assert_allclose(losses['model_loss'], expected_model, rtol=1e-5)
@@ -282,9 +317,13 @@ def test_eval_exit_selects_the_exit_evaluation_uses(built, data):
   outputs = task.eval_outputs(model, inputs, labels)
   assert int(np.sum(outputs['num_detections'])) > 0
   for k, expect_equal in ((1, True), (2, False)):
-    detections = model.detect(inputs, image_shape=labels['image_info'][:, 1, :],
-                              anchor_boxes=labels['anchor_boxes'], exit_index=k,
-                              **task.nms_settings)
+    detections = model.detect(
+      inputs,
+      image_shape=labels['image_info'][:, 1, :],
+      anchor_boxes=labels['anchor_boxes'],
+      exit_index=k,
+      **task.nms_settings,
+    )
     same = np.allclose(outputs['detection_scores'], detections['detection_scores'])
     assert same == expect_equal, k
   bad = _tiny_task(data, 'AnytimeRetinaNetTask.exit_weights = [1.0, 1.0, 1.0]')
@@ -300,12 +339,17 @@ def test_two_step_training_run(data, tmp_path):
   for k in (1, 2):
     assert np.isfinite(losses[f'exit_{k}/model_loss'])
   assert losses['total_loss'] == pytest.approx(
-      losses['exit_1/model_loss'] + losses['exit_2/model_loss'] + losses['l2_loss'], rel=1e-4)
+    losses['exit_1/model_loss'] + losses['exit_2/model_loss'] + losses['l2_loss'], rel=1e-4
+  )
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
   assert 'AnytimeRetinaNetTask.separate_heads = False' in operative
   # Evaluation of exit 1 of the trained checkpoint.
-  metrics = train.launch([DEMO], TINY_DEMO_PARAMS + _data_params(data) + [
-      'AnytimeRetinaNetTask.eval_exit = 1'], model_dir, mode='eval')
+  metrics = train.launch(
+    [DEMO],
+    TINY_DEMO_PARAMS + _data_params(data) + ['AnytimeRetinaNetTask.eval_exit = 1'],
+    model_dir,
+    mode='eval',
+  )
   assert -1.0 <= metrics['AP50'] <= 1.0 and metrics['num_images'] == 4
 
 
@@ -314,14 +358,17 @@ def test_export_of_an_early_exit(data, tmp_path):
   params = TINY_DEMO_PARAMS + _data_params(data)
   model, prefix = export_fixtures.make_checkpoint(str(tmp_path / 'model'), [DEMO], params)
   with pytest.raises(ValueError, match='exit_index=1 needs an anytime NAS-FPN model'):
-    export.export_from_checkpoint([export_fixtures.TINY], [], prefix,
-                                  str(tmp_path / 'plain'), exit_index=1)
-  export_dir = export.export_from_checkpoint([DEMO], params, prefix, str(tmp_path / 'export'),
-                                             exit_index=1)
+    export.export_from_checkpoint(
+      [export_fixtures.TINY], [], prefix, str(tmp_path / 'plain'), exit_index=1
+    )
+  export_dir = export.export_from_checkpoint(
+    [DEMO], params, prefix, str(tmp_path / 'export'), exit_index=1
+  )
   served = tf.saved_model.load(export_dir).signatures['image_tensor']
   images = export_fixtures.sample_images()[:1]
-  settings = dict(score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5,
-                  pre_nms_top_k=5000)
+  settings = dict(
+    score_threshold=0.05, max_detections=100, nms_iou_threshold=0.5, pre_nms_top_k=5000
+  )
   actual = served(images=tf.constant(images[0][None]))
   by_exit = {}
   for k in (1, 2):

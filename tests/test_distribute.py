@@ -1,4 +1,5 @@
 """Training under MirroredStrategy and MultiWorkerMirroredStrategy equals one device."""
+
 import json
 import os
 import re
@@ -20,23 +21,34 @@ ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('shapes')
   # One shard: the record order, hence every batch, is the same in every run.
-  shapes.make_shapes_dataset(str(root), num_train=16, num_val=2, image_size=128, seed=0,
-                             num_shards=1, show_progress=False)
+  shapes.make_shapes_dataset(
+    str(root), num_train=16, num_val=2, image_size=128, seed=0, num_shards=1, show_progress=False
+  )
   return str(root)
 
 
 def test_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
   run = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'tests', 'distributed_runs.py'),
-       'mirrored_vs_one_device', data_dir, str(tmp_path)],
-      capture_output=True, text=True, env=ENV, timeout=900)
+    [
+      sys.executable,
+      os.path.join(REPO, 'tests', 'distributed_runs.py'),
+      'mirrored_vs_one_device',
+      data_dir,
+      str(tmp_path),
+    ],
+    capture_output=True,
+    text=True,
+    env=ENV,
+    timeout=900,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.load(open(tmp_path / 'results.json'))
   one, mirrored = results['one_device'], results['mirrored']
   assert (one['replicas'], mirrored['replicas']) == (1, 2)
   # Sync BN: the two replicas' batch statistics are those of the global batch.
-  np.testing.assert_allclose(np.asarray(mirrored['sync_bn_logits']),
-                             np.asarray(one['sync_bn_logits']), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(mirrored['sync_bn_logits']), np.asarray(one['sync_bn_logits']), rtol=1e-4, atol=1e-5
+  )
   # Training: same losses, same updated weights.
   np.testing.assert_allclose(mirrored['losses'], one['losses'], rtol=1e-5)
   largest_update = 0.0
@@ -66,21 +78,29 @@ def test_two_workers_train_in_step(data_dir, tmp_path):
   ports = _free_ports(2)
   cluster = {'worker': [f'localhost:{p}' for p in ports]}
   model_dir = str(tmp_path / 'model')
-  command = [sys.executable, '-m', 'official_spinenet.binaries.train',
-             '--gin_file=testing/retinanet_tiny.gin', f'--model_dir={model_dir}',
-             '--mode=train', '--strategy=multi_worker_mirrored',
-             f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
-             '--gin_param=TrainerConfig.steps_per_loop = 1']
+  command = [
+    sys.executable,
+    '-m',
+    'official_spinenet.binaries.train',
+    '--gin_file=testing/retinanet_tiny.gin',
+    f'--model_dir={model_dir}',
+    '--mode=train',
+    '--strategy=multi_worker_mirrored',
+    f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
+    '--gin_param=TrainerConfig.steps_per_loop = 1',
+  ]
   # Output goes to files, not pipes: a worker blocked on a full pipe while the
   # test waits on the other one would stall both inside the first all-reduce.
   workers, logs = [], []
   for index in range(2):
-    env = dict(ENV, TF_CONFIG=json.dumps({'cluster': cluster,
-                                          'task': {'type': 'worker', 'index': index}}))
+    env = dict(
+      ENV, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+    )
     log = open(tmp_path / f'worker_{index}.log', 'w+')
     logs.append(log)
-    workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    text=True, env=env))
+    workers.append(
+      subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    )
   try:
     for worker in workers:
       worker.wait(timeout=900)
@@ -95,8 +115,12 @@ def test_two_workers_train_in_step(data_dir, tmp_path):
     log.close()
   if any(worker.returncode for worker in workers):
     # A worker's failure shows up in the other as a collective error: print both.
-    pytest.fail('\n'.join(f'worker {i} exited {w.returncode}:\n{err[-3000:]}'
-                          for i, (w, err) in enumerate(zip(workers, outputs))))
+    pytest.fail(
+      '\n'.join(
+        f'worker {i} exited {w.returncode}:\n{err[-3000:]}'
+        for i, (w, err) in enumerate(zip(workers, outputs))
+      )
+    )
   progress = [re.findall(r'step (\d+)/\d+ \| loss ([0-9.]+)', err) for err in outputs]
   assert [int(s) for s, _ in progress[0]] == [1, 2, 3, 4]
   # The loss printed is the all-reduced global-batch loss: identical on both workers.

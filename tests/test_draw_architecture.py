@@ -37,23 +37,25 @@ def test_draws_published_architectures(tmp_path, name):
   preset = architecture.ARCHITECTURES[name]
   prefix = str(tmp_path / 'nested' / name)
   paths = architecture.draw_architecture(
-      preset.block_specs, preset.stem_levels, preset.stem_block_fn, prefix,
-      title=preset.title)
+    preset.block_specs, preset.stem_levels, preset.stem_block_fn, prefix, title=preset.title
+  )
   _check_outputs(paths, prefix)
 
 
 def test_draws_specs_from_json_file(tmp_path):
   json_path = str(tmp_path / 'specs.json')
   spinenet_specs.save_block_specs(
-      spinenet_specs.build_block_specs(spinenet_specs.SPINENET_BLOCK_SPECS), json_path)
+    spinenet_specs.build_block_specs(spinenet_specs.SPINENET_BLOCK_SPECS), json_path
+  )
   specs = spinenet_specs.load_block_specs(json_path)
   prefix = str(tmp_path / 'from_json')
   paths = architecture.draw_architecture(specs, SPINENET_STEM, 'bottleneck', prefix)
   _check_outputs(paths, prefix)
   # Same specs, same figure: the SVG is deterministic.
   table_prefix = str(tmp_path / 'from_table')
-  architecture.draw_architecture(spinenet_specs.SPINENET_BLOCK_SPECS, SPINENET_STEM,
-                                 'bottleneck', table_prefix)
+  architecture.draw_architecture(
+    spinenet_specs.SPINENET_BLOCK_SPECS, SPINENET_STEM, 'bottleneck', table_prefix
+  )
   with open(f'{prefix}.svg') as a, open(f'{table_prefix}.svg') as b:
     assert a.read() == b.read()
 
@@ -61,17 +63,28 @@ def test_draws_specs_from_json_file(tmp_path):
 def test_binary_smoke(tmp_path):
   json_path = str(tmp_path / 'mobile.json')
   spinenet_specs.save_block_specs(
-      spinenet_specs.build_block_specs(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS),
-      json_path)
+    spinenet_specs.build_block_specs(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS), json_path
+  )
   prefix = str(tmp_path / 'tool')
   # No PYTHONPATH: the installed package must be found by itself.
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   result = subprocess.run(
-      [sys.executable, '-m', 'official_spinenet.binaries.draw_architecture',
-       '--model=spinenet_mobile', f'--block_specs_json={json_path}',
-       f'--output={prefix}', '--title=smoke'],
-      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
-      check=False)
+    [
+      sys.executable,
+      '-m',
+      'official_spinenet.binaries.draw_architecture',
+      '--model=spinenet_mobile',
+      f'--block_specs_json={json_path}',
+      f'--output={prefix}',
+      '--title=smoke',
+    ],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [f'{prefix}.png', f'{prefix}.svg']
   _check_outputs(result.stdout.split(), prefix)
@@ -87,26 +100,29 @@ def test_unused_blocks_spinenet49():
 
 def test_unused_blocks_follows_parents_and_merges():
   # Block 3 feeds only the level-2 output 4; with min_level 3 both are unused.
-  specs = [(3, 'bottleneck', (0, 1), True),
-           (2, 'bottleneck', (0, 1), False),
-           (2, 'bottleneck', (3, 0), True)]
+  specs = [
+    (3, 'bottleneck', (0, 1), True),
+    (2, 'bottleneck', (0, 1), False),
+    (2, 'bottleneck', (3, 0), True),
+  ]
   assert architecture.unused_blocks(specs, (2, 2), 3, 3) == [3, 4]
   assert architecture.unused_blocks(specs, (2, 2), 2, 3) == []
 
 
 def test_zero_out_degree_merges_spinenet49():
-  merges = architecture.zero_out_degree_merges(spinenet_specs.SPINENET_BLOCK_SPECS,
-                                               SPINENET_STEM)
+  merges = architecture.zero_out_degree_merges(spinenet_specs.SPINENET_BLOCK_SPECS, SPINENET_STEM)
   # Block 11 (spec 9, level 5) has no consumer when output spec 12 (net 14, the
   # level-5 output) is built, so it is summed into it.
   assert merges == [(11, 14)]
 
 
 def test_zero_out_degree_merges_counts_own_parents_and_merged_blocks():
-  specs = [(3, 'bottleneck', (0, 1), False),   # net 2
-           (3, 'bottleneck', (0, 1), True),    # net 3: merges 2
-           (3, 'bottleneck', (0, 1), False),   # net 4
-           (3, 'bottleneck', (4, 3), True)]    # net 5: 4 is its parent, no merge
+  specs = [
+    (3, 'bottleneck', (0, 1), False),  # net 2
+    (3, 'bottleneck', (0, 1), True),  # net 3: merges 2
+    (3, 'bottleneck', (0, 1), False),  # net 4
+    (3, 'bottleneck', (4, 3), True),
+  ]  # net 5: 4 is its parent, no merge
   assert architecture.zero_out_degree_merges(specs, (2, 2)) == [(2, 3)]
 
 
@@ -119,19 +135,27 @@ def test_edge_kind():
 def test_merges_compare_channels_not_only_levels():
   # A residual block (1x width) is not absorbed by a bottleneck output block (4x
   # width) of its level, as in the backbone; a residual output block absorbs it.
-  specs = [(3, 'residual', (0, 1), False),     # net 2: unconsumed
-           (3, 'bottleneck', (0, 1), True),    # net 3: 4x wider, leaves 2 alone
-           (4, 'residual', (0, 1), False),     # net 4: unconsumed
-           (4, 'residual', (0, 1), True)]      # net 5: merges 4
+  specs = [
+    (3, 'residual', (0, 1), False),  # net 2: unconsumed
+    (3, 'bottleneck', (0, 1), True),  # net 3: 4x wider, leaves 2 alone
+    (4, 'residual', (0, 1), False),  # net 4: unconsumed
+    (4, 'residual', (0, 1), True),
+  ]  # net 5: merges 4
   assert architecture.zero_out_degree_merges(specs, SPINENET_STEM) == [(4, 5)]
   assert architecture.unused_blocks(specs, SPINENET_STEM, 3, 4) == [2]
   # The same rule decides in the backbone: only net 5 sums 3 inputs, and net 2,
   # which feeds nothing, is not part of the model.
-  model = spinenet.SpineNet(input_specs=[None, 64, 64, 3], min_level=3, max_level=4,
-                            block_specs=specs, filter_size_scale=0.25,
-                            endpoints_num_filters=8)
-  add_inputs = sorted(len(layer.input) for layer in model.layers
-                      if isinstance(layer, tf_keras.layers.Add))
+  model = spinenet.SpineNet(
+    input_specs=[None, 64, 64, 3],
+    min_level=3,
+    max_level=4,
+    block_specs=specs,
+    filter_size_scale=0.25,
+    endpoints_num_filters=8,
+  )
+  add_inputs = sorted(
+    len(layer.input) for layer in model.layers if isinstance(layer, tf_keras.layers.Add)
+  )
   assert add_inputs == [2, 2, 3]
 
 

@@ -17,13 +17,12 @@ def _fully_dropped_windows(dropped: np.ndarray, block: int) -> np.ndarray:
   covered = np.zeros_like(dropped)
   for y in range(h - block + 1):
     for x in range(w - block + 1):
-      whole = dropped[:, y:y + block, x:x + block, :].all(axis=(1, 2))  # [N, C]
-      covered[:, y:y + block, x:x + block, :] |= whole[:, None, None, :]
+      whole = dropped[:, y : y + block, x : x + block, :].all(axis=(1, 2))  # [N, C]
+      covered[:, y : y + block, x : x + block, :] |= whole[:, None, None, :]
   return covered
 
 
 class DropBlockTest(tf.test.TestCase, parameterized.TestCase):
-
   def test_identity_at_inference_and_at_rate_zero(self):
     x = tf.random.normal([2, 16, 16, 4])
     self.assertAllEqual(dropblock.DropBlock(0.3, 3)(x, training=False), x)
@@ -62,8 +61,9 @@ class DropBlockTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_dynamic_size_and_block_larger_than_map(self):
     layer = dropblock.DropBlock(0.2, 5)
-    fn = tf.function(lambda t: layer(t, training=True),
-                     input_signature=[tf.TensorSpec([None, None, None, 2])])
+    fn = tf.function(
+      lambda t: layer(t, training=True), input_signature=[tf.TensorSpec([None, None, None, 2])]
+    )
     y = fn(tf.ones([2, 32, 32, 2])).numpy()
     self.assertAllEqual(_fully_dropped_windows(y == 0, 5), y == 0)
     # A 3 x 3 map with a 5 x 5 block: the block shrinks to the map.
@@ -85,21 +85,20 @@ class DropBlockTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class BlocksWithDropBlockTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.parameters(blocks.BottleneckBlock, blocks.ResidualBlock)
   def test_off_by_default_same_checkpoint_and_inference(self, block_cls):
     x = tf.random.normal([2, 16, 16, 32])
     plain = block_cls(filters=16, use_projection=True)
     plain(x)
-    with_db = block_cls(filters=16, use_projection=True, dropblock_drop_rate=0.2,
-                        dropblock_size=3)
+    with_db = block_cls(filters=16, use_projection=True, dropblock_drop_rate=0.2, dropblock_size=3)
     with_db(x)
     self.assertIsNone(plain.get_config()['dropblock_drop_rate'])
     self.assertFalse(hasattr(plain, '_dropblock'))
     path = tf.train.Checkpoint(block=plain).write(os.path.join(self.get_temp_dir(), 'p'))
     other = tf.train.Checkpoint(block=with_db).write(os.path.join(self.get_temp_dir(), 'd'))
-    self.assertEqual(dict(tf.train.list_variables(path)).keys(),
-                     dict(tf.train.list_variables(other)).keys())
+    self.assertEqual(
+      dict(tf.train.list_variables(path)).keys(), dict(tf.train.list_variables(other)).keys()
+    )
     tf.train.Checkpoint(block=with_db).read(path).assert_consumed()
     self.assertAllClose(with_db(x, training=False), plain(x, training=False))
     self.assertNotAllClose(with_db(x, training=True), plain(x, training=True))
@@ -109,8 +108,9 @@ class BlocksWithDropBlockTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_block_group_passes_dropblock(self):
     inputs = tf_keras.Input([16, 16, 8])
-    model = tf_keras.Model(inputs, blocks.block_group(inputs, 'residual', 8, 2,
-                                                      dropblock_drop_rate=0.1))
+    model = tf_keras.Model(
+      inputs, blocks.block_group(inputs, 'residual', 8, 2, dropblock_drop_rate=0.1)
+    )
     block_layers = [l for l in model.layers if isinstance(l, blocks.ResidualBlock)]
     self.assertLen(block_layers, 2)
     for layer in block_layers:

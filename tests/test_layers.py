@@ -15,10 +15,11 @@ from official_spinenet.modeling.layers import stochastic_depth
 
 
 class ActivationTest(tf.test.TestCase, parameterized.TestCase):
-
-  @parameterized.parameters(('relu', [0.0, 0.0, 2.0]),
-                            ('hard_swish', [-0.0, -1.0 / 3.0, 2.0 * 5.0 / 6.0]),
-                            ('hard_sigmoid', [0.0, 1.0 / 3.0, 5.0 / 6.0]))
+  @parameterized.parameters(
+    ('relu', [0.0, 0.0, 2.0]),
+    ('hard_swish', [-0.0, -1.0 / 3.0, 2.0 * 5.0 / 6.0]),
+    ('hard_sigmoid', [0.0, 1.0 / 3.0, 5.0 / 6.0]),
+  )
   def test_values(self, name, expected):
     x = tf.constant([-4.0, -1.0, 2.0])
     self.assertAllClose(activations.get_activation(name)(x), expected)
@@ -37,7 +38,6 @@ class ActivationTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class StochasticDepthTest(tf.test.TestCase):
-
   def test_schedule_is_linear(self):
     rates = [stochastic_depth.get_stochastic_depth_rate(0.2, i, 16) for i in range(1, 17)]
     self.assertAllClose(rates, [0.2 * i / 16 for i in range(1, 17)])
@@ -66,15 +66,19 @@ class StochasticDepthTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, 'drop_rate'):
       stochastic_depth.StochasticDepth(1.0)
     layer = stochastic_depth.StochasticDepth(0.25)
-    self.assertEqual(stochastic_depth.StochasticDepth.from_config(layer.get_config())
-                     .get_config()['drop_rate'], 0.25)
+    self.assertEqual(
+      stochastic_depth.StochasticDepth.from_config(layer.get_config()).get_config()['drop_rate'],
+      0.25,
+    )
 
 
 class BlockTest(tf.test.TestCase, parameterized.TestCase):
-
-  @parameterized.parameters((blocks.BottleneckBlock, 16, 1, 64),
-                            (blocks.BottleneckBlock, 16, 2, 64),
-                            (blocks.ResidualBlock, 16, 2, 16), (blocks.ResidualBlock, 8, 1, 8))
+  @parameterized.parameters(
+    (blocks.BottleneckBlock, 16, 1, 64),
+    (blocks.BottleneckBlock, 16, 2, 64),
+    (blocks.ResidualBlock, 16, 2, 16),
+    (blocks.ResidualBlock, 8, 1, 8),
+  )
   def test_shapes(self, cls, filters, strides, out_channels):
     block = cls(filters=filters, strides=strides, use_projection=True)
     y = block(tf.zeros([2, 16, 16, 12]))
@@ -89,17 +93,25 @@ class BlockTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(projected.trainable_weights, len(block.trainable_weights) + 3)
 
   def test_config_round_trip(self):
-    block = blocks.ResidualBlock(filters=8, strides=2, use_projection=True,
-                                 stochastic_depth_drop_rate=0.1, activation='swish',
-                                 kernel_regularizer=tf_keras.regularizers.l2(1e-4))
+    block = blocks.ResidualBlock(
+      filters=8,
+      strides=2,
+      use_projection=True,
+      stochastic_depth_drop_rate=0.1,
+      activation='swish',
+      kernel_regularizer=tf_keras.regularizers.l2(1e-4),
+    )
     config = block.get_config()
     clone = blocks.ResidualBlock.from_config(config)
     self.assertEqual(clone.get_config()['activation'], 'swish')
     self.assertEqual(clone.get_config()['stochastic_depth_drop_rate'], 0.1)
 
   def test_config_is_json_and_untracked(self):
-    block = blocks.BottleneckBlock(filters=4, kernel_regularizer=tf_keras.regularizers.l2(1e-4),
-                                   kernel_initializer=tf_keras.initializers.HeNormal())
+    block = blocks.BottleneckBlock(
+      filters=4,
+      kernel_regularizer=tf_keras.regularizers.l2(1e-4),
+      kernel_initializer=tf_keras.initializers.HeNormal(),
+    )
     config = json.loads(json.dumps(block.get_config()))
     clone = blocks.BottleneckBlock.from_config(config)
     self.assertEqual(clone.get_config(), config)
@@ -124,7 +136,6 @@ class BlockTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class ResampleTest(tf.test.TestCase, parameterized.TestCase):
-
   def test_nearest_upsampling(self):
     x = tf.reshape(tf.range(8, dtype=tf.float32), [1, 2, 2, 2])
     y = resample.NearestUpsampling(2)(x)
@@ -133,18 +144,20 @@ class ResampleTest(tf.test.TestCase, parameterized.TestCase):
       resample.NearestUpsampling(1.5)
 
   @parameterized.parameters(
-      # (input level, target level, input block, target block, mid conv count)
-      (3, 3, 'bottleneck', 'residual', 2),
-      (3, 4, 'bottleneck', 'bottleneck', 3),
-      (3, 6, 'residual', 'bottleneck', 3),
-      (6, 3, 'residual', 'bottleneck', 2))
+    # (input level, target level, input block, target block, mid conv count)
+    (3, 3, 'bottleneck', 'residual', 2),
+    (3, 4, 'bottleneck', 'bottleneck', 3),
+    (3, 6, 'residual', 'bottleneck', 3),
+    (6, 3, 'residual', 'bottleneck', 2),
+  )
   def test_resample_shapes_and_layers(self, level_in, level_out, fn_in, fn_out, num_convs):
     factory = conv_norm_act.LayerFactory()
     size = 128
     channels = 64 if fn_in == 'bottleneck' else 16
     inputs = tf_keras.Input([size // 2**level_in, size // 2**level_in, channels])
-    out = resample.resample_with_alpha(inputs, size // 2**level_in, fn_in,
-                                       size // 2**level_out, 16, fn_out, 0.5, factory)
+    out = resample.resample_with_alpha(
+      inputs, size // 2**level_in, fn_in, size // 2**level_out, 16, fn_out, 0.5, factory
+    )
     model = tf_keras.Model(inputs, out)
     expected_channels = 64 if fn_out == 'bottleneck' else 16
     self.assertEqual(out.shape[1:], [size // 2**level_out] * 2 + [expected_channels])

@@ -39,19 +39,20 @@ SMALL_MODEL_PARAMS = 112 + 8 + 80 + 117 + 147
 
 
 class CountTest(tf.test.TestCase, parameterized.TestCase):
-
   def test_small_model_exact(self):
     model = _small_model()
     self.assertEqual(model_stats.count_multiply_adds(model, [1, 8, 8, 3]), SMALL_MODEL_MADDS)
     calls = model_stats.multiply_adds_by_layer(model, [None, 8, 8, 3])
-    self.assertEqual([c.kind for c in calls],
-                     ['Conv2D', 'DepthwiseConv2D', 'SeparableConv2D', 'Dense'])
+    self.assertEqual(
+      [c.kind for c in calls], ['Conv2D', 'DepthwiseConv2D', 'SeparableConv2D', 'Dense']
+    )
     self.assertEqual([c.multiply_adds for c in calls], [1728, 1152, 448, 140])
     self.assertEqual(calls[2].output_shape, (1, 2, 2, 5))
 
   def test_per_image_for_any_batch(self):
-    self.assertEqual(model_stats.count_multiply_adds(_small_model(), [4, 8, 8, 3]),
-                     SMALL_MODEL_MADDS)
+    self.assertEqual(
+      model_stats.count_multiply_adds(_small_model(), [4, 8, 8, 3]), SMALL_MODEL_MADDS
+    )
 
   def test_count_params(self):
     model = _small_model()
@@ -85,13 +86,19 @@ class CountTest(tf.test.TestCase, parameterized.TestCase):
     x = tf_keras.layers.Conv2D(8, 3, groups=2, padding='same')(inputs)
     x = tf_keras.layers.Conv2DTranspose(2, 2, strides=2)(x)
     model = tf_keras.Model(inputs, x)
-    self.assertEqual(model_stats.count_multiply_adds(model, [1, 6, 6, 4]),
-                     36 * 9 * 2 * 8 + 36 * 4 * 8 * 2)
+    self.assertEqual(
+      model_stats.count_multiply_adds(model, [1, 6, 6, 4]), 36 * 9 * 2 * 8 + 36 * 4 * 8 * 2
+    )
 
   def test_unbuilt_head_with_dict_input(self):
-    head = retinanet_head.RetinaNetHead(min_level=3, max_level=4, num_classes=2,
-                                        num_anchors_per_location=1, num_convs=1,
-                                        num_filters=4)
+    head = retinanet_head.RetinaNetHead(
+      min_level=3,
+      max_level=4,
+      num_classes=2,
+      num_anchors_per_location=1,
+      num_convs=1,
+      num_filters=4,
+    )
     shapes = {'3': [1, 4, 4, 6], '4': [1, 2, 2, 6]}
     positions = 16 + 4
     expected = positions * 9 * (6 * 4 + 4 * 2 + 6 * 4 + 4 * 4)
@@ -100,20 +107,24 @@ class CountTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_dynamic_shape_raises(self):
     with self.assertRaisesRegex(ValueError, 'static'):
-      model_stats.count_multiply_adds(tf_keras.layers.Conv2D(2, 1),
-                                      tf.TensorSpec([1, None, 4, 3]))
+      model_stats.count_multiply_adds(tf_keras.layers.Conv2D(2, 1), tf.TensorSpec([1, None, 4, 3]))
 
 
 class SpineNetStatsTest(tf.test.TestCase):
-
   def test_spinenet49_params_and_area_scaling(self):
     # One test, so that parallel workers do not build SpineNet-49 twice.
     backbone = spinenet.build_spinenet('49', input_specs=[None, None, None, 3])
     from official.vision.modeling.backbones import spinenet as reference  # pylint: disable=g-import-not-at-top
+
     ref = reference.SpineNet(
-        input_specs=tf_keras.layers.InputSpec(shape=[None, 256, 256, 3]),
-        min_level=3, max_level=7, endpoints_num_filters=256, resample_alpha=0.5,
-        block_repeats=1, filter_size_scale=1.0)
+      input_specs=tf_keras.layers.InputSpec(shape=[None, 256, 256, 3]),
+      min_level=3,
+      max_level=7,
+      endpoints_num_filters=256,
+      resample_alpha=0.5,
+      block_repeats=1,
+      filter_size_scale=1.0,
+    )
     ref_params = sum(int(np.prod(w.shape)) for w in ref.trainable_weights)
     ours = model_stats.count_params(backbone)
     self.assertBetween(ours, 21.7e6, 21.9e6)
@@ -129,14 +140,23 @@ class SpineNetStatsTest(tf.test.TestCase):
 
 
 class StatsBinaryTest(tf.test.TestCase):
-
   def test_json_output(self):
     start = time.time()
     result = subprocess.run(
-        [sys.executable, '-m', 'official_spinenet.binaries.stats', '--models=49', '--json',
-         '--resolution_override=256'],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, 'PYTHONPATH': REPO, 'CUDA_VISIBLE_DEVICES': ''})
+      [
+        sys.executable,
+        '-m',
+        'official_spinenet.binaries.stats',
+        '--models=49',
+        '--json',
+        '--resolution_override=256',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, 'PYTHONPATH': REPO, 'CUDA_VISIBLE_DEVICES': ''},
+    )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     data = json.loads(result.stdout)
     print(f'spinenet-stats --models=49 took {time.time() - start:.1f} s')
@@ -144,8 +164,17 @@ class StatsBinaryTest(tf.test.TestCase):
     rows = {row['kind']: row for row in data['rows']}
     self.assertCountEqual(rows, ['retinanet', 'backbone', 'classification'])
     for row in rows.values():
-      for key in ('model', 'resolution', 'params', 'params_m', 'published_params_m',
-                  'multiply_adds', 'multiply_adds_b', 'published_multiply_adds_b', 'note'):
+      for key in (
+        'model',
+        'resolution',
+        'params',
+        'params_m',
+        'published_params_m',
+        'multiply_adds',
+        'multiply_adds_b',
+        'published_multiply_adds_b',
+        'note',
+      ):
         self.assertIn(key, row)
       self.assertEqual(row['model'], '49')
       self.assertEqual(row['resolution'], 256)

@@ -3,6 +3,7 @@
 tests/test_gin_configs.py builds every gin file and checks its parameter count;
 this file pins what the NAS-FPN ones train with (the NAS-FPN paper's numbers).
 """
+
 import pytest
 
 from official_spinenet import configurables
@@ -11,16 +12,20 @@ from official_spinenet.modeling.backbones import resnet
 COCO_STEPS_PER_EPOCH = 118287 / 64
 
 
-@pytest.mark.parametrize('gin_file,repeats,filters,dropblock,epochs,decay_epochs', [
+@pytest.mark.parametrize(
+  'gin_file,repeats,filters,dropblock,epochs,decay_epochs',
+  [
     ('nasfpn/r50_nasfpn_3x256_640.gin', 3, 256, 0.0, 50, (30, 40)),
     ('nasfpn/r50_nasfpn_5x256_640.gin', 5, 256, 0.0, 50, (30, 40)),
     ('nasfpn/r50_nasfpn_7x256_640.gin', 7, 256, 0.0, 50, (30, 40)),
     ('nasfpn/r50_nasfpn_7x384_640.gin', 7, 384, 0.0, 50, (30, 40)),
     ('nasfpn/r50_nasfpn_7x384_dropblock_640.gin', 7, 384, 0.1, 150, (120, 140)),
     ('nasfpn/spinenet49_nasfpn_5x256_640.gin', 5, 256, 0.0, 50, (30, 40)),
-])
+  ],
+)
 def test_protocol(gin_file, repeats, filters, dropblock, epochs, decay_epochs):
   import gin  # pylint: disable=g-import-not-at-top
+
   configurables.parse_gin([gin_file])
   experiment = configurables.build_experiment()
   task, config = experiment['task'], experiment['config']
@@ -40,8 +45,12 @@ def test_protocol(gin_file, repeats, filters, dropblock, epochs, decay_epochs):
   assert config.train_steps == pytest.approx(epochs * COCO_STEPS_PER_EPOCH, abs=1)
   schedule = experiment['learning_rate'](global_batch_size=64, total_steps=config.train_steps)
   # 0.08 at batch 64 after the warm-up, x0.1 after each decay epoch.
-  for epoch, expected in ((1, 0.08), (decay_epochs[0] - 1, 0.08),
-                          (decay_epochs[0] + 1, 0.008), (decay_epochs[1] + 1, 0.0008)):
+  for epoch, expected in (
+    (1, 0.08),
+    (decay_epochs[0] - 1, 0.08),
+    (decay_epochs[0] + 1, 0.008),
+    (decay_epochs[1] + 1, 0.0008),
+  ):
     step = int(epoch * COCO_STEPS_PER_EPOCH)
     assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), epoch
   assert float(schedule(0)) == pytest.approx(0.0067)

@@ -1,4 +1,5 @@
 """generate_detections_fast gives Model Garden v1's detections (tiny inputs)."""
+
 import ast
 import math
 import os
@@ -24,8 +25,11 @@ def _logit(p):
 
 def _v1(outputs, anchors, image_shape, **settings):
   """Model Garden's v1, in a graph as it is normally run (and comparable bit for bit)."""
-  return tf.function(lambda: retinanet_model.generate_detections(
-      outputs, anchors, image_shape, nms_version='v1', **settings))()
+  return tf.function(
+    lambda: retinanet_model.generate_detections(
+      outputs, anchors, image_shape, nms_version='v1', **settings
+    )
+  )()
 
 
 def _fast(outputs, anchors, image_shape, **settings):
@@ -41,8 +45,12 @@ def _model_outputs(seed=0):
   """
   tf_keras.utils.set_random_seed(seed)
   backbone = factory.build_backbone(
-      'spinenet', '49', input_specs=[None, IMAGE_SIZE, IMAGE_SIZE, 3],
-      filter_size_scale=0.25, endpoints_num_filters=32)
+    'spinenet',
+    '49',
+    input_specs=[None, IMAGE_SIZE, IMAGE_SIZE, 3],
+    filter_size_scale=0.25,
+    endpoints_num_filters=32,
+  )
   head = retinanet_head.RetinaNetHead(num_classes=NUM_CLASSES, num_convs=1, num_filters=32)
   model = retinanet_model.RetinaNetModel(backbone=backbone, head=head)
   images = tf.random.uniform([BATCH, IMAGE_SIZE, IMAGE_SIZE, 3], -1.0, 1.0, seed=seed)
@@ -70,8 +78,10 @@ def _crafted(boxes, logits):
   """
   boxes = np.asarray(boxes, np.float32)
   logits = np.asarray(logits, np.float32)
-  outputs = {'cls_outputs': {'3': tf.constant(logits[:, None])},
-             'box_outputs': {'3': tf.zeros(boxes[:, None].shape)}}
+  outputs = {
+    'cls_outputs': {'3': tf.constant(logits[:, None])},
+    'box_outputs': {'3': tf.zeros(boxes[:, None].shape)},
+  }
   return outputs, {'3': tf.constant(boxes[:, None])}
 
 
@@ -85,13 +95,12 @@ def _one_hot_logits(classes, scores, num_classes=NUM_CLASSES):
 
 
 class GenerateDetectionsFastTest(tf.test.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.outputs, cls.anchors = _model_outputs()
     # Images of different sizes: boxes get clipped differently.
-    cls.image_shape = tf.constant([[128., 128.], [100., 120.]])
+    cls.image_shape = tf.constant([[128.0, 128.0], [100.0, 120.0]])
 
   def assertSameDetections(self, expected, actual):
     """Equal counts, scores and classes, close boxes, in order, for the valid entries.
@@ -103,20 +112,29 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     self.assertAllEqual(expected['num_detections'], actual['num_detections'])
     for b, count in enumerate(expected['num_detections'].numpy()):
       for key in ('detection_scores', 'detection_classes'):
-        self.assertAllEqual(expected[key][b, :count], actual[key][b, :count],
-                            msg=f'{key}, image {b}')
-      self.assertAllClose(expected['detection_boxes'][b, :count],
-                          actual['detection_boxes'][b, :count], rtol=1e-6, atol=1e-5,
-                          msg=f'detection_boxes, image {b}')
+        self.assertAllEqual(
+          expected[key][b, :count], actual[key][b, :count], msg=f'{key}, image {b}'
+        )
+      self.assertAllClose(
+        expected['detection_boxes'][b, :count],
+        actual['detection_boxes'][b, :count],
+        rtol=1e-6,
+        atol=1e-5,
+        msg=f'detection_boxes, image {b}',
+      )
 
   def _biased(self, bias):
-    return {'cls_outputs': {k: v + bias for k, v in self.outputs['cls_outputs'].items()},
-            'box_outputs': self.outputs['box_outputs']}
+    return {
+      'cls_outputs': {k: v + bias for k, v in self.outputs['cls_outputs'].items()},
+      'box_outputs': self.outputs['box_outputs'],
+    }
 
   def _num_candidates(self, outputs, threshold=0.05):
     """[B, C - 1] anchors per image and class scoring above the threshold."""
-    counts = [np.sum(tf.sigmoid(tf.reshape(v, [BATCH, -1, NUM_CLASSES]))[..., 1:] > threshold,
-                     axis=1) for v in outputs['cls_outputs'].values()]
+    counts = [
+      np.sum(tf.sigmoid(tf.reshape(v, [BATCH, -1, NUM_CLASSES]))[..., 1:] > threshold, axis=1)
+      for v in outputs['cls_outputs'].values()
+    ]
     return np.sum(counts, axis=0)
 
   def test_matches_v1_on_model_outputs(self):
@@ -134,20 +152,22 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     # unbatched ones again with another batch size: each call traces anew
     # (a shape-generalised trace once lost the anchors' rank here).
     batched = retinanet_model.multilevel_anchor_boxes(
-        (IMAGE_SIZE, IMAGE_SIZE), 3, 7, batch_size=BATCH)
+      (IMAGE_SIZE, IMAGE_SIZE), 3, 7, batch_size=BATCH
+    )
     self.assertSameDetections(expected, _fast(outputs, batched, self.image_shape))
     first = tf.nest.map_structure(lambda t: t[:1], outputs)
-    self.assertSameDetections(_v1(first, self.anchors, self.image_shape[:1]),
-                              _fast(first, self.anchors, self.image_shape[:1]))
+    self.assertSameDetections(
+      _v1(first, self.anchors, self.image_shape[:1]),
+      _fast(first, self.anchors, self.image_shape[:1]),
+    )
 
   def test_matches_v1_with_other_settings(self):
     cases = [
-        # More candidates per class than pre_nms_top_k: v1's per-class top-k.
-        (-5.0, dict(pre_nms_top_k=10, max_num_detections=7)),
-        (-5.0, dict(nms_iou_threshold=0.3, pre_nms_score_threshold=0.3,
-                    max_num_detections=300)),
-        # Every (anchor, class) pair is a candidate.
-        (0.0, dict(pre_nms_score_threshold=0.0, pre_nms_top_k=50)),
+      # More candidates per class than pre_nms_top_k: v1's per-class top-k.
+      (-5.0, dict(pre_nms_top_k=10, max_num_detections=7)),
+      (-5.0, dict(nms_iou_threshold=0.3, pre_nms_score_threshold=0.3, max_num_detections=300)),
+      # Every (anchor, class) pair is a candidate.
+      (0.0, dict(pre_nms_score_threshold=0.0, pre_nms_top_k=50)),
     ]
     for bias, settings in cases:
       with self.subTest(bias=bias, **settings):
@@ -161,11 +181,14 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
 
   def test_dynamic_batch_and_saved_model(self):
     level_specs = {
-        key: {k: tf.TensorSpec([None] + v.shape[1:].as_list(), tf.float32)
-              for k, v in self.outputs[key].items()} for key in self.outputs}
+      key: {
+        k: tf.TensorSpec([None] + v.shape[1:].as_list(), tf.float32)
+        for k, v in self.outputs[key].items()
+      }
+      for key in self.outputs
+    }
 
     class Detector(tf.Module):
-
       def __init__(self, anchors):
         super().__init__()
         self.anchors = anchors
@@ -191,13 +214,12 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     for key in DETECTION_FIELDS + ('num_detections',):
       self.assertAllEqual(default[key], fast[key])
     with self.assertRaisesRegex(ValueError, "nms_version.*'v3'"):
-      retinanet_model.generate_detections(outputs, self.anchors, self.image_shape,
-                                          nms_version='v3')
+      retinanet_model.generate_detections(outputs, self.anchors, self.image_shape, nms_version='v3')
     with self.assertRaisesRegex(ValueError, 'max_num_detections'):
       _fast(outputs, self.anchors, self.image_shape, max_num_detections=0)
 
   def test_crafted_suppression_thresholds_and_counts(self):
-    image_shape = tf.constant([[100., 100.]] * 3)
+    image_shape = tf.constant([[100.0, 100.0]] * 3)
     boxes = np.zeros([3, 6, 4], np.float32)
     classes = np.ones([3, 6], np.int32)
     scores = np.full([3, 6], 0.01)
@@ -221,18 +243,23 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     self.assertAllEqual(actual['num_detections'], [3, 0, 1])
     self.assertAllClose(actual['detection_scores'][0, :3], [0.9, 0.7, 0.6])
     self.assertAllEqual(actual['detection_classes'][0, :3], [1, 2, 3])
-    self.assertAllClose(actual['detection_boxes'][0, :3],
-                        [[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], atol=1e-5)
+    self.assertAllClose(
+      actual['detection_boxes'][0, :3],
+      [[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]],
+      atol=1e-5,
+    )
     self.assertAllClose(actual['detection_boxes'][2, 0], [40, 40, 50, 50], atol=1e-5)
 
   def test_crafted_max_detections_and_ties(self):
     # 12 disjoint boxes; equal scores go to the lower class, then the lower anchor.
-    boxes = np.array([[[20 * (k // 4), 20 * (k % 4), 20 * (k // 4) + 10, 20 * (k % 4) + 10]
-                       for k in range(12)]], np.float32)
+    boxes = np.array(
+      [[[20 * (k // 4), 20 * (k % 4), 20 * (k // 4) + 10, 20 * (k % 4) + 10] for k in range(12)]],
+      np.float32,
+    )
     classes = [[3, 1, 2, 1, 4, 2, 3, 1, 2, 4, 1, 3]]
     scores = [[0.5, 0.5, 0.5, 0.9, 0.5, 0.8, 0.5, 0.5, 0.3, 0.5, 0.2, 0.5]]
     outputs, anchors = _crafted(boxes, _one_hot_logits(classes, scores))
-    image_shape = tf.constant([[100., 100.]])
+    image_shape = tf.constant([[100.0, 100.0]])
     for settings in ({}, dict(max_num_detections=5), dict(pre_nms_top_k=2)):
       with self.subTest(**settings):
         expected = _v1(outputs, anchors, image_shape, **settings)
@@ -242,16 +269,16 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     self.assertAllEqual(few['num_detections'], [5])
     # 0.9 (anchor 3), 0.8 (anchor 5), then the 0.5 ties: class 1 (anchors 1, 7), class 2 (2).
     self.assertAllEqual(few['detection_classes'][0], [1, 2, 1, 1, 2])
-    self.assertAllClose(few['detection_boxes'][0, :, :2],
-                        boxes[0, [3, 5, 1, 7, 2], :2], atol=1e-5)
+    self.assertAllClose(few['detection_boxes'][0, :, :2], boxes[0, [3, 5, 1, 7, 2], :2], atol=1e-5)
     # pre_nms_top_k=2: per class only the 2 best (ties: lower anchors) are candidates.
     top2 = _fast(outputs, anchors, image_shape, pre_nms_top_k=2)
     self.assertAllEqual(top2['num_detections'], [8])
 
   def test_empty_results(self):
-    outputs, anchors = _crafted(np.array([[[0, 0, 10, 10]]] * 2),
-                                np.full([2, 1, NUM_CLASSES], -10.0))
-    actual = _fast(outputs, anchors, tf.constant([[50., 50.]] * 2))
+    outputs, anchors = _crafted(
+      np.array([[[0, 0, 10, 10]]] * 2), np.full([2, 1, NUM_CLASSES], -10.0)
+    )
+    actual = _fast(outputs, anchors, tf.constant([[50.0, 50.0]] * 2))
     self.assertAllEqual(actual['num_detections'], [0, 0])
     self.assertEqual(actual['detection_boxes'].shape, (2, 100, 4))
     for key in DETECTION_FIELDS:
@@ -259,9 +286,10 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
 
   def test_documented_differences(self):
     # Padding: zeros past num_detections (v1: score -1 and some box and class).
-    outputs, anchors = _crafted([[[0, 0, 10, 10], [20, 20, 30, 30]]],
-                                _one_hot_logits([[1, 2]], [[0.9, 0.6]]))
-    image_shape = tf.constant([[50., 50.]])
+    outputs, anchors = _crafted(
+      [[[0, 0, 10, 10], [20, 20, 30, 30]]], _one_hot_logits([[1, 2]], [[0.9, 0.6]])
+    )
+    image_shape = tf.constant([[50.0, 50.0]])
     expected = _v1(outputs, anchors, image_shape)
     actual = _fast(outputs, anchors, image_shape)
     self.assertSameDetections(expected, actual)
@@ -275,8 +303,7 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     outputs, anchors = _crafted(tiny, _one_hot_logits([[1, 1]], [[0.9, 0.8]]))
     settings = dict(nms_iou_threshold=0.6)
     self.assertAllEqual(_v1(outputs, anchors, image_shape, **settings)['num_detections'], [2])
-    self.assertAllEqual(_fast(outputs, anchors, image_shape, **settings)['num_detections'],
-                        [1])
+    self.assertAllEqual(_fast(outputs, anchors, image_shape, **settings)['num_detections'], [1])
 
 
 def test_ops_module_imports_neither_gin_nor_model_garden_at_load():

@@ -18,20 +18,28 @@ CHANNELS = 8
 
 def _features(batch=2, seed=0):
   rng = np.random.default_rng(seed)
-  return {str(l): tf.constant(rng.normal(size=[batch, IMAGE_SIZE // 2**l, IMAGE_SIZE // 2**l,
-                                               CHANNELS]).astype(np.float32))
-          for l in range(MIN_LEVEL, MAX_LEVEL + 1)}
+  return {
+    str(l): tf.constant(
+      rng.normal(size=[batch, IMAGE_SIZE // 2**l, IMAGE_SIZE // 2**l, CHANNELS]).astype(np.float32)
+    )
+    for l in range(MIN_LEVEL, MAX_LEVEL + 1)
+  }
 
 
 def _kwargs(**overrides):
-  kwargs = dict(min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=5,
-                num_anchors_per_location=3, num_convs=2, num_filters=16)
+  kwargs = dict(
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    num_classes=5,
+    num_anchors_per_location=3,
+    num_convs=2,
+    num_filters=16,
+  )
   kwargs.update(overrides)
   return kwargs
 
 
 class RetinaNetHeadTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.parameters(False, True)
   def test_output_shapes(self, use_separable_conv):
     head = retinanet_head.RetinaNetHead(**_kwargs(use_separable_conv=use_separable_conv))
@@ -44,27 +52,49 @@ class RetinaNetHeadTest(tf.test.TestCase, parameterized.TestCase):
       self.assertEqual(boxes[str(level)].shape, [2, size, size, 4 * 3])
 
   @parameterized.named_parameters(
-      ('plain', dict()),
-      ('separable', dict(use_separable_conv=True)),
-      ('no_convs', dict(num_convs=0)),
-      ('paper_49', dict(num_classes=91, num_anchors_per_location=9, num_convs=4,
-                        num_filters=256, min_level=3, max_level=7)),
-      ('mobile_49', dict(num_classes=91, num_anchors_per_location=9, num_convs=4,
-                         num_filters=48, min_level=3, max_level=7, use_separable_conv=True)),
-      ('sync_bn_swish', dict(use_sync_bn=True, activation='swish')),
+    ('plain', dict()),
+    ('separable', dict(use_separable_conv=True)),
+    ('no_convs', dict(num_convs=0)),
+    (
+      'paper_49',
+      dict(
+        num_classes=91,
+        num_anchors_per_location=9,
+        num_convs=4,
+        num_filters=256,
+        min_level=3,
+        max_level=7,
+      ),
+    ),
+    (
+      'mobile_49',
+      dict(
+        num_classes=91,
+        num_anchors_per_location=9,
+        num_convs=4,
+        num_filters=48,
+        min_level=3,
+        max_level=7,
+        use_separable_conv=True,
+      ),
+    ),
+    ('sync_bn_swish', dict(use_sync_bn=True, activation='swish')),
   )
   def test_matches_model_garden_parameters(self, overrides):
     kwargs = _kwargs(**overrides)
     ours = retinanet_head.RetinaNetHead(**kwargs)
     ref = reference.RetinaNetHead(**kwargs)
-    features = {str(l): tf_keras.Input([4, 4, CHANNELS])
-                for l in range(kwargs['min_level'], kwargs['max_level'] + 1)}
+    features = {
+      str(l): tf_keras.Input([4, 4, CHANNELS])
+      for l in range(kwargs['min_level'], kwargs['max_level'] + 1)
+    }
     ours(features)
     ref(features)
     self.assertEqual(ours.count_params(), ref.count_params())
     self.assertEqual(
-        sum(int(np.prod(w.shape)) for w in ours.trainable_weights),
-        sum(int(np.prod(w.shape)) for w in ref.trainable_weights))
+      sum(int(np.prod(w.shape)) for w in ours.trainable_weights),
+      sum(int(np.prod(w.shape)) for w in ref.trainable_weights),
+    )
     # Same variables in the same creation order, under the same names.
     strip = lambda w: w.name.split('/', 1)[1]
     self.assertEqual([strip(w) for w in ours.weights], [strip(w) for w in ref.weights])
@@ -77,8 +107,9 @@ class RetinaNetHeadTest(tf.test.TestCase, parameterized.TestCase):
     ref = reference.RetinaNetHead(**kwargs)
     ref(features)
     rng = np.random.default_rng(1)
-    ref.set_weights([rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) * 0.3
-                     for w in ref.get_weights()])
+    ref.set_weights(
+      [rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) * 0.3 for w in ref.get_weights()]
+    )
     path = tf.train.Checkpoint(head=ref).save(os.path.join(self.get_temp_dir(), 'ckpt'))
     ours = retinanet_head.RetinaNetHead(**kwargs)
     ours(features)
@@ -108,16 +139,20 @@ class RetinaNetHeadTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters(False, True)
   def test_config_round_trip(self, use_separable_conv):
     head = retinanet_head.RetinaNetHead(
-        **_kwargs(use_separable_conv=use_separable_conv, activation='hard_swish',
-                  kernel_regularizer=tf_keras.regularizers.L2(4e-5), norm_momentum=0.97),
-        name='my_head')
+      **_kwargs(
+        use_separable_conv=use_separable_conv,
+        activation='hard_swish',
+        kernel_regularizer=tf_keras.regularizers.L2(4e-5),
+        norm_momentum=0.97,
+      ),
+      name='my_head',
+    )
     config = head.get_config()
     self.assertEqual(config['num_filters'], 16)
     self.assertEqual(config['name'], 'my_head')
     clone = retinanet_head.RetinaNetHead.from_config(config)
     self.assertEqual(clone.get_config(), config)
-    self.assertIsInstance(clone._config_dict['kernel_regularizer'],
-                          tf_keras.regularizers.L2)
+    self.assertIsInstance(clone._config_dict['kernel_regularizer'], tf_keras.regularizers.L2)
     serialized = tf_keras.layers.serialize(head)
     self.assertIn('official_spinenet', str(serialized))
     clone = tf_keras.layers.deserialize(serialized)
@@ -129,8 +164,10 @@ class RetinaNetHeadTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(clone.losses, len(head.losses))
 
   def test_in_functional_model(self):
-    inputs = {str(l): tf_keras.Input([IMAGE_SIZE // 2**l, IMAGE_SIZE // 2**l, CHANNELS])
-              for l in range(MIN_LEVEL, MAX_LEVEL + 1)}
+    inputs = {
+      str(l): tf_keras.Input([IMAGE_SIZE // 2**l, IMAGE_SIZE // 2**l, CHANNELS])
+      for l in range(MIN_LEVEL, MAX_LEVEL + 1)
+    }
     scores, boxes = retinanet_head.RetinaNetHead(**_kwargs())(inputs)
     model = tf_keras.Model(inputs, {'scores': scores, 'boxes': boxes})
     out = model(_features(batch=1))

@@ -5,6 +5,7 @@ that the focal and Huber terms are far from their minima), same labels (Model
 Garden's own AnchorLabeler on random ground-truth boxes, as its parser makes them),
 same L2 terms (the model's regularization losses, Model Garden's `aux_losses`).
 """
+
 import collections
 import functools
 
@@ -22,24 +23,33 @@ IMAGE_SIZE = 128
 NUM_CLASSES = 5
 BATCH = 2
 MIN_LEVEL, MAX_LEVEL = 3, 7
-LOSS_SETTINGS = dict(focal_loss_alpha=0.25, focal_loss_gamma=1.5, huber_loss_delta=0.1,
-                     box_loss_weight=50.0)
+LOSS_SETTINGS = dict(
+  focal_loss_alpha=0.25, focal_loss_gamma=1.5, huber_loss_delta=0.1, box_loss_weight=50.0
+)
 
 
 def _our_task(**loss_settings):
-  backbone = functools.partial(spinenet.build_spinenet, '49', filter_size_scale=0.125,
-                               endpoints_num_filters=16)
+  backbone = functools.partial(
+    spinenet.build_spinenet, '49', filter_size_scale=0.125, endpoints_num_filters=16
+  )
   head = functools.partial(retinanet_head.RetinaNetHead, num_convs=1, num_filters=16)
   return retinanet_task.RetinaNetTask(
-      num_classes=NUM_CLASSES, image_size=IMAGE_SIZE,
-      train_data=base_task.InputConfig(file_pattern='unused', global_batch_size=BATCH),
-      backbone=backbone, head=head, min_level=MIN_LEVEL, max_level=MAX_LEVEL,
-      l2_weight_decay=4e-5, **loss_settings)
+    num_classes=NUM_CLASSES,
+    image_size=IMAGE_SIZE,
+    train_data=base_task.InputConfig(file_pattern='unused', global_batch_size=BATCH),
+    backbone=backbone,
+    head=head,
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    l2_weight_decay=4e-5,
+    **loss_settings,
+  )
 
 
 def _model_garden_task(focal_loss_alpha, focal_loss_gamma, huber_loss_delta, box_loss_weight):
   from official.vision.configs import retinanet as retinanet_config  # pylint: disable=g-import-not-at-top
   from official.vision.tasks import retinanet as retinanet_lib  # pylint: disable=g-import-not-at-top
+
   config = retinanet_config.RetinaNetTask()
   config.model.num_classes = NUM_CLASSES
   config.losses.focal_loss_alpha = focal_loss_alpha
@@ -52,8 +62,14 @@ def _model_garden_task(focal_loss_alpha, focal_loss_gamma, huber_loss_delta, box
 def _labels(seed: int):
   """The retinanet parser's labels for BATCH images with a few random boxes each."""
   anchor = model_garden.load('anchor')
-  anchors = anchor.Anchor(MIN_LEVEL, MAX_LEVEL, num_scales=3, aspect_ratios=[0.5, 1.0, 2.0],
-                          anchor_size=4.0, image_size=(IMAGE_SIZE, IMAGE_SIZE))
+  anchors = anchor.Anchor(
+    MIN_LEVEL,
+    MAX_LEVEL,
+    num_scales=3,
+    aspect_ratios=[0.5, 1.0, 2.0],
+    anchor_size=4.0,
+    image_size=(IMAGE_SIZE, IMAGE_SIZE),
+  )
   labeler = anchor.AnchorLabeler(match_threshold=0.5, unmatched_threshold=0.4)
   rng = np.random.default_rng(seed)
   per_image = []
@@ -62,17 +78,20 @@ def _labels(seed: int):
     boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1) + 8.0], axis=-1)
     classes = rng.integers(1, NUM_CLASSES, size=(6, 1))
     cls_t, box_t, _, cls_w, box_w = labeler.label_anchors(
-        anchors.multilevel_boxes, tf.constant(boxes, tf.float32), tf.constant(classes, tf.int32))
+      anchors.multilevel_boxes, tf.constant(boxes, tf.float32), tf.constant(classes, tf.int32)
+    )
     per_image.append((cls_t, box_t, cls_w, box_w))
   stack = lambda values: tf.stack(values, axis=0)
   levels = [str(l) for l in range(MIN_LEVEL, MAX_LEVEL + 1)]
   return {
-      'cls_targets': collections.OrderedDict(
-          (l, stack([p[0][l] for p in per_image])) for l in levels),
-      'box_targets': collections.OrderedDict(
-          (l, stack([p[1][l] for p in per_image])) for l in levels),
-      'cls_weights': stack([p[2] for p in per_image]),
-      'box_weights': stack([p[3] for p in per_image]),
+    'cls_targets': collections.OrderedDict(
+      (l, stack([p[0][l] for p in per_image])) for l in levels
+    ),
+    'box_targets': collections.OrderedDict(
+      (l, stack([p[1][l] for p in per_image])) for l in levels
+    ),
+    'cls_weights': stack([p[2] for p in per_image]),
+    'box_weights': stack([p[3] for p in per_image]),
   }
 
 
@@ -84,9 +103,9 @@ def _outputs(model, seed: int):
   spread = {}
   for key, scale in (('cls_outputs', 2.0), ('box_outputs', 0.3)):
     spread[key] = collections.OrderedDict(
-        (l, raw[key][l] + tf.constant(rng.normal(scale=scale, size=raw[key][l].shape),
-                                      tf.float32))
-        for l in sorted(raw[key], key=int))
+      (l, raw[key][l] + tf.constant(rng.normal(scale=scale, size=raw[key][l].shape), tf.float32))
+      for l in sorted(raw[key], key=int)
+    )
   return spread
 
 
@@ -97,19 +116,27 @@ def shared():
   return task, model, _outputs(model, seed=1), _labels(seed=2)
 
 
-@pytest.mark.parametrize('settings', [
+@pytest.mark.parametrize(
+  'settings',
+  [
     LOSS_SETTINGS,
     dict(focal_loss_alpha=0.4, focal_loss_gamma=2.0, huber_loss_delta=0.2, box_loss_weight=10.0),
-])
+  ],
+)
 def test_task_loss_equals_model_garden(shared, settings):
   _, model, outputs, labels = shared
   ours = _our_task(**settings).build_losses(outputs, labels, model)
   total, cls_loss, box_loss, model_loss = _model_garden_task(**settings).build_losses(
-      outputs, labels, aux_losses=model.losses)
+    outputs, labels, aux_losses=model.losses
+  )
   assert float(tf.reduce_sum(labels['box_weights'])) > 10  # positives exist
   assert float(ours['l2_loss']) > 0  # the L2 terms take part
-  for name, reference in (('total_loss', total), ('cls_loss', cls_loss),
-                          ('box_loss', box_loss), ('model_loss', model_loss)):
+  for name, reference in (
+    ('total_loss', total),
+    ('cls_loss', cls_loss),
+    ('box_loss', box_loss),
+    ('model_loss', model_loss),
+  ):
     np.testing.assert_allclose(float(ours[name]), float(reference), rtol=1e-5, err_msg=name)
 
 
@@ -118,7 +145,8 @@ def test_loss_without_positives_equals_model_garden(shared):
   labels = dict(labels, box_weights=tf.zeros_like(labels['box_weights']))
   ours = _our_task(**LOSS_SETTINGS).build_losses(outputs, labels, model)
   total, cls_loss, box_loss, _ = _model_garden_task(**LOSS_SETTINGS).build_losses(
-      outputs, labels, aux_losses=model.losses)
+    outputs, labels, aux_losses=model.losses
+  )
   assert float(box_loss) == 0.0
   np.testing.assert_allclose(float(ours['cls_loss']), float(cls_loss), rtol=1e-5)
   np.testing.assert_allclose(float(ours['total_loss']), float(total), rtol=1e-5)

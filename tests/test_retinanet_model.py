@@ -1,4 +1,5 @@
 """RetinaNetModel, RetinaNet losses and the RetinaNet input pipeline (tiny, fast)."""
+
 import os
 import subprocess
 import sys
@@ -26,28 +27,48 @@ BATCH = 4
 def _tiny_model(seed=0):
   tf_keras.utils.set_random_seed(seed)
   backbone = factory.build_backbone(
-      'spinenet', '49', input_specs=[None, IMAGE_SIZE, IMAGE_SIZE, 3],
-      filter_size_scale=0.25, endpoints_num_filters=32)
+    'spinenet',
+    '49',
+    input_specs=[None, IMAGE_SIZE, IMAGE_SIZE, 3],
+    filter_size_scale=0.25,
+    endpoints_num_filters=32,
+  )
   head = retinanet_head.RetinaNetHead(
-      min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
-      num_anchors_per_location=NUM_ANCHORS, num_convs=1, num_filters=32)
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    num_classes=NUM_CLASSES,
+    num_anchors_per_location=NUM_ANCHORS,
+    num_convs=1,
+    num_filters=32,
+  )
   return retinanet_model.RetinaNetModel(backbone=backbone, head=head)
 
 
 class RetinaNetModelTest(tf.test.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     # Removed after the class's tests (unittest's class cleanups).
     data_dir = cls.enterClassContext(tempfile.TemporaryDirectory())
     cls.data = shapes.make_shapes_dataset(
-        data_dir, num_train=8, num_val=2, image_size=IMAGE_SIZE, seed=0,
-        num_shards=2, show_progress=False)
+      data_dir,
+      num_train=8,
+      num_val=2,
+      image_size=IMAGE_SIZE,
+      seed=0,
+      num_shards=2,
+      show_progress=False,
+    )
     dataset = retinanet_input.build_retinanet_dataset(
-        cls.data['train']['tfrecord_pattern'], is_training=True, global_batch_size=BATCH,
-        image_size=(IMAGE_SIZE, IMAGE_SIZE), min_level=MIN_LEVEL, max_level=MAX_LEVEL,
-        aug_rand_hflip=False, seed=1)
+      cls.data['train']['tfrecord_pattern'],
+      is_training=True,
+      global_batch_size=BATCH,
+      image_size=(IMAGE_SIZE, IMAGE_SIZE),
+      min_level=MIN_LEVEL,
+      max_level=MAX_LEVEL,
+      aug_rand_hflip=False,
+      seed=1,
+    )
     cls.images, cls.labels = next(iter(dataset))
     cls.model = _tiny_model()  # Shared by the tests that do not change weights.
 
@@ -60,23 +81,26 @@ class RetinaNetModelTest(tf.test.TestCase):
     self.assertEqual(sorted(outputs), ['box_outputs', 'cls_outputs'])
     for level in range(MIN_LEVEL, MAX_LEVEL + 1):
       size = IMAGE_SIZE // 2**level
-      self.assertEqual(outputs['cls_outputs'][str(level)].shape,
-                       (BATCH, size, size, NUM_CLASSES * NUM_ANCHORS))
-      self.assertEqual(outputs['box_outputs'][str(level)].shape,
-                       (BATCH, size, size, 4 * NUM_ANCHORS))
-      self.assertEqual(self.labels['cls_targets'][str(level)].shape,
-                       (BATCH, size, size, NUM_ANCHORS))
+      self.assertEqual(
+        outputs['cls_outputs'][str(level)].shape, (BATCH, size, size, NUM_CLASSES * NUM_ANCHORS)
+      )
+      self.assertEqual(
+        outputs['box_outputs'][str(level)].shape, (BATCH, size, size, 4 * NUM_ANCHORS)
+      )
+      self.assertEqual(
+        self.labels['cls_targets'][str(level)].shape, (BATCH, size, size, NUM_ANCHORS)
+      )
 
   def test_loss_finite_positive_and_decreases_when_overfitting(self):
     model = _tiny_model()
     losses = retinanet_losses.retinanet_loss(
-        model(self.images, training=True), self.labels, NUM_CLASSES)
+      model(self.images, training=True), self.labels, NUM_CLASSES
+    )
     self.assertEqual(sorted(losses), ['box_loss', 'cls_loss', 'total_loss'])
     for value in losses.values():
       self.assertTrue(np.isfinite(value.numpy()))
       self.assertGreater(float(value), 0.0)
-    self.assertAllClose(losses['total_loss'],
-                        losses['cls_loss'] + 50.0 * losses['box_loss'])
+    self.assertAllClose(losses['total_loss'], losses['cls_loss'] + 50.0 * losses['box_loss'])
 
     optimizer = tf_keras.optimizers.SGD(learning_rate=0.02, momentum=0.9)
 
@@ -84,7 +108,8 @@ class RetinaNetModelTest(tf.test.TestCase):
     def step():
       with tf.GradientTape() as tape:
         loss = retinanet_losses.retinanet_loss(
-            model(self.images, training=True), self.labels, NUM_CLASSES)['total_loss']
+          model(self.images, training=True), self.labels, NUM_CLASSES
+        )['total_loss']
       grads = tape.gradient(loss, model.trainable_variables)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return loss
@@ -105,8 +130,7 @@ class RetinaNetModelTest(tf.test.TestCase):
   def test_detections(self):
     model = self.model
     image_shape = self.labels['image_info'][:, 1, :]
-    detections = model.detect(self.images, image_shape=image_shape,
-                              pre_nms_score_threshold=0.0)
+    detections = model.detect(self.images, image_shape=image_shape, pre_nms_score_threshold=0.0)
     self.assertEqual(detections['detection_boxes'].shape, (BATCH, 100, 4))
     self.assertEqual(detections['detection_scores'].shape, (BATCH, 100))
     self.assertEqual(detections['detection_classes'].shape, (BATCH, 100))
@@ -127,14 +151,20 @@ class RetinaNetModelTest(tf.test.TestCase):
     model_anchors = model.anchor_boxes((IMAGE_SIZE, IMAGE_SIZE))
     for level in model_anchors:
       self.assertAllClose(parser_anchors[level], model_anchors[level])
-    few = model.detect(self.images, anchor_boxes=self.labels['anchor_boxes'],
-                       max_num_detections=7, pre_nms_top_k=100)
+    few = model.detect(
+      self.images, anchor_boxes=self.labels['anchor_boxes'], max_num_detections=7, pre_nms_top_k=100
+    )
     self.assertEqual(few['detection_boxes'].shape, (BATCH, 7, 4))
 
   def test_eval_dataset(self):
     dataset = retinanet_input.build_retinanet_dataset(
-        self.data['val']['tfrecord_pattern'], is_training=False, global_batch_size=4,
-        image_size=(IMAGE_SIZE, IMAGE_SIZE), min_level=MIN_LEVEL, max_level=MAX_LEVEL)
+      self.data['val']['tfrecord_pattern'],
+      is_training=False,
+      global_batch_size=4,
+      image_size=(IMAGE_SIZE, IMAGE_SIZE),
+      min_level=MIN_LEVEL,
+      max_level=MAX_LEVEL,
+    )
     batches = list(dataset)
     self.assertLen(batches, 1)
     images, labels = batches[0]
@@ -148,13 +178,21 @@ class RetinaNetModelTest(tf.test.TestCase):
     self.assertLen(tf.io.gfile.glob(pattern), 2)
     seen = []
     for pipeline in range(3):
-      context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=pipeline,
-                                           num_replicas_in_sync=3)
+      context = tf.distribute.InputContext(
+        num_input_pipelines=3, input_pipeline_id=pipeline, num_replicas_in_sync=3
+      )
       dataset = retinanet_input.build_retinanet_dataset(
-          pattern, is_training=False, global_batch_size=3, image_size=(IMAGE_SIZE, IMAGE_SIZE),
-          min_level=MIN_LEVEL, max_level=MAX_LEVEL, input_context=context)
-      ids = [i for _, labels in dataset
-             for i in labels['groundtruths']['source_id'].numpy().tolist()]
+        pattern,
+        is_training=False,
+        global_batch_size=3,
+        image_size=(IMAGE_SIZE, IMAGE_SIZE),
+        min_level=MIN_LEVEL,
+        max_level=MAX_LEVEL,
+        input_context=context,
+      )
+      ids = [
+        i for _, labels in dataset for i in labels['groundtruths']['source_id'].numpy().tolist()
+      ]
       self.assertLen(ids, 3 if pipeline < 2 else 2)
       seen += ids
     self.assertLen(set(seen), 8)
@@ -163,23 +201,27 @@ class RetinaNetModelTest(tf.test.TestCase):
     source = _tiny_model(seed=1)
     source(self.images[:1])
     path = tf.train.Checkpoint(backbone=source.backbone).write(
-        os.path.join(self.get_temp_dir(), 'backbone'))
+      os.path.join(self.get_temp_dir(), 'backbone')
+    )
     target = _tiny_model(seed=2)
     target(self.images[:1])
-    self.assertNotAllClose(source.backbone.trainable_variables[0],
-                           target.backbone.trainable_variables[0])
+    self.assertNotAllClose(
+      source.backbone.trainable_variables[0], target.backbone.trainable_variables[0]
+    )
     self.assertEqual(sorted(target.checkpoint_items), ['backbone', 'head'])
     # The head is not in a backbone checkpoint, so the restore is partial there...
     status = tf.train.Checkpoint(**target.checkpoint_items).read(path)
     status.expect_partial().assert_nontrivial_match()
     # ...but every backbone variable is bound.
     tf.train.Checkpoint(backbone=target.checkpoint_items['backbone']).read(
-        path).assert_existing_objects_matched()
+      path
+    ).assert_existing_objects_matched()
     for a, b in zip(source.backbone.variables, target.backbone.variables):
       self.assertAllEqual(a, b)
     # Full model checkpoints round-trip too.
     full = tf.train.Checkpoint(**source.checkpoint_items).write(
-        os.path.join(self.get_temp_dir(), 'full'))
+      os.path.join(self.get_temp_dir(), 'full')
+    )
     tf.train.Checkpoint(**target.checkpoint_items).read(full).assert_consumed()
     for a, b in zip(source.head.variables, target.head.variables):
       self.assertAllEqual(a, b)
@@ -188,15 +230,20 @@ class RetinaNetModelTest(tf.test.TestCase):
     pattern = os.path.join(self.get_temp_dir(), 'nothing-*.tfrecord')
     with self.assertRaisesRegex(ValueError, 'nothing-'):
       retinanet_input.build_retinanet_dataset(
-          pattern, is_training=True, global_batch_size=2, image_size=(128, 128),
-          min_level=MIN_LEVEL, max_level=MAX_LEVEL)
+        pattern,
+        is_training=True,
+        global_batch_size=2,
+        image_size=(128, 128),
+        min_level=MIN_LEVEL,
+        max_level=MAX_LEVEL,
+      )
 
   def test_anchor_count_mismatch(self):
-    head = retinanet_head.RetinaNetHead(num_classes=NUM_CLASSES, num_anchors_per_location=6,
-                                        num_convs=1, num_filters=32)
+    head = retinanet_head.RetinaNetHead(
+      num_classes=NUM_CLASSES, num_anchors_per_location=6, num_convs=1, num_filters=32
+    )
     with self.assertRaisesRegex(ValueError, 'anchors per location'):
       retinanet_model.RetinaNetModel(backbone=self.model.backbone, head=head)
-
 
   def test_model_import_and_call_do_not_import_model_garden(self):
     # Model Garden is only imported for anchors / NMS, the loss and the input
@@ -218,9 +265,14 @@ class RetinaNetModelTest(tf.test.TestCase):
         print(sorted(m for m in sys.modules if m == 'gin' or m.startswith('official.')))
         """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
-                            text=True, timeout=120,
-                            env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    result = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+    )
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     self.assertEqual(result.stdout.strip().splitlines()[-1], '[]')
 

@@ -6,6 +6,7 @@ values typed by the signature's input dtype), checks the signature name, input n
 dtypes and shapes against the loaded SavedModel's signature, calls it, and answers in
 TF Serving's reply formats.
 """
+
 import base64
 import io
 import json
@@ -44,8 +45,10 @@ class FakeServing:
     test.assertCountEqual(tensors, specs)
     for name, tensor in tensors.items():
       test.assertEqual(tensor.dtype, specs[name].dtype, name)
-      test.assertTrue(specs[name].shape.is_compatible_with(tensor.shape),
-                      f'{name}: {tensor.shape} vs {specs[name].shape}')
+      test.assertTrue(
+        specs[name].shape.is_compatible_with(tensor.shape),
+        f'{name}: {tensor.shape} vs {specs[name].shape}',
+      )
     return {k: v.numpy() for k, v in function(**tensors).items()}
 
   def _typed(self, signature_name, name, values):
@@ -59,23 +62,29 @@ class FakeServing:
     payload = json.loads(body)
     signature_name = payload.get('signature_name', 'serving_default')
     if 'inputs' in payload:
-      tensors = {name: self._typed(signature_name, name, values)
-                 for name, values in payload['inputs'].items()}
+      tensors = {
+        name: self._typed(signature_name, name, values)
+        for name, values in payload['inputs'].items()
+      }
       outputs = self._call(signature_name, tensors)
       return json.dumps({'outputs': {k: v.tolist() for k, v in outputs.items()}})
     names = payload['instances'][0].keys()
-    tensors = {name: self._typed(signature_name, name, [row[name] for row in
-                                                        payload['instances']])
-               for name in names}
+    tensors = {
+      name: self._typed(signature_name, name, [row[name] for row in payload['instances']])
+      for name in names
+    }
     outputs = self._call(signature_name, tensors)
     count = len(payload['instances'])
-    return json.dumps({'predictions': [{k: v[i].tolist() for k, v in outputs.items()}
-                                       for i in range(count)]})
+    return json.dumps(
+      {'predictions': [{k: v[i].tolist() for k, v in outputs.items()} for i in range(count)]}
+    )
 
   def grpc(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
     request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
-    tensors = {name: tf.constant(tf.make_ndarray(proto), dtype=tf.as_dtype(proto.dtype))
-               for name, proto in request.inputs.items()}
+    tensors = {
+      name: tf.constant(tf.make_ndarray(proto), dtype=tf.as_dtype(proto.dtype))
+      for name, proto in request.inputs.items()
+    }
     outputs = self._call(request.model_spec.signature_name, tensors)
     response = predict_pb2.PredictResponse()
     for key, value in outputs.items():
@@ -84,16 +93,17 @@ class FakeServing:
 
 
 class ServeClientTest(tf.test.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls._tmp = tempfile.TemporaryDirectory()
     cls.export_dir = export_lib.export_saved_model(
-        export_fixtures.build_tiny_model(), os.path.join(cls._tmp.name, 'spinenet', '1'),
-        (export_fixtures.INPUT_SIZE, export_fixtures.INPUT_SIZE),
-        category_names=['circle', 'square', 'triangle', 'cross'],
-        **export_fixtures.NMS_SETTINGS)
+      export_fixtures.build_tiny_model(),
+      os.path.join(cls._tmp.name, 'spinenet', '1'),
+      (export_fixtures.INPUT_SIZE, export_fixtures.INPUT_SIZE),
+      category_names=['circle', 'square', 'triangle', 'cross'],
+      **export_fixtures.NMS_SETTINGS,
+    )
     cls.loaded = tf.saved_model.load(cls.export_dir)
     cls.images = export_fixtures.sample_images()
     cls.png = [export_fixtures.encode(image) for image in cls.images]
@@ -130,9 +140,12 @@ class ServeClientTest(tf.test.TestCase):
     for signature, (input_name, _, _) in export_lib.SIGNATURE_INPUTS.items():
       self.assertEqual(client_lib.SIGNATURE_INPUT_NAMES[signature], input_name)
       self.assertEqual(
-          list(self.loaded.signatures[signature].structured_input_signature[1]), [input_name])
-    self.assertEqual(client_lib.SIGNATURE_INPUT_NAMES['serving_default'],
-                     export_lib.SIGNATURE_INPUTS[export_lib.DEFAULT_SIGNATURE][0])
+        list(self.loaded.signatures[signature].structured_input_signature[1]), [input_name]
+      )
+    self.assertEqual(
+      client_lib.SIGNATURE_INPUT_NAMES['serving_default'],
+      export_lib.SIGNATURE_INPUTS[export_lib.DEFAULT_SIGNATURE][0],
+    )
 
   def test_rest_image_bytes_rows_and_columns(self):
     encoded = [self.png[0], self.jpeg[1], self.png[2]]
@@ -143,14 +156,16 @@ class ServeClientTest(tf.test.TestCase):
       body = json.dumps(payload)
       reply = json.loads(self.server.rest(body))
       key = 'outputs' if columnar else 'predictions'
-      outputs = reply[key] if columnar else {
-          k: [row[k] for row in reply[key]] for k in reply[key][0]}
+      outputs = (
+        reply[key] if columnar else {k: [row[k] for row in reply[key]] for k in reply[key][0]}
+      )
       self._assert_outputs_equal(outputs, want)
       parsed = client_lib.parse_rest_response(reply)
       self._assert_detections_equal(parsed, want)
     row = client_lib.rest_predict_payload(encoded[:1])
-    self.assertEqual(row['instances'][0]['image_bytes']['b64'],
-                     base64.b64encode(encoded[0]).decode('ascii'))
+    self.assertEqual(
+      row['instances'][0]['image_bytes']['b64'], base64.b64encode(encoded[0]).decode('ascii')
+    )
 
   def test_rest_image_tensor(self):
     image = self.images[1]
@@ -164,23 +179,22 @@ class ServeClientTest(tf.test.TestCase):
 
   def test_grpc_image_bytes_and_image_tensor(self):
     encoded = [self.jpeg[0], self.png[2]]
-    request = client_lib.grpc_predict_request(encoded, 'spinenet', 'image_bytes',
-                                              model_version=3)
+    request = client_lib.grpc_predict_request(encoded, 'spinenet', 'image_bytes', model_version=3)
     self.assertEqual(request.model_spec.name, 'spinenet')
     self.assertEqual(request.model_spec.version.value, 3)
     self.assertEqual(list(request.inputs), ['image_bytes'])
     response = self.server.grpc(request)
     want = self._direct('image_bytes', encoded)
-    self._assert_outputs_equal({k: tf.make_ndarray(v) for k, v in response.outputs.items()},
-                               want)
+    self._assert_outputs_equal({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, want)
     self._assert_detections_equal(client_lib.parse_grpc_response(response), want)
 
     image = self.images[0]
     request = client_lib.grpc_predict_request([image], 'spinenet', 'image_tensor')
     self.assertEqual(request.inputs['images'].tensor_shape.dim[0].size, 1)
     self._assert_detections_equal(
-        client_lib.parse_grpc_response(self.server.grpc(request)),
-        self._direct('image_tensor', image[None]))
+      client_lib.parse_grpc_response(self.server.grpc(request)),
+      self._direct('image_tensor', image[None]),
+    )
 
   def _assert_detections_equal(self, parsed, outputs):
     want = client_lib.detections_from_outputs(outputs)
@@ -197,11 +211,15 @@ class ServeClientTest(tf.test.TestCase):
   def test_requests_run_in_a_session_as_tf_serving_runs_them(self):
     # TF Serving (C++) loads the MetaGraph into a Session and feeds / fetches the
     # SignatureDef's tensor names: do the same with the client's gRPC requests.
-    requests = [client_lib.grpc_predict_request(self.png[:2], 'spinenet', 'image_bytes'),
-                client_lib.grpc_predict_request(self.images[2:], 'spinenet', 'image_tensor')]
+    requests = [
+      client_lib.grpc_predict_request(self.png[:2], 'spinenet', 'image_bytes'),
+      client_lib.grpc_predict_request(self.images[2:], 'spinenet', 'image_tensor'),
+    ]
     # Computed first: the eager signatures cannot be called inside the TF1 graph below.
-    want = [self._direct('image_bytes', self.png[:2]),
-            self._direct('image_tensor', self.images[2][None])]
+    want = [
+      self._direct('image_bytes', self.png[:2]),
+      self._direct('image_tensor', self.images[2][None]),
+    ]
     bad = client_lib.grpc_predict_request([b'GIF89a'], 'spinenet', 'image_bytes')
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
@@ -229,25 +247,31 @@ class ServeClientTest(tf.test.TestCase):
   def test_find_images(self):
     folder = client_lib.find_images([self.image_dir])
     self.assertLen(folder, 6)
-    self.assertEqual(client_lib.find_images([os.path.join(self.image_dir, '*.png')]),
-                     [os.path.join(self.image_dir, f'{i}.png') for i in range(3)])
+    self.assertEqual(
+      client_lib.find_images([os.path.join(self.image_dir, '*.png')]),
+      [os.path.join(self.image_dir, f'{i}.png') for i in range(3)],
+    )
     single = os.path.join(self.image_dir, '1.jpg')
     self.assertEqual(client_lib.find_images([single, single]), [single])
     with self.assertRaisesRegex(ValueError, 'nothing-here'):
       client_lib.find_images([single, os.path.join(self.image_dir, 'nothing-here*.png')])
-    self.assertEqual([list(b) for b in client_lib.batches([1, 2, 3, 4, 5], 2)],
-                     [[1, 2], [3, 4], [5]])
+    self.assertEqual(
+      [list(b) for b in client_lib.batches([1, 2, 3, 4, 5], 2)], [[1, 2], [3, 4], [5]]
+    )
 
   def test_category_names_from_the_export(self):
-    names = client_lib.load_category_names(os.path.join(
-        self.export_dir, export_lib.EXTRA_ASSETS_DIR, export_lib.EXPORT_CONFIG_FILE))
+    names = client_lib.load_category_names(
+      os.path.join(self.export_dir, export_lib.EXTRA_ASSETS_DIR, export_lib.EXPORT_CONFIG_FILE)
+    )
     self.assertEqual(names, {1: 'circle', 2: 'square', 3: 'triangle', 4: 'cross'})
 
   def test_drawing(self):
     image = Image.fromarray(np.zeros([60, 80, 3], np.uint8))
-    drawn = np.asarray(drawing.draw_detections(
-        image, np.array([[10.0, 20.0, 50.0, 70.0]]), np.array([0.9]), np.array([2]),
-        {2: 'square'}))
+    drawn = np.asarray(
+      drawing.draw_detections(
+        image, np.array([[10.0, 20.0, 50.0, 70.0]]), np.array([0.9]), np.array([2]), {2: 'square'}
+      )
+    )
     self.assertEqual(drawn.shape, (60, 80, 3))
     self.assertGreater(drawn[30, 20].sum(), 0)  # left edge of the box
     self.assertEqual(drawn[30, 45].sum(), 0)  # inside the box stays untouched
@@ -265,8 +289,7 @@ class ServeClientTest(tf.test.TestCase):
     server = self.server
 
     def urlopen(request, timeout):
-      self.assertEqual(request.full_url,
-                       'http://serving-host:8501/v1/models/spinenet:predict')
+      self.assertEqual(request.full_url, 'http://serving-host:8501/v1/models/spinenet:predict')
       self.assertGreater(timeout, 0)
       return io.BytesIO(server.rest(request.data.decode()).encode())
 
@@ -274,29 +297,42 @@ class ServeClientTest(tf.test.TestCase):
     json_path = os.path.join(self.get_temp_dir(), 'detections.json')
     label_map = os.path.join(self.export_dir, 'assets.extra', 'export_config.json')
     with mock.patch('urllib.request.urlopen', side_effect=urlopen) as opened:
-      printed, _ = self._run_binary(f'--images={self.image_dir}', '--server=serving-host',
-                                 '--batch_size=4', '--min_score=0.0', f'--label_map={label_map}',
-                                 f'--output_dir={out_dir}', f'--output_json={json_path}')
+      printed, _ = self._run_binary(
+        f'--images={self.image_dir}',
+        '--server=serving-host',
+        '--batch_size=4',
+        '--min_score=0.0',
+        f'--label_map={label_map}',
+        f'--output_dir={out_dir}',
+        f'--output_json={json_path}',
+      )
     self.assertEqual(opened.call_count, 2)  # 6 images in batches of 4
     self.assertIn('0.png (96x128):', printed)
     self.assertRegex(printed, r'(circle|square|triangle|cross)')
-    self.assertCountEqual(os.listdir(out_dir), ['0.png', '0-2.png', '1.png', '1-2.png',
-                                                '2.png', '2-2.png'])
+    self.assertCountEqual(
+      os.listdir(out_dir), ['0.png', '0-2.png', '1.png', '1-2.png', '2.png', '2-2.png']
+    )
     with Image.open(os.path.join(out_dir, '2-2.png')) as drawn:
       self.assertEqual(drawn.size, (200, 150))
     with open(json_path) as f:
       results = json.load(f)
     self.assertEqual(results['failed'], [])
     want = client_lib.detections_from_outputs(self._direct('image_bytes', self.png[:1]))[0]
-    self.assertAllClose(results['detections'][os.path.join(self.image_dir, '0.png')]['scores'],
-                        want.scores)
+    self.assertAllClose(
+      results['detections'][os.path.join(self.image_dir, '0.png')]['scores'], want.scores
+    )
 
     stub = mock.Mock()
     stub.return_value.Predict.side_effect = lambda request, timeout: server.grpc(request)
-    with mock.patch('tensorflow_serving.apis.prediction_service_pb2_grpc.'
-                    'PredictionServiceStub', stub):
-      printed, _ = self._run_binary(f'--images={self.image_dir}/1.*', '--protocol=grpc',
-                                 '--signature=image_tensor', '--min_score=0.0')
+    with mock.patch(
+      'tensorflow_serving.apis.prediction_service_pb2_grpc.PredictionServiceStub', stub
+    ):
+      printed, _ = self._run_binary(
+        f'--images={self.image_dir}/1.*',
+        '--protocol=grpc',
+        '--signature=image_tensor',
+        '--min_score=0.0',
+      )
     self.assertEqual(stub.return_value.Predict.call_count, 2)  # one image per request
     self.assertIn('1.jpg (128x80):', printed)
 
@@ -311,9 +347,13 @@ class ServeClientTest(tf.test.TestCase):
       try:
         return io.BytesIO(server.rest(request.data.decode()).encode())
       except tf.errors.InvalidArgumentError as e:  # TF Serving answers 400 + JSON error
-        raise urllib.error.HTTPError(request.full_url, 400, 'Bad Request', {},
-                                     io.BytesIO(json.dumps({'error': e.message}).encode())
-                                     ) from e
+        raise urllib.error.HTTPError(
+          request.full_url,
+          400,
+          'Bad Request',
+          {},
+          io.BytesIO(json.dumps({'error': e.message}).encode()),
+        ) from e
 
     good = os.path.join(self.image_dir, '0.png')
     with mock.patch('urllib.request.urlopen', side_effect=urlopen):
@@ -325,10 +365,14 @@ class ServeClientTest(tf.test.TestCase):
 
 def test_category_names_in_every_format(tmp_path):
   """One loader for the export, predict, TFLite and client class names; clear errors."""
-  files = {'coco.json': {'images': [], 'categories': [{'id': 3, 'name': 'cat'}]},
-           'list.json': ['a', 'b'], 'ids.json': {'2': 'b'},
-           'export_config.json': {'options': {}, 'category_names': {'1': 'a'}},
-           'no_names.json': {'options': {}, 'category_names': None}, 'text.json': 'text'}
+  files = {
+    'coco.json': {'images': [], 'categories': [{'id': 3, 'name': 'cat'}]},
+    'list.json': ['a', 'b'],
+    'ids.json': {'2': 'b'},
+    'export_config.json': {'options': {}, 'category_names': {'1': 'a'}},
+    'no_names.json': {'options': {}, 'category_names': None},
+    'text.json': 'text',
+  }
   for name, data in files.items():
     (tmp_path / name).write_text(json.dumps(data))
   load = lambda name: client_lib.load_category_names(str(tmp_path / name))
@@ -342,9 +386,12 @@ def test_category_names_in_every_format(tmp_path):
   assert client_lib.category_names_for_json(['a']) == {'1': 'a'}
   assert client_lib.category_names_for_json(None) is None
   (tmp_path / 'broken.json').write_text('{"1": ')
-  for name, message in (('no_names.json', 'names no categories'), ('missing.json', 'not exist'),
-                        ('broken.json', 'not valid JSON'),
-                        ('text.json', 'not a category names file')):
+  for name, message in (
+    ('no_names.json', 'names no categories'),
+    ('missing.json', 'not exist'),
+    ('broken.json', 'not valid JSON'),
+    ('text.json', 'not a category names file'),
+  ):
     with pytest.raises(ValueError, match=message):
       load(name)
   with pytest.raises(ValueError, match='not a category names file'):

@@ -1,4 +1,5 @@
 """Tests for the synthetic shapes dataset."""
+
 import glob
 import json
 import os
@@ -17,8 +18,7 @@ from official_spinenet.data import shapes
 from official_spinenet.utils import image_sizes
 
 # pycocotools' decoder warns about numpy 2's copy keyword on every call.
-pytestmark = pytest.mark.filterwarnings(
-    'ignore:__array__ implementation:DeprecationWarning')
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIZE = 64
@@ -26,8 +26,14 @@ _NUM_TRAIN, _NUM_VAL = 12, 5
 
 
 def _make(output_dir, seed, **kwargs):
-  options = dict(num_train=_NUM_TRAIN, num_val=_NUM_VAL, image_size=_SIZE,
-                 seed=seed, num_shards=2, show_progress=False)
+  options = dict(
+    num_train=_NUM_TRAIN,
+    num_val=_NUM_VAL,
+    image_size=_SIZE,
+    seed=seed,
+    num_shards=2,
+    show_progress=False,
+  )
   options.update(kwargs)
   return shapes.make_shapes_dataset(str(output_dir), **options)
 
@@ -43,8 +49,7 @@ def _read_bytes(path):
 
 
 def _pixels(image_dir):
-  return [np.asarray(Image.open(p))
-          for p in sorted(glob.glob(os.path.join(image_dir, '*.png')))]
+  return [np.asarray(Image.open(p)) for p in sorted(glob.glob(os.path.join(image_dir, '*.png')))]
 
 
 def test_layout_and_counts(dataset):
@@ -52,12 +57,12 @@ def test_layout_and_counts(dataset):
   for split, num_images in (('train', _NUM_TRAIN), ('val', _NUM_VAL)):
     paths = dataset[split]
     assert paths['num_images'] == num_images
-    assert len(glob.glob(os.path.join(paths['image_dir'], '*.png'))) == (
-        num_images)
+    assert len(glob.glob(os.path.join(paths['image_dir'], '*.png'))) == (num_images)
     assert [os.path.basename(p) for p in paths['tfrecord_files']] == [
-        f'{split}-00000-of-00002.tfrecord', f'{split}-00001-of-00002.tfrecord']
-    assert sorted(glob.glob(paths['tfrecord_pattern'])) == paths[
-        'tfrecord_files']
+      f'{split}-00000-of-00002.tfrecord',
+      f'{split}-00001-of-00002.tfrecord',
+    ]
+    assert sorted(glob.glob(paths['tfrecord_pattern'])) == paths['tfrecord_files']
     num_records = sum(1 for _ in tf.data.TFRecordDataset(paths['tfrecord_files']))
     assert num_records == num_images
 
@@ -68,29 +73,31 @@ def test_same_seed_is_byte_identical_other_seed_differs(dataset, tmp_path):
   assert set(other) == {'train'}
   for split in ('train', 'val'):
     assert _read_bytes(again[split]['annotation_file']) == _read_bytes(
-        dataset[split]['annotation_file'])
-    for a, b in zip(_pixels(again[split]['image_dir']),
-                    _pixels(dataset[split]['image_dir'])):
+      dataset[split]['annotation_file']
+    )
+    for a, b in zip(_pixels(again[split]['image_dir']), _pixels(dataset[split]['image_dir'])):
       np.testing.assert_array_equal(a, b)
-    for a, b in zip(again[split]['tfrecord_files'],
-                    dataset[split]['tfrecord_files']):
+    for a, b in zip(again[split]['tfrecord_files'], dataset[split]['tfrecord_files']):
       assert _read_bytes(a) == _read_bytes(b)
   assert _read_bytes(other['train']['annotation_file']) != _read_bytes(
-      dataset['train']['annotation_file'])
-  different = [not np.array_equal(a, b) for a, b in zip(
-      _pixels(other['train']['image_dir']),
-      _pixels(dataset['train']['image_dir']))]
+    dataset['train']['annotation_file']
+  )
+  different = [
+    not np.array_equal(a, b)
+    for a, b in zip(_pixels(other['train']['image_dir']), _pixels(dataset['train']['image_dir']))
+  ]
   assert all(different)
   # Train and val are different streams of the same seed.
-  assert not np.array_equal(_pixels(dataset['train']['image_dir'])[0],
-                            _pixels(dataset['val']['image_dir'])[0])
+  assert not np.array_equal(
+    _pixels(dataset['train']['image_dir'])[0], _pixels(dataset['val']['image_dir'])[0]
+  )
 
 
 def test_image_depends_only_on_its_index(dataset, tmp_path):
-  fewer = shapes.write_shapes_split(str(tmp_path), 'train', 3, _SIZE, _SIZE,
-                                    seed=3, show_progress=False)
-  for a, b in zip(_pixels(fewer['image_dir']),
-                  _pixels(dataset['train']['image_dir'])[:3]):
+  fewer = shapes.write_shapes_split(
+    str(tmp_path), 'train', 3, _SIZE, _SIZE, seed=3, show_progress=False
+  )
+  for a, b in zip(_pixels(fewer['image_dir']), _pixels(dataset['train']['image_dir'])[:3]):
     np.testing.assert_array_equal(a, b)
 
 
@@ -98,7 +105,11 @@ def test_json_is_valid_coco_with_tight_boxes(dataset):
   for split in ('train', 'val'):
     coco = coco_api.COCO(dataset[split]['annotation_file'])
     assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == [
-        'circle', 'square', 'triangle', 'cross']
+      'circle',
+      'square',
+      'triangle',
+      'cross',
+    ]
     assert len(coco.getImgIds()) == dataset[split]['num_images']
     anns = coco.loadAnns(coco.getAnnIds())
     assert len(anns) == dataset[split]['num_objects']
@@ -112,9 +123,12 @@ def test_json_is_valid_coco_with_tight_boxes(dataset):
         rows, cols = np.nonzero(mask)
         assert rows.size == ann['area'] > 0
         x, y, w, h = ann['bbox']
-        assert [x, y, w, h] == [cols.min(), rows.min(),
-                                cols.max() + 1 - cols.min(),
-                                rows.max() + 1 - rows.min()]
+        assert [x, y, w, h] == [
+          cols.min(),
+          rows.min(),
+          cols.max() + 1 - cols.min(),
+          rows.max() + 1 - rows.min(),
+        ]
         assert 0 <= x and 0 <= y and x + w <= _SIZE and y + h <= _SIZE
         assert ann['iscrowd'] == 0 and 1 <= ann['category_id'] <= 4
         union += mask
@@ -132,7 +146,7 @@ def test_some_shapes_overlap(dataset):
     by_image.setdefault(ann['image_id'], []).append(ann['bbox'])
   for boxes in by_image.values():
     for i, (x0, y0, w0, h0) in enumerate(boxes):
-      for x1, y1, w1, h1 in boxes[i + 1:]:
+      for x1, y1, w1, h1 in boxes[i + 1 :]:
         if x0 < x1 + w1 and x1 < x0 + w0 and y0 < y1 + h1 and y1 < y0 + h0:
           boxes_overlap += 1
   assert boxes_overlap > 0
@@ -148,27 +162,32 @@ def test_tfrecords_match_json_through_tf_example_decoder(dataset):
       image_id = int(decoded['source_id'])
       seen.add(image_id)
       info = coco.imgs[image_id]
-      png = np.asarray(Image.open(
-          os.path.join(dataset[split]['image_dir'], info['file_name'])))
+      png = np.asarray(Image.open(os.path.join(dataset[split]['image_dir'], info['file_name'])))
       np.testing.assert_array_equal(decoded['image'], png)
       anns = coco.imgToAnns[image_id]
-      expected = np.array([[y / _SIZE, x / _SIZE, (y + h) / _SIZE,
-                            (x + w) / _SIZE] for x, y, w, h in
-                           (a['bbox'] for a in anns)], np.float32)
-      np.testing.assert_allclose(decoded['groundtruth_boxes'], expected,
-                                 atol=1e-7)
-      np.testing.assert_array_equal(decoded['groundtruth_classes'],
-                                    [a['category_id'] for a in anns])
+      expected = np.array(
+        [
+          [y / _SIZE, x / _SIZE, (y + h) / _SIZE, (x + w) / _SIZE]
+          for x, y, w, h in (a['bbox'] for a in anns)
+        ],
+        np.float32,
+      )
+      np.testing.assert_allclose(decoded['groundtruth_boxes'], expected, atol=1e-7)
+      np.testing.assert_array_equal(
+        decoded['groundtruth_classes'], [a['category_id'] for a in anns]
+      )
       assert not decoded['groundtruth_is_crowd'].any()
       np.testing.assert_array_equal(
-          decoded['groundtruth_instance_masks'],
-          np.stack([mask_utils.decode(a['segmentation']) for a in anns]))
+        decoded['groundtruth_instance_masks'],
+        np.stack([mask_utils.decode(a['segmentation']) for a in anns]),
+      )
     assert seen == set(coco.getImgIds())
 
 
 def test_render_shapes_image_contract():
   image, masks, classes = shapes.render_shapes_image(
-      np.random.default_rng(0), height=48, width=80, max_objects=4)
+    np.random.default_rng(0), height=48, width=80, max_objects=4
+  )
   assert image.shape == (48, 80, 3) and image.dtype == np.uint8
   assert masks.shape[1:] == (48, 80) and masks.dtype == bool
   assert len(classes) == len(masks) >= 1
@@ -177,12 +196,12 @@ def test_render_shapes_image_contract():
   # Even tiny images get at least one object (small shapes must not block
   # every later placement).
   for seed in range(40):
-    _, masks, _ = shapes.render_shapes_image(np.random.default_rng(seed), 16,
-                                             16)
+    _, masks, _ = shapes.render_shapes_image(np.random.default_rng(seed), 16, 16)
     assert 1 <= len(masks) <= 4 and all(m.any() for m in masks)
   # Every class is drawn, and shapes of one size differ in area by class.
-  areas = [shapes.shape_mask(c, 40, 40, 40, 0.3, 80, 80).sum() for c in
-           range(1, shapes.NUM_CATEGORIES + 1)]
+  areas = [
+    shapes.shape_mask(c, 40, 40, 40, 0.3, 80, 80).sum() for c in range(1, shapes.NUM_CATEGORIES + 1)
+  ]
   assert len(set(areas)) == shapes.NUM_CATEGORIES and min(areas) > 200
   # A circle's area is close to pi r^2.
   assert abs(areas[0] - np.pi * 20**2) < 0.02 * np.pi * 20**2
@@ -194,22 +213,23 @@ def test_invalid_arguments(tmp_path):
   with pytest.raises(ValueError, match='image_size'):
     shapes.make_shapes_dataset(str(tmp_path), image_size=8)
   with pytest.raises(ValueError, match='size_range'):
-    shapes.render_shapes_image(np.random.default_rng(0), 32, 32,
-                               size_range=(10, 40))
+    shapes.render_shapes_image(np.random.default_rng(0), 32, 32, size_range=(10, 40))
   with pytest.raises(ValueError, match='category'):
     shapes.shape_mask(5, 10, 10, 10, 0.0, 20, 20)
   with pytest.raises(ValueError, match='split'):
     shapes.write_shapes_split(str(tmp_path), 'test', 1)
 
 
-def test_ensure_reuses_a_finished_dataset_and_remakes_on_other_settings(tmp_path,
-                                                                       monkeypatch):
+def test_ensure_reuses_a_finished_dataset_and_remakes_on_other_settings(tmp_path, monkeypatch):
   first = shapes.ensure_shapes_dataset(str(tmp_path), num_train=2, num_val=1, image_size=32)
   assert os.path.exists(os.path.join(tmp_path, shapes.DATASET_MARKER))
   calls = []
   make = shapes.make_shapes_dataset
-  monkeypatch.setattr(shapes, 'make_shapes_dataset',
-                      lambda *args, **kwargs: calls.append(kwargs) or make(*args, **kwargs))
+  monkeypatch.setattr(
+    shapes,
+    'make_shapes_dataset',
+    lambda *args, **kwargs: calls.append(kwargs) or make(*args, **kwargs),
+  )
   # Same settings: the marker's paths, nothing written.
   assert shapes.ensure_shapes_dataset(str(tmp_path), 2, 1, image_size=32) == first
   assert not calls
@@ -220,9 +240,17 @@ def test_ensure_reuses_a_finished_dataset_and_remakes_on_other_settings(tmp_path
   assert {(i['height'], i['width']) for i in coco.imgs.values()} == {(32, 48)}
 
 
-@pytest.mark.parametrize('value,expected', [
-    (128, (128, 128)), ('96', (96, 96)), ('48,64', (48, 64)), ((48, 64), (48, 64)),
-    (['48', '64'], (48, 64)), (np.int64(32), (32, 32))])
+@pytest.mark.parametrize(
+  'value,expected',
+  [
+    (128, (128, 128)),
+    ('96', (96, 96)),
+    ('48,64', (48, 64)),
+    ((48, 64), (48, 64)),
+    (['48', '64'], (48, 64)),
+    (np.int64(32), (32, 32)),
+  ],
+)
 def test_parse_image_size(value, expected):
   assert image_sizes.parse_image_size(value) == expected
 
@@ -236,14 +264,28 @@ def test_parse_image_size_errors_name_the_setting(value):
 def test_make_shapes_binary(tmp_path):
   env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(
-      [sys.executable, '-m', 'official_spinenet.binaries.make_shapes',
-       f'--output_dir={tmp_path}', '--num_train=3', '--num_val=2',
-       '--image_size=48,64', '--seed=1', '--num_shards=1'],
-      capture_output=True, text=True, env=env, timeout=120, check=False)
+    [
+      sys.executable,
+      '-m',
+      'official_spinenet.binaries.make_shapes',
+      f'--output_dir={tmp_path}',
+      '--num_train=3',
+      '--num_val=2',
+      '--image_size=48,64',
+      '--seed=1',
+      '--num_shards=1',
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   paths = json.loads(result.stdout)
   coco = coco_api.COCO(paths['val']['annotation_file'])
   assert len(coco.getImgIds()) == 2
   assert {(i['height'], i['width']) for i in coco.imgs.values()} == {(48, 64)}
   assert [os.path.basename(p) for p in paths['train']['tfrecord_files']] == [
-      'train-00000-of-00001.tfrecord']
+    'train-00000-of-00001.tfrecord'
+  ]

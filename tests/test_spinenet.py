@@ -21,8 +21,10 @@ from tests import reference_utils
 
 def _reference(model_id, size, **kwargs):
   return reference_spinenet.SpineNet(
-      input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
-      **reference_spinenet.SCALING_MAP[model_id], **kwargs)
+    input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
+    **reference_spinenet.SCALING_MAP[model_id],
+    **kwargs,
+  )
 
 
 def _trainable_count(model):
@@ -30,27 +32,37 @@ def _trainable_count(model):
 
 
 class SpineNetShapeTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.parameters(
-      # (input size, filter scale, block repeats, alpha, endpoint filters, min, max)
-      (128, 0.65, 1, 0.5, 128, 4, 6),
-      (256, 1.0, 1, 0.5, 256, 3, 6),
-      (128, 0.5, 2, 0.5, 64, 4, 7),
-      (128, 0.5, 1, 1.0, 32, 3, 7),
+    # (input size, filter scale, block repeats, alpha, endpoint filters, min, max)
+    (128, 0.65, 1, 0.5, 128, 4, 6),
+    (256, 1.0, 1, 0.5, 256, 3, 6),
+    (128, 0.5, 2, 0.5, 64, 4, 7),
+    (128, 0.5, 1, 1.0, 32, 3, 7),
   )
   def test_endpoint_shapes(self, size, scale, repeats, alpha, filters, min_level, max_level):
     model = spinenet.SpineNet(
-        input_specs=[None, size, size, 3], min_level=min_level, max_level=max_level,
-        endpoints_num_filters=filters, resample_alpha=alpha, block_repeats=repeats,
-        filter_size_scale=scale, init_stochastic_depth_rate=0.2)
+      input_specs=[None, size, size, 3],
+      min_level=min_level,
+      max_level=max_level,
+      endpoints_num_filters=filters,
+      resample_alpha=alpha,
+      block_repeats=repeats,
+      filter_size_scale=scale,
+      init_stochastic_depth_rate=0.2,
+    )
     endpoints = model(tf.zeros([1, size, size, 3]), training=True)
     self.assertEqual(sorted(endpoints), [str(l) for l in range(min_level, max_level + 1)])
-    shapes = {str(l): [size // 2**l, size // 2**l, filters]
-              for l in range(min_level, max_level + 1)}
-    self.assertEqual({k: x.shape.as_list() for k, x in endpoints.items()},
-                     {k: [1] + shape for k, shape in shapes.items()})
-    self.assertEqual({k: s.as_list() for k, s in model.output_specs.items()},
-                     {k: [None] + shape for k, shape in shapes.items()})
+    shapes = {
+      str(l): [size // 2**l, size // 2**l, filters] for l in range(min_level, max_level + 1)
+    }
+    self.assertEqual(
+      {k: x.shape.as_list() for k, x in endpoints.items()},
+      {k: [1] + shape for k, shape in shapes.items()},
+    )
+    self.assertEqual(
+      {k: s.as_list() for k, s in model.output_specs.items()},
+      {k: [None] + shape for k, shape in shapes.items()},
+    )
 
   def test_dynamic_and_non_square_input(self):
     model = spinenet.SpineNet(filter_size_scale=0.25, endpoints_num_filters=16)
@@ -60,16 +72,25 @@ class SpineNetShapeTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class SpineNetConfigTest(tf.test.TestCase):
-
   def test_get_config_returns_constructor_arguments(self):
     kwargs = dict(
-        input_specs=[None, 128, 128, 3], min_level=3, max_level=7,
-        block_specs=[s.to_dict() for s in spinenet_specs.build_block_specs()],
-        endpoints_num_filters=32, resample_alpha=0.5, block_repeats=1,
-        filter_size_scale=0.25, init_stochastic_depth_rate=0.2,
-        kernel_initializer='VarianceScaling', kernel_regularizer=None,
-        bias_regularizer=None, activation='swish', use_sync_bn=False,
-        norm_momentum=0.99, norm_epsilon=0.001)
+      input_specs=[None, 128, 128, 3],
+      min_level=3,
+      max_level=7,
+      block_specs=[s.to_dict() for s in spinenet_specs.build_block_specs()],
+      endpoints_num_filters=32,
+      resample_alpha=0.5,
+      block_repeats=1,
+      filter_size_scale=0.25,
+      init_stochastic_depth_rate=0.2,
+      kernel_initializer='VarianceScaling',
+      kernel_regularizer=None,
+      bias_regularizer=None,
+      activation='swish',
+      use_sync_bn=False,
+      norm_momentum=0.99,
+      norm_epsilon=0.001,
+    )
     model = spinenet.SpineNet(**kwargs)
     self.assertEqual(model.get_config(), kwargs)
     clone = spinenet.SpineNet.from_config(model.get_config())
@@ -78,8 +99,11 @@ class SpineNetConfigTest(tf.test.TestCase):
     self.assertEqual(json.loads(model.to_json())['config'], kwargs)
 
   def test_regularizer_round_trip(self):
-    model = spinenet.SpineNet(filter_size_scale=0.25, endpoints_num_filters=16,
-                              kernel_regularizer=tf_keras.regularizers.l2(2e-5))
+    model = spinenet.SpineNet(
+      filter_size_scale=0.25,
+      endpoints_num_filters=16,
+      kernel_regularizer=tf_keras.regularizers.l2(2e-5),
+    )
     clone = spinenet.SpineNet.from_config(model.get_config())
     self.assertLen(clone.losses, len(model.losses))
     self.assertNotEmpty(model.losses)
@@ -87,8 +111,9 @@ class SpineNetConfigTest(tf.test.TestCase):
   def test_block_specs_from_json_path(self):
     path = os.path.join(self.get_temp_dir(), 'arch.json')
     spinenet_specs.save_block_specs(spinenet_specs.build_block_specs(), path)
-    from_file = spinenet.SpineNet(block_specs=path, filter_size_scale=0.25,
-                                  endpoints_num_filters=16)
+    from_file = spinenet.SpineNet(
+      block_specs=path, filter_size_scale=0.25, endpoints_num_filters=16
+    )
     default = spinenet.SpineNet(filter_size_scale=0.25, endpoints_num_filters=16)
     self.assertEqual(from_file.count_params(), default.count_params())
     self.assertEqual(from_file.get_config(), default.get_config())
@@ -111,13 +136,13 @@ class SpineNetConfigTest(tf.test.TestCase):
       model(tf.zeros([1, 100, 128, 3]))
 
   def test_checkpoint_restores_across_input_sizes(self):
-    small = spinenet.SpineNet(input_specs=[None, 128, 128, 3], filter_size_scale=0.25,
-                              endpoints_num_filters=16)
+    small = spinenet.SpineNet(
+      input_specs=[None, 128, 128, 3], filter_size_scale=0.25, endpoints_num_filters=16
+    )
     small.set_weights(reference_utils.random_weights(small.get_weights()))
     path = tf.train.Checkpoint(backbone=small).write(os.path.join(self.get_temp_dir(), 'c'))
     for shape in ([None, 384, 640, 3], [None, None, None, 3]):
-      other = spinenet.SpineNet(input_specs=shape, filter_size_scale=0.25,
-                                endpoints_num_filters=16)
+      other = spinenet.SpineNet(input_specs=shape, filter_size_scale=0.25, endpoints_num_filters=16)
       tf.train.Checkpoint(backbone=other).read(path).assert_consumed()
       x = tf.random.uniform([1, 128, 128, 3])
       if shape[1] is None:
@@ -137,7 +162,8 @@ class SpineNetReferenceTest(tf.test.TestCase, parameterized.TestCase):
     x = tf.random.stateless_uniform([2, size, size, 3], seed=[1, 2], minval=-1, maxval=1)
     for training in (False, True):
       difference = reference_utils.max_relative_difference(
-          reference(x, training=training), ours(x, training=training))
+        reference(x, training=training), ours(x, training=training)
+      )
       self.assertLessEqual(difference, 1e-4, f'SpineNet-{model_id} training={training}')
 
   @parameterized.parameters('49S', '49')
@@ -154,11 +180,13 @@ class SpineNetReferenceTest(tf.test.TestCase, parameterized.TestCase):
     reference = _reference('49S', 128)
     reference.set_weights(reference_utils.random_weights(reference.get_weights(), seed=3))
     path = tf.train.Checkpoint(backbone=reference).write(
-        os.path.join(self.get_temp_dir(), 'reference'))
+      os.path.join(self.get_temp_dir(), 'reference')
+    )
     ours = spinenet.build_spinenet('49S', input_specs=[None, 128, 128, 3])
     ours_path = tf.train.Checkpoint(backbone=ours).write(os.path.join(self.get_temp_dir(), 'ours'))
-    self.assertEqual(dict(tf.train.list_variables(path)).keys(),
-                     dict(tf.train.list_variables(ours_path)).keys())
+    self.assertEqual(
+      dict(tf.train.list_variables(path)).keys(), dict(tf.train.list_variables(ours_path)).keys()
+    )
     tf.train.Checkpoint(backbone=ours).read(path).assert_consumed()
     x = tf.random.uniform([1, 128, 128, 3])
     self.assertLessEqual(reference_utils.max_relative_difference(reference(x), ours(x)), 1e-4)

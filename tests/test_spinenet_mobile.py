@@ -30,9 +30,13 @@ CASES = {'49XS': 128, '49S': 128, '49': 256}
 # A short custom architecture (one output block per level, straight from the stem):
 # a quarter of the build time of the published one, for the tests that only need
 # some SpineNet-Mobile.
-SMALL_SPECS = [(3, 'mbconv', (0, 1), True), (4, 'mbconv', (1, 2), True),
-               (5, 'mbconv', (2, 3), True), (6, 'mbconv', (3, 4), True),
-               (7, 'mbconv', (4, 5), True)]
+SMALL_SPECS = [
+  (3, 'mbconv', (0, 1), True),
+  (4, 'mbconv', (1, 2), True),
+  (5, 'mbconv', (2, 3), True),
+  (6, 'mbconv', (3, 4), True),
+  (7, 'mbconv', (4, 5), True),
+]
 
 _OURS = {}
 _REFERENCES = {}
@@ -42,7 +46,8 @@ def _ours(model_id):
   if model_id not in _OURS:
     size = CASES[model_id]
     _OURS[model_id] = spinenet_mobile.build_spinenet_mobile(
-        model_id, input_specs=[None, size, size, 3])
+      model_id, input_specs=[None, size, size, 3]
+    )
   return _OURS[model_id]
 
 
@@ -52,10 +57,13 @@ def _reference(model_id):
     size = CASES[model_id]
     scaling = reference_spinenet_mobile.SCALING_MAP[model_id]
     model = reference_spinenet_mobile.SpineNetMobile(
-        input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
-        endpoints_num_filters=scaling['endpoints_num_filters'],
-        filter_size_scale=scaling['filter_size_scale'],
-        block_repeats=scaling['block_repeats'], se_ratio=0.2, expand_ratio=6)
+      input_specs=tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
+      endpoints_num_filters=scaling['endpoints_num_filters'],
+      filter_size_scale=scaling['filter_size_scale'],
+      block_repeats=scaling['block_repeats'],
+      se_ratio=0.2,
+      expand_ratio=6,
+    )
     _REFERENCES[model_id] = (model, _random_weights(model.weights))
   return _REFERENCES[model_id]
 
@@ -87,16 +95,15 @@ def _trainable_count(model):
 
 def _max_difference(reference_outputs, outputs):
   """(max |ours - ref|, max |ref|) over all endpoints."""
-  diff = max(float(np.max(np.abs(reference_outputs[k] - outputs[k])))
-             for k in reference_outputs)
+  diff = max(float(np.max(np.abs(reference_outputs[k] - outputs[k]))) for k in reference_outputs)
   scale = max(float(np.max(np.abs(reference_outputs[k]))) for k in reference_outputs)
   return diff, scale
 
 
 class MakeDivisibleTest(tf.test.TestCase, parameterized.TestCase):
-
-  @parameterized.parameters((144, 1, 144), (2.8, 1, 3), (2.2, 1, 2), (0.2, 1, 1),
-                            (10, 8, 16), (36, 8, 40), (100, 8, 104))
+  @parameterized.parameters(
+    (144, 1, 144), (2.8, 1, 3), (2.2, 1, 2), (0.2, 1, 1), (10, 8, 16), (36, 8, 40), (100, 8, 104)
+  )
   def test_values(self, value, divisor, expected):
     self.assertEqual(mobile_blocks.make_divisible(value, divisor), expected)
 
@@ -107,18 +114,18 @@ class MakeDivisibleTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
-
-  @parameterized.parameters((8, 16, 2, [2, 8, 8, 16]), (8, 8, 1, [2, 16, 16, 8]),
-                            (9, 14, 1, [2, 16, 16, 14]))
+  @parameterized.parameters(
+    (8, 16, 2, [2, 8, 8, 16]), (8, 8, 1, [2, 16, 16, 8]), (9, 14, 1, [2, 16, 16, 14])
+  )
   def test_output_shape(self, in_filters, out_filters, strides, expected):
     block = mobile_blocks.InvertedBottleneckBlock(
-        in_filters, out_filters, expand_ratio=6, strides=strides, se_ratio=0.2)
+      in_filters, out_filters, expand_ratio=6, strides=strides, se_ratio=0.2
+    )
     self.assertEqual(block(tf.zeros([2, 16, 16, in_filters])).shape, expected)
     self.assertEqual(block.compute_output_shape([2, 16, 16, in_filters]), expected)
 
   def test_widths_and_sub_layers(self):
-    block = mobile_blocks.InvertedBottleneckBlock(14, 14, expand_ratio=6, strides=1,
-                                                  se_ratio=0.2)
+    block = mobile_blocks.InvertedBottleneckBlock(14, 14, expand_ratio=6, strides=1, se_ratio=0.2)
     block(tf.zeros([1, 8, 8, 14]))
     self.assertEqual(block._conv0.kernel.shape, [1, 1, 14, 84])
     self.assertEqual(block._conv1.depthwise_kernel.shape, [3, 3, 84, 1])
@@ -132,8 +139,7 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(block.weights, 3 + 3 * 4 + 4)  # 3 kernels, 3 BNs, SE kernels + biases.
 
   def test_no_expansion_and_no_se(self):
-    block = mobile_blocks.InvertedBottleneckBlock(8, 8, expand_ratio=1, strides=1,
-                                                  se_ratio=None)
+    block = mobile_blocks.InvertedBottleneckBlock(8, 8, expand_ratio=1, strides=1, se_ratio=None)
     block(tf.zeros([1, 8, 8, 8]))
     self.assertFalse(hasattr(block, '_conv0'))
     self.assertIsNone(block._squeeze_excitation)
@@ -141,10 +147,10 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(block.weights, 2 + 2 * 4)
 
   @parameterized.parameters((8, 8, 1, True), (8, 16, 1, False), (8, 8, 2, False))
-  def test_residual_only_when_shapes_match(self, in_filters, out_filters, strides,
-                                           residual):
+  def test_residual_only_when_shapes_match(self, in_filters, out_filters, strides, residual):
     block = mobile_blocks.InvertedBottleneckBlock(
-        in_filters, out_filters, expand_ratio=6, strides=strides, se_ratio=0.2)
+      in_filters, out_filters, expand_ratio=6, strides=strides, se_ratio=0.2
+    )
     x = tf.random.normal([2, 8, 8, in_filters])
     block(x)
     self.assertEqual(block.has_residual, residual)
@@ -172,8 +178,7 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_stochastic_depth_is_identity_at_inference(self):
     kwargs = dict(in_filters=8, out_filters=8, expand_ratio=6, strides=1, se_ratio=0.2)
-    dropping = mobile_blocks.InvertedBottleneckBlock(stochastic_depth_drop_rate=0.5,
-                                                     **kwargs)
+    dropping = mobile_blocks.InvertedBottleneckBlock(stochastic_depth_drop_rate=0.5, **kwargs)
     plain = mobile_blocks.InvertedBottleneckBlock(**kwargs)
     x = tf.random.normal([16, 4, 4, 8])
     dropping(x)
@@ -190,8 +195,15 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_config_round_trip(self):
     block = mobile_blocks.InvertedBottleneckBlock(
-        8, 16, expand_ratio=4, strides=2, se_ratio=0.25, stochastic_depth_drop_rate=0.1,
-        kernel_regularizer=tf_keras.regularizers.l2(1e-4), activation='hard_swish')
+      8,
+      16,
+      expand_ratio=4,
+      strides=2,
+      se_ratio=0.25,
+      stochastic_depth_drop_rate=0.1,
+      kernel_regularizer=tf_keras.regularizers.l2(1e-4),
+      activation='hard_swish',
+    )
     config = block.get_config()
     clone = mobile_blocks.InvertedBottleneckBlock.from_config(config)
     self.assertEqual(clone.get_config(), config)
@@ -200,8 +212,9 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual([w.shape for w in clone.weights], [w.shape for w in block.weights])
     self.assertLen(clone.losses, len(block.losses))
     se = mobile_blocks.SqueezeExcitation(4, 24, 0.25)
-    self.assertEqual(mobile_blocks.SqueezeExcitation.from_config(se.get_config())
-                     .get_config(), se.get_config())
+    self.assertEqual(
+      mobile_blocks.SqueezeExcitation.from_config(se.get_config()).get_config(), se.get_config()
+    )
 
   def test_wrong_input_channels(self):
     block = mobile_blocks.InvertedBottleneckBlock(8, 8, expand_ratio=6, strides=1)
@@ -211,39 +224,45 @@ class InvertedBottleneckBlockTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters((14, 14, 1), (9, 14, 2))
   def test_equal_to_reference_block(self, in_filters, out_filters, strides):
     """Same checkpoint keys and the same outputs as nn_blocks.InvertedBottleneckBlock."""
-    kwargs = dict(in_filters=in_filters, out_filters=out_filters, expand_ratio=6,
-                  strides=strides, se_ratio=0.2)
+    kwargs = dict(
+      in_filters=in_filters, out_filters=out_filters, expand_ratio=6, strides=strides, se_ratio=0.2
+    )
     reference = reference_nn_blocks.InvertedBottleneckBlock(
-        se_gating_activation='hard_sigmoid', **kwargs)
+      se_gating_activation='hard_sigmoid', **kwargs
+    )
     ours = mobile_blocks.InvertedBottleneckBlock(
-        se_gating_activation='hard_sigmoid_rounded', **kwargs)
+      se_gating_activation='hard_sigmoid_rounded', **kwargs
+    )
     x = tf.random.normal([2, 8, 8, in_filters])
     reference(x)
     ours(x)
     reference.set_weights(_random_weights(reference.weights))
     ours.set_weights(reference.get_weights())
     for training in (False, True):
-      self.assertAllClose(ours(x, training=training), reference(x, training=training),
-                          atol=1e-5, rtol=1e-5)
-    paths = [tf.train.Checkpoint(block=layer).write(os.path.join(self.get_temp_dir(), n))
-             for n, layer in (('reference', reference), ('ours', ours))]
+      self.assertAllClose(
+        ours(x, training=training), reference(x, training=training), atol=1e-5, rtol=1e-5
+      )
+    paths = [
+      tf.train.Checkpoint(block=layer).write(os.path.join(self.get_temp_dir(), n))
+      for n, layer in (('reference', reference), ('ours', ours))
+    ]
     keys = [tf.train.list_variables(p) for p in paths]
     self.assertEqual(keys[0], keys[1])
-    self.assertIn('block/_squeeze_excitation/_se_reduce/kernel/.ATTRIBUTES/VARIABLE_VALUE',
-                  dict(keys[1]))
+    self.assertIn(
+      'block/_squeeze_excitation/_se_reduce/kernel/.ATTRIBUTES/VARIABLE_VALUE', dict(keys[1])
+    )
 
 
 class MobileResampleTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.parameters((32, 8, 2), (8, 32, 0), (16, 16, 0))
   def test_shapes_and_layers(self, input_width, target_width, num_depthwise):
     inputs = tf_keras.Input([input_width, input_width, 6])
     outputs = mobile_resample.resample_depthwise(
-        inputs, input_width, target_width, 10, conv_norm_act.LayerFactory())
+      inputs, input_width, target_width, 10, conv_norm_act.LayerFactory()
+    )
     model = tf_keras.Model(inputs, outputs)
     self.assertEqual(outputs.shape, [None, target_width, target_width, 10])
-    depthwise = [l for l in model.layers
-                 if isinstance(l, tf_keras.layers.DepthwiseConv2D)]
+    depthwise = [l for l in model.layers if isinstance(l, tf_keras.layers.DepthwiseConv2D)]
     self.assertLen(depthwise, num_depthwise)
     self.assertTrue(all(l.strides == (2, 2) for l in depthwise))
     y = model(tf.random.normal([1, input_width, input_width, 6]))
@@ -251,7 +270,6 @@ class MobileResampleTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
-
   @parameterized.parameters('49XS', '49S', '49')
   def test_endpoint_shapes(self, model_id):
     size = CASES[model_id]
@@ -260,23 +278,39 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
     endpoints = model(tf.zeros([1, size, size, 3]), training=False)
     self.assertEqual(sorted(endpoints), LEVELS)
     shapes = {str(l): [size // 2**l, size // 2**l, filters] for l in range(3, 8)}
-    self.assertEqual({k: x.shape.as_list() for k, x in endpoints.items()},
-                     {k: [1] + shape for k, shape in shapes.items()})
-    self.assertEqual({k: s.as_list() for k, s in model.output_specs.items()},
-                     {k: [None] + shape for k, shape in shapes.items()})
+    self.assertEqual(
+      {k: x.shape.as_list() for k, x in endpoints.items()},
+      {k: [1] + shape for k, shape in shapes.items()},
+    )
+    self.assertEqual(
+      {k: s.as_list() for k, s in model.output_specs.items()},
+      {k: [None] + shape for k, shape in shapes.items()},
+    )
 
   def test_config_round_trip(self):
     kwargs = dict(
-        input_specs=[None, 128, 128, 3], min_level=3, max_level=7,
-        block_specs=[spinenet_specs.BlockSpec.from_any(s).to_dict() for s in SMALL_SPECS],
-        endpoints_num_filters=16, se_ratio=0.25, expand_ratio=4, filter_size_scale=0.5,
-        init_stochastic_depth_rate=0.2, kernel_initializer='he_normal',
-        kernel_regularizer=tf_keras.regularizers.l2(4e-5), bias_regularizer=None,
-        activation='swish', use_sync_bn=False, norm_momentum=0.97, norm_epsilon=1e-4)
+      input_specs=[None, 128, 128, 3],
+      min_level=3,
+      max_level=7,
+      block_specs=[spinenet_specs.BlockSpec.from_any(s).to_dict() for s in SMALL_SPECS],
+      endpoints_num_filters=16,
+      se_ratio=0.25,
+      expand_ratio=4,
+      filter_size_scale=0.5,
+      init_stochastic_depth_rate=0.2,
+      kernel_initializer='he_normal',
+      kernel_regularizer=tf_keras.regularizers.l2(4e-5),
+      bias_regularizer=None,
+      activation='swish',
+      use_sync_bn=False,
+      norm_momentum=0.97,
+      norm_epsilon=1e-4,
+    )
     model = spinenet_mobile.SpineNetMobile(**kwargs)
     # get_config serializes the regularizer; from_config turns it back.
-    expected = dict(kwargs, kernel_regularizer=tf_keras.regularizers.serialize(
-        kwargs['kernel_regularizer']))
+    expected = dict(
+      kwargs, kernel_regularizer=tf_keras.regularizers.serialize(kwargs['kernel_regularizer'])
+    )
     self.assertEqual(model.get_config(), expected)
     self.assertEqual(json.loads(model.to_json())['config'], expected)
     clone = spinenet_mobile.SpineNetMobile.from_config(model.get_config())
@@ -286,15 +320,20 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotEmpty(model.losses)
     self.assertLen(clone.losses, len(model.losses))
     # Stochastic depth: none in the stem, init * i / N for block i of the N specs.
-    rates = [l.get_config()['stochastic_depth_drop_rate'] for l in model.layers
-             if isinstance(l, mobile_blocks.InvertedBottleneckBlock)]
+    rates = [
+      l.get_config()['stochastic_depth_drop_rate']
+      for l in model.layers
+      if isinstance(l, mobile_blocks.InvertedBottleneckBlock)
+    ]
     self.assertEqual(rates.count(None), 2)
-    self.assertAllClose(sorted(r for r in rates if r is not None),
-                        [0.2 * i / 5 for i in range(1, 6)])
+    self.assertAllClose(
+      sorted(r for r in rates if r is not None), [0.2 * i / 5 for i in range(1, 6)]
+    )
 
   def test_dynamic_and_non_square_input(self):
-    model = spinenet_mobile.SpineNetMobile(block_specs=SMALL_SPECS, filter_size_scale=0.5,
-                                           endpoints_num_filters=16)
+    model = spinenet_mobile.SpineNetMobile(
+      block_specs=SMALL_SPECS, filter_size_scale=0.5, endpoints_num_filters=16
+    )
     endpoints = model(tf.zeros([1, 128, 256, 3]))
     self.assertEqual(endpoints['7'].shape, [1, 1, 2, 16])
     self.assertEqual(endpoints['3'].shape, [1, 16, 32, 16])
@@ -308,8 +347,9 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
       spinenet_mobile.SpineNetMobile(input_specs=[None, 200, 256, 3])
     with self.assertRaisesRegex(ValueError, 'divisible'):
       spinenet_mobile.build_spinenet_mobile('49XS', input_specs=[None, 192, 192, 3])
-    with self.assertRaisesRegex(ValueError,
-                                "Unknown SpineNet-Mobile model_id '50'.*'49', '49S', '49XS'"):
+    with self.assertRaisesRegex(
+      ValueError, "Unknown SpineNet-Mobile model_id '50'.*'49', '49S', '49XS'"
+    ):
       spinenet_mobile.build_spinenet_mobile('50')
     bad_specs = list(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS)
     bad_specs[3] = (3, 'bottleneck', (3, 4), False)
@@ -323,8 +363,11 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_hard_sigmoid_constant(self):
     x = tf.constant([-4.0, 0.0, 1.0, 4.0])
-    self.assertAllClose(activations.get_activation('hard_sigmoid_rounded')(x),
-                        [0.0, 0.5 * 1.00002, 4.0 * 0.16667, 1.00002], atol=1e-7)
+    self.assertAllClose(
+      activations.get_activation('hard_sigmoid_rounded')(x),
+      [0.0, 0.5 * 1.00002, 4.0 * 0.16667, 1.00002],
+      atol=1e-7,
+    )
 
 
 class SpineNetMobileReferenceTest(tf.test.TestCase, parameterized.TestCase):
@@ -342,10 +385,8 @@ class SpineNetMobileReferenceTest(tf.test.TestCase, parameterized.TestCase):
     for training in (False, True):
       reference.set_weights(weights)  # A training call moves the BN statistics.
       ours.set_weights(weights)
-      diff, scale = _max_difference(reference(x, training=training),
-                                    ours(x, training=training))
-      self.assertLessEqual(diff, 1e-4 * scale,
-                           f'SpineNet-Mobile-{model_id} training={training}')
+      diff, scale = _max_difference(reference(x, training=training), ours(x, training=training))
+      self.assertLessEqual(diff, 1e-4 * scale, f'SpineNet-Mobile-{model_id} training={training}')
 
   def test_checkpoint_layout_equals_reference(self):
     """A checkpoint the reference writes restores into ours, variable for variable."""
@@ -354,9 +395,9 @@ class SpineNetMobileReferenceTest(tf.test.TestCase, parameterized.TestCase):
     reference.set_weights(weights)
     ours.set_weights(_random_weights(ours.weights, seed=7))
     path = tf.train.Checkpoint(backbone=reference).write(
-        os.path.join(self.get_temp_dir(), 'reference'))
-    ours_path = tf.train.Checkpoint(backbone=ours).write(
-        os.path.join(self.get_temp_dir(), 'ours'))
+      os.path.join(self.get_temp_dir(), 'reference')
+    )
+    ours_path = tf.train.Checkpoint(backbone=ours).write(os.path.join(self.get_temp_dir(), 'ours'))
     self.assertEqual(tf.train.list_variables(path), tf.train.list_variables(ours_path))
     status = tf.train.Checkpoint(backbone=ours).read(path)
     status.assert_existing_objects_matched()

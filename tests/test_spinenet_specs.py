@@ -16,7 +16,6 @@ def _specs(table=specs_lib.SPINENET_BLOCK_SPECS):
 
 
 class SpecsTest(tf.test.TestCase):
-
   def test_published_tables_validate(self):
     specs_lib.validate_block_specs(_specs(), 2, 3, 7)
     specs_lib.validate_block_specs(_specs(specs_lib.SPINENET_MOBILE_BLOCK_SPECS), 2, 3, 7)
@@ -30,27 +29,30 @@ class SpecsTest(tf.test.TestCase):
       specs_lib.validate_block_specs(bad, 2, 3, 7)
 
   def test_parent_out_of_range(self):
-    self._assert_rejected(3, specs_lib.BlockSpec(4, 'bottleneck', (2, 5), False),
-                          'Block spec 3 has parent 5, out of range.*0..4')
+    self._assert_rejected(
+      3,
+      specs_lib.BlockSpec(4, 'bottleneck', (2, 5), False),
+      'Block spec 3 has parent 5, out of range.*0..4',
+    )
 
   def test_duplicate_output_level(self):
-    self._assert_rejected(9, specs_lib.BlockSpec(4, 'bottleneck', (8, 10), True),
-                          'both output blocks of level 4')
+    self._assert_rejected(
+      9, specs_lib.BlockSpec(4, 'bottleneck', (8, 10), True), 'both output blocks of level 4'
+    )
 
   def test_level_outside_range_and_missing_output(self):
-    self._assert_rejected(4, specs_lib.BlockSpec(8, 'residual', (3, 5), False),
-                          'level 8, outside')
+    self._assert_rejected(4, specs_lib.BlockSpec(8, 'residual', (3, 5), False), 'level 8, outside')
     with self.assertRaisesRegex(ValueError, r'No output block for levels \[8\]'):
       specs_lib.validate_block_specs(_specs(), 2, 3, 8, max_block_level=8)
 
   def test_unknown_block_fn(self):
-    self._assert_rejected(0, specs_lib.BlockSpec(2, 'dense', (0, 1), False),
-                          "block_fn 'dense'")
+    self._assert_rejected(0, specs_lib.BlockSpec(2, 'dense', (0, 1), False), "block_fn 'dense'")
 
   def test_input_size(self):
     specs_lib.validate_input_size([None, 256, 384, 3], 7)
-    with self.assertRaisesRegex(ValueError,
-                                'input width 200 is not divisible by 2\\^max_level = 128.*256'):
+    with self.assertRaisesRegex(
+      ValueError, 'input width 200 is not divisible by 2\\^max_level = 128.*256'
+    ):
       specs_lib.validate_input_size([None, 256, 200, 3], 7)
 
   def test_json_round_trip(self):
@@ -63,7 +65,8 @@ class SpecsTest(tf.test.TestCase):
     with open(path, 'w') as f:
       f.write('[{"level": 2, "block_fn": "bottleneck"}]')
     with self.assertRaisesRegex(
-        ValueError, "bad.json.*entry 0.*lacks the keys \\['input_offsets', 'is_output'\\]"):
+      ValueError, "bad.json.*entry 0.*lacks the keys \\['input_offsets', 'is_output'\\]"
+    ):
       specs_lib.load_block_specs(path)
     with open(path, 'w') as f:
       f.write('{not json')
@@ -75,17 +78,20 @@ class SpecsTest(tf.test.TestCase):
   def test_unknown_model_id(self):
     with self.assertRaisesRegex(ValueError, "Unknown SpineNet model_id '50'.*'143L'"):
       specs_lib.lookup_model_id('50', specs_lib.SPINENET_SCALING, 'SpineNet')
-    self.assertEqual(specs_lib.lookup_model_id('143l', specs_lib.SPINENET_SCALING, 'SpineNet'),
-                     specs_lib.SPINENET_SCALING['143L'])
+    self.assertEqual(
+      specs_lib.lookup_model_id('143l', specs_lib.SPINENET_SCALING, 'SpineNet'),
+      specs_lib.SPINENET_SCALING['143L'],
+    )
 
 
 class TopologyTest(tf.test.TestCase):
-
   def _spinenet_nodes(self, specs):
     """(stem nodes, node_of) with SpineNet-49's widths, as the backbone computes them."""
+
     def node(level, block_fn):
       filters = specs_lib.SPINENET_FILTER_SIZE_MAP[level]
       return topology.Node(level, specs_lib.block_output_channels(block_fn, filters))
+
     return [node(2, 'bottleneck')] * 2, lambda spec: node(spec.level, spec.block_fn)
 
   def test_spinenet49_merges(self):
@@ -104,22 +110,29 @@ class TopologyTest(tf.test.TestCase):
     self.assertEqual(merges, [(), (), (), (), (2,), (4,), ()])
 
   def test_channels_must_match(self):
-    specs = specs_lib.build_block_specs([(3, 'residual', (0, 1), False),
-                                         (3, 'bottleneck', (0, 1), True),
-                                         (3, 'residual', (0, 1), True)])
+    specs = specs_lib.build_block_specs(
+      [
+        (3, 'residual', (0, 1), False),
+        (3, 'bottleneck', (0, 1), True),
+        (3, 'residual', (0, 1), True),
+      ]
+    )
     stem, node_of = self._spinenet_nodes(specs)
     self.assertEqual(topology.merge_unconsumed(specs, stem, node_of), [(), (), (2,)])
 
   def test_block_channels_match_the_layers(self):
     for block_fn in blocks.RESIDUAL_BLOCKS:
-      self.assertEqual(specs_lib.block_output_channels(block_fn, 24),
-                       blocks.block_output_filters(block_fn, 24))
+      self.assertEqual(
+        specs_lib.block_output_channels(block_fn, 24), blocks.block_output_filters(block_fn, 24)
+      )
 
   def test_spec_forms(self):
     spec = specs_lib.BlockSpec(4, 'residual', (1, 2), True)
     self.assertEqual(spec.block_fn, 'residual')
-    self.assertEqual(spec.to_dict(), {'level': 4, 'block_fn': 'residual',
-                                      'input_offsets': [1, 2], 'is_output': True})
+    self.assertEqual(
+      spec.to_dict(),
+      {'level': 4, 'block_fn': 'residual', 'input_offsets': [1, 2], 'is_output': True},
+    )
     self.assertEqual(specs_lib.BlockSpec.from_any(spec.to_dict()), spec)
     self.assertEqual(specs_lib.BlockSpec.from_any((4, 'residual', [1, 2], 1)), spec)
     cell = nasfpn_specs.CellSpec.from_any((4, 'attention', (1, 3), False))

@@ -8,6 +8,7 @@ LiteRT interpreter. Its detections are compared with the in-process model run th
 the SavedModel's serving module (the same code the SavedModel runs; the slow test
 compares with a written SavedModel and adds int8).
 """
+
 import json
 import os
 
@@ -23,11 +24,16 @@ from official_spinenet.workflows import tflite
 from tests import export_fixtures
 
 GIN = ['retinanet/spinenet_mobile49_384.gin']
-PARAMS = ['IMAGE_SIZE = 128', 'NUM_CLASSES = 5',
-          'spinenet_mobile.filter_size_scale = 0.25',
-          'spinenet_mobile.endpoints_num_filters = 16', 'spinenet_mobile.use_sync_bn = False',
-          'RetinaNetHead.num_filters = 16', 'RetinaNetHead.num_convs = 1',
-          'RetinaNetHead.use_sync_bn = False']
+PARAMS = [
+  'IMAGE_SIZE = 128',
+  'NUM_CLASSES = 5',
+  'spinenet_mobile.filter_size_scale = 0.25',
+  'spinenet_mobile.endpoints_num_filters = 16',
+  'spinenet_mobile.use_sync_bn = False',
+  'RetinaNetHead.num_filters = 16',
+  'RetinaNetHead.num_convs = 1',
+  'RetinaNetHead.use_sync_bn = False',
+]
 NAMES = [c['name'] for c in shapes.CATEGORIES]
 # Float TFLite vs TensorFlow on the same image: the app-side input is rounded to uint8
 # after resizing (exact for images that need no resize), kernels differ (XNNPACK).
@@ -41,9 +47,11 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp('tflite')
   model, prefix = export_fixtures.make_checkpoint(str(root / 'model'), GIN, PARAMS)
   path = tflite.export_tflite_from_checkpoint(
-      GIN, PARAMS, prefix, str(root / 'float.tflite'), category_names=NAMES)
+    GIN, PARAMS, prefix, str(root / 'float.tflite'), category_names=NAMES
+  )
   serving = export_lib.DetectionServingModule(
-      model, export_lib.ExportConfig(input_image_size=(128, 128)))
+    model, export_lib.ExportConfig(input_image_size=(128, 128))
+  )
   return {'root': root, 'model': model, 'prefix': prefix, 'path': path, 'serving': serving}
 
 
@@ -58,13 +66,18 @@ def _as_rows(boxes, scores, classes):
 
 def _inside(rows, height, width, margin=1.0):
   """Rows whose box keeps `margin` pixels from the image border."""
-  keep = ((rows[:, 0] >= margin) & (rows[:, 1] >= margin) & (rows[:, 2] <= height - margin)
-          & (rows[:, 3] <= width - margin))
+  keep = (
+    (rows[:, 0] >= margin)
+    & (rows[:, 1] >= margin)
+    & (rows[:, 2] <= height - margin)
+    & (rows[:, 3] <= width - margin)
+  )
   return rows[keep]
 
 
-def assert_close_detections(tflite, reference, image_size, score_tol=SCORE_TOL,
-                            box_tol=BOX_TOL, min_score=COMPARED_SCORE):
+def assert_close_detections(
+  tflite, reference, image_size, score_tol=SCORE_TOL, box_tol=BOX_TOL, min_score=COMPARED_SCORE
+):
   """Every detection scoring >= min_score on one side is on the other: same class, box
   within box_tol pixels, score within score_tol.
 
@@ -77,9 +90,11 @@ def assert_close_detections(tflite, reference, image_size, score_tol=SCORE_TOL,
   """
   count = int(reference['num_detections'][0])
   ours = _as_rows(tflite.boxes, tflite.scores, tflite.classes.astype(np.float32))
-  theirs = _as_rows(reference['detection_boxes'][0, :count],
-                    reference['detection_scores'][0, :count],
-                    reference['detection_classes'][0, :count].astype(np.float32))
+  theirs = _as_rows(
+    reference['detection_boxes'][0, :count],
+    reference['detection_scores'][0, :count],
+    reference['detection_classes'][0, :count].astype(np.float32),
+  )
   max_detections = reference['detection_scores'].shape[1]
   compared = 0
   for side, other, name in ((ours, theirs, 'TFLite'), (theirs, ours, 'TensorFlow')):
@@ -87,8 +102,13 @@ def assert_close_detections(tflite, reference, image_size, score_tol=SCORE_TOL,
     if len(other) == max_detections:
       floor = max(floor, other[:, 4].min() + score_tol)
     for row in _inside(side[side[:, 4] >= floor], *image_size):
-      near = [o for o in other if o[5] == row[5] and abs(o[4] - row[4]) <= score_tol
-              and np.abs(o[:4] - row[:4]).max() <= box_tol]
+      near = [
+        o
+        for o in other
+        if o[5] == row[5]
+        and abs(o[4] - row[4]) <= score_tol
+        and np.abs(o[:4] - row[:4]).max() <= box_tol
+      ]
       assert near, f'{name} detection {row} (box, score, class) has no counterpart'
       compared += 1
   assert compared >= 4, f'only {compared} detections compared'
@@ -129,8 +149,9 @@ def test_float_detections_match_the_in_process_model(exported):
     np.testing.assert_array_equal(tflite.image_size, image.shape[:2])
     assert_close_detections(tflite, reference, image.shape[:2])
     # The best detection is the same one.
-    np.testing.assert_allclose(tflite.scores[0], reference['detection_scores'][0, 0],
-                               atol=SCORE_TOL)
+    np.testing.assert_allclose(
+      tflite.scores[0], reference['detection_scores'][0, 0], atol=SCORE_TOL
+    )
     assert tflite.classes[0] == reference['detection_classes'][0, 0]
 
 
@@ -139,14 +160,16 @@ def test_prepare_input_pads_with_the_mean_pixel():
   prepared, image_info = tflite_export.prepare_input(image, (128, 128), (128, 128))
   assert prepared.dtype == np.uint8 and prepared.shape == (1, 128, 128, 3)
   np.testing.assert_array_equal(prepared[0, :96], image)  # scale 1: the pixels themselves
-  np.testing.assert_array_equal(prepared[0, 96:], np.broadcast_to(
-      np.array(tflite_export.PAD_VALUE_RGB, np.uint8), (32, 128, 3)))
+  np.testing.assert_array_equal(
+    prepared[0, 96:], np.broadcast_to(np.array(tflite_export.PAD_VALUE_RGB, np.uint8), (32, 128, 3))
+  )
   np.testing.assert_allclose(image_info, [[96, 128], [128, 128], [1, 1], [0, 0]])
 
 
 def test_options_are_checked_before_the_model_is_built(exported, tmp_path, monkeypatch):
   def no_build(*args, **kwargs):
     raise AssertionError('the model was built')
+
   monkeypatch.setattr(loading, 'build_and_restore', no_build)
   prefix = exported['prefix']
   out = str(tmp_path / 'x.tflite')
@@ -157,8 +180,9 @@ def test_options_are_checked_before_the_model_is_built(exported, tmp_path, monke
   with pytest.raises(ValueError, match='needs --representative_data'):
     tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8')
   with pytest.raises(ValueError, match='No files match'):
-    tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, quantization='int8',
-                                         representative_data=str(tmp_path / 'none-*'))
+    tflite.export_tflite_from_checkpoint(
+      GIN, PARAMS, prefix, out, quantization='int8', representative_data=str(tmp_path / 'none-*')
+    )
   with pytest.raises(ValueError, match='for --quantization=int8 only'):
     tflite.export_tflite_from_checkpoint(GIN, PARAMS, prefix, out, representative_data='x')
   with pytest.raises(FileExistsError, match='pass --overwrite'):
@@ -171,30 +195,48 @@ def test_options_are_checked_before_the_model_is_built(exported, tmp_path, monke
 @pytest.mark.slow
 def test_int8_and_class_agnostic_and_the_saved_model(exported, tmp_path):
   """int8 (calibrated on TFRecords) runs and agrees; class-agnostic NMS; SavedModel."""
-  data = shapes.make_shapes_dataset(str(tmp_path / 'data'), num_train=16, num_val=0,
-                                    image_size=128, seed=0, num_shards=1, show_progress=False)
+  data = shapes.make_shapes_dataset(
+    str(tmp_path / 'data'),
+    num_train=16,
+    num_val=0,
+    image_size=128,
+    seed=0,
+    num_shards=1,
+    show_progress=False,
+  )
   int8_path = tflite.export_tflite_from_checkpoint(
-      GIN, PARAMS, exported['prefix'], str(tmp_path / 'int8.tflite'), quantization='int8',
-      representative_data=data['train']['tfrecord_pattern'], num_calibration_images=16)
+    GIN,
+    PARAMS,
+    exported['prefix'],
+    str(tmp_path / 'int8.tflite'),
+    quantization='int8',
+    representative_data=data['train']['tfrecord_pattern'],
+    num_calibration_images=16,
+  )
   agnostic_path = tflite.export_tflite_from_checkpoint(
-      GIN, PARAMS, exported['prefix'], str(tmp_path / 'agnostic.tflite'),
-      use_regular_nms=False)
-  saved_model = tf.saved_model.load(export_lib.export_saved_model(
-      exported['model'], str(tmp_path / 'saved_model'), (128, 128)))
+    GIN, PARAMS, exported['prefix'], str(tmp_path / 'agnostic.tflite'), use_regular_nms=False
+  )
+  saved_model = tf.saved_model.load(
+    export_lib.export_saved_model(exported['model'], str(tmp_path / 'saved_model'), (128, 128))
+  )
   float_detector = tflite_export.TFLiteDetector(exported['path'])
   int8_detector = tflite_export.TFLiteDetector(int8_path)
   # The convolutions run in int8: weights (4-d) stored as int8, none in the float model.
   # (File sizes say little for a model this narrow: the constants of the
   # post-processing and the float fallback dominate.)
-  int8_weights = lambda d: [t for t in d._interpreter.get_tensor_details()  # pylint: disable=protected-access
-                            if len(t['shape']) == 4 and t['dtype'] == np.int8]
+  int8_weights = lambda d: [
+    t
+    for t in d._interpreter.get_tensor_details()  # pylint: disable=protected-access
+    if len(t['shape']) == 4 and t['dtype'] == np.int8
+  ]
   assert len(int8_weights(int8_detector)) >= 10
   assert not int8_weights(float_detector)
   agnostic_detector = tflite_export.TFLiteDetector(agnostic_path)
   matched_scores = []
   for image in export_fixtures.sample_images():
     reference = tf.nest.map_structure(
-        lambda t: t.numpy(), saved_model.signatures['image_tensor'](images=image[None]))
+      lambda t: t.numpy(), saved_model.signatures['image_tensor'](images=image[None])
+    )
     assert_close_detections(float_detector.detect(image), reference, image.shape[:2])
 
     int8 = int8_detector.detect(image)
@@ -219,10 +261,11 @@ def test_int8_and_class_agnostic_and_the_saved_model(exported, tmp_path):
     inside = _inside(np.asarray(agnostic.boxes), height, width)
     assert len(inside) >= 5
     for i in range(len(inside)):
-      assert (_iou(inside[i], inside[i + 1:]) <= 0.5 + 1e-4).all()
+      assert (_iou(inside[i], inside[i + 1 :]) <= 0.5 + 1e-4).all()
     assert agnostic.classes[0] == reference['detection_classes'][0, 0]
-    np.testing.assert_allclose(agnostic.scores[0], reference['detection_scores'][0, 0],
-                               atol=SCORE_TOL)
+    np.testing.assert_allclose(
+      agnostic.scores[0], reference['detection_scores'][0, 0], atol=SCORE_TOL
+    )
   matched_scores = np.array(matched_scores)
   assert len(matched_scores) >= 30, len(matched_scores)
   assert np.corrcoef(matched_scores.T)[0, 1] > 0.8, matched_scores

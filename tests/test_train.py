@@ -1,4 +1,5 @@
 """spinenet-train end to end on a tiny config: train, resume, evaluate, init, errors."""
+
 import json
 import os
 import subprocess
@@ -20,21 +21,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def data():
   with tempfile.TemporaryDirectory() as tmp:
-    yield shapes.make_shapes_dataset(tmp, num_train=8, num_val=4, image_size=128, seed=0,
-                                     num_shards=2, show_progress=False)
+    yield shapes.make_shapes_dataset(
+      tmp, num_train=8, num_val=4, image_size=128, seed=0, num_shards=2, show_progress=False
+    )
 
 
 def _data_params(data, with_annotations=True):
-  params = [f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
-            f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'"]
+  params = [
+    f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
+    f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'",
+  ]
   if with_annotations:
     params.append(f"ANNOTATION_FILE = '{data['val']['annotation_file']}'")
   return params
 
 
 def _steps(model_dir):
-  return sorted(int(p.split('-')[-1].split('.')[0])
-                for p in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index')))
+  return sorted(
+    int(p.split('-')[-1].split('.')[0])
+    for p in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index'))
+  )
 
 
 def test_train_resume_and_evaluate(data, tmp_path):
@@ -48,8 +54,9 @@ def test_train_resume_and_evaluate(data, tmp_path):
 
   # A second run with more steps resumes at step 4, keeps max_checkpoints = 3, and
   # evaluates at the end.
-  metrics = train.launch([TINY], _data_params(data) + ['TRAIN_STEPS = 6'], model_dir,
-                         mode='train_and_eval')
+  metrics = train.launch(
+    [TINY], _data_params(data) + ['TRAIN_STEPS = 6'], model_dir, mode='train_and_eval'
+  )
   assert _steps(model_dir) == [2, 4, 6]
   for key in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10', 'ARmax100'):
     assert key in metrics and -1.0 <= metrics[key] <= 1.0
@@ -67,18 +74,25 @@ def test_eval_with_ground_truth_from_records(data, tmp_path):
   model_dir = str(tmp_path / 'model')
   train.launch([TINY], _data_params(data), model_dir, mode='train')
   from_json = train.launch([TINY], _data_params(data), model_dir, mode='eval')
-  from_records = train.launch([TINY], _data_params(data, with_annotations=False), model_dir,
-                              mode='eval')
+  from_records = train.launch(
+    [TINY], _data_params(data, with_annotations=False), model_dir, mode='eval'
+  )
   assert from_records['AP'] == pytest.approx(from_json['AP'], abs=1e-6)
 
 
 def _trainer(gin_params, model_dir):
   from official_spinenet import configurables  # pylint: disable=g-import-not-at-top
   from official_spinenet.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
   configurables.parse_gin([TINY], gin_params)
   experiment = configurables.build_experiment()
-  return trainer_lib.Trainer(experiment['task'], tf.distribute.get_strategy(), model_dir,
-                             experiment['config'], experiment['learning_rate'])
+  return trainer_lib.Trainer(
+    experiment['task'],
+    tf.distribute.get_strategy(),
+    model_dir,
+    experiment['config'],
+    experiment['learning_rate'],
+  )
 
 
 def test_init_checkpoint_with_another_number_of_classes(data, tmp_path):
@@ -86,18 +100,27 @@ def test_init_checkpoint_with_another_number_of_classes(data, tmp_path):
   train.launch([TINY], _data_params(data) + ['TRAIN_STEPS = 2'], source_dir, mode='train')
   source = tf.train.load_checkpoint(tf.train.latest_checkpoint(source_dir))
   params = _data_params(data) + [
-      'NUM_CLASSES = 7', f"TrainerConfig.init_checkpoint = '{source_dir}'",
-      "TrainerConfig.init_checkpoint_modules = ['backbone', 'head_without_classifier']"]
+    'NUM_CLASSES = 7',
+    f"TrainerConfig.init_checkpoint = '{source_dir}'",
+    "TrainerConfig.init_checkpoint_modules = ['backbone', 'head_without_classifier']",
+  ]
   target = _trainer(params, str(tmp_path / 'target'))
   fresh_classifier = target.model.head._classifier.kernel.numpy()
   assert target.restore() == f'init:{source_dir}'
   assert target.global_step == 0  # weights only, no optimizer state
   # Every backbone weight and the box predictor now hold the source's values.
-  for variable, key in ((target.model.backbone.weights[0], 'backbone'),
-                        (target.model.head._box_regressor.kernel, 'head/_box_regressor')):
-    names = [n for n, shape in tf.train.list_variables(tf.train.latest_checkpoint(source_dir))
-             if n.startswith(key + '/') and tuple(shape) == tuple(variable.shape)
-             and 'kernel' in n and 'OPTIMIZER' not in n]
+  for variable, key in (
+    (target.model.backbone.weights[0], 'backbone'),
+    (target.model.head._box_regressor.kernel, 'head/_box_regressor'),
+  ):
+    names = [
+      n
+      for n, shape in tf.train.list_variables(tf.train.latest_checkpoint(source_dir))
+      if n.startswith(key + '/')
+      and tuple(shape) == tuple(variable.shape)
+      and 'kernel' in n
+      and 'OPTIMIZER' not in n
+    ]
     assert any(np.array_equal(source.get_tensor(n), variable.numpy()) for n in names), key
   # The 7-class predictor keeps its fresh initialisation.
   np.testing.assert_array_equal(target.model.head._classifier.kernel.numpy(), fresh_classifier)
@@ -116,6 +139,7 @@ def test_bad_init_checkpoint_names_the_problem(data, tmp_path):
 def test_batch_not_divisible_by_replicas(data, tmp_path):
   from official_spinenet import configurables
   from official_spinenet.training import trainer as trainer_lib
+
   configurables.parse_gin([TINY], _data_params(data) + ['TRAIN_BATCH_SIZE = 3'])
   experiment = configurables.build_experiment()
 
@@ -124,19 +148,30 @@ def test_batch_not_divisible_by_replicas(data, tmp_path):
 
   strategy = TwoReplicas()
   with pytest.raises(ValueError, match=r'global_batch_size=3 is not divisible by the 2 replicas'):
-    trainer_lib.Trainer(experiment['task'], strategy, str(tmp_path), experiment['config'],
-                        experiment['learning_rate'])
+    trainer_lib.Trainer(
+      experiment['task'], strategy, str(tmp_path), experiment['config'], experiment['learning_rate']
+    )
 
 
 def test_binary_flags_and_gin_errors_fail_fast(data, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
   base = [sys.executable, '-m', 'official_spinenet.binaries.train', f'--model_dir={tmp_path}']
-  typo = subprocess.run(base + [f'--gin_file={TINY}', "--gin_param=spinenet.modl_id = '96'"],
-                        capture_output=True, text=True, env=env, timeout=300)
+  typo = subprocess.run(
+    base + [f'--gin_file={TINY}', "--gin_param=spinenet.modl_id = '96'"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert typo.returncode != 0
   assert 'modl_id' in typo.stderr
-  bad_mode = subprocess.run(base + [f'--gin_file={TINY}', '--mode=fit'], capture_output=True,
-                            text=True, env=env, timeout=300)
+  bad_mode = subprocess.run(
+    base + [f'--gin_file={TINY}', '--mode=fit'],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert bad_mode.returncode != 0 and '--mode' in bad_mode.stderr
   # Nothing heavy ran: no checkpoint, no operative config.
   assert not os.listdir(tmp_path)

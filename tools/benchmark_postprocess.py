@@ -27,8 +27,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer('image_size', 640, 'Square input size in pixels.', **fv)
   flags.DEFINE_integer('num_classes', 91, 'Head classes, background included.', **fv)
   flags.DEFINE_list('batch_sizes', ['1', '4'], 'Batch sizes to time.', **fv)
-  flags.DEFINE_list('candidates', ['1000', '10000'],
-                    'Target (class, anchor) pairs per image above the score threshold.', **fv)
+  flags.DEFINE_list(
+    'candidates',
+    ['1000', '10000'],
+    'Target (class, anchor) pairs per image above the score threshold.',
+    **fv,
+  )
   flags.DEFINE_integer('runs', 20, 'Timed runs of ours (median reported).', **fv)
   flags.DEFINE_integer('reference_runs', 3, "Timed runs of Model Garden's v1 (median).", **fv)
   flags.DEFINE_float('logit_stddev', 2.0, 'Spread of the class logits over anchors.', **fv)
@@ -41,23 +45,54 @@ def main(argv) -> None:
   flag_groups.no_positional_arguments(argv)
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   outputs, anchors = postprocess_benchmark.model_outputs(
-      FLAGS.image_size, FLAGS.num_classes, max(batch_sizes), FLAGS.seed, FLAGS.logit_stddev,
-      FLAGS.box_delta_stddev)
+    FLAGS.image_size,
+    FLAGS.num_classes,
+    max(batch_sizes),
+    FLAGS.seed,
+    FLAGS.logit_stddev,
+    FLAGS.box_delta_stddev,
+  )
   rows = []
   for target in (int(c) for c in FLAGS.candidates):
     for batch_size in batch_sizes:
-      r = postprocess_benchmark.compare(outputs, anchors, FLAGS.image_size, FLAGS.num_classes,
-                                        target, batch_size, FLAGS.runs, FLAGS.reference_runs)
+      r = postprocess_benchmark.compare(
+        outputs,
+        anchors,
+        FLAGS.image_size,
+        FLAGS.num_classes,
+        target,
+        batch_size,
+        FLAGS.runs,
+        FLAGS.reference_runs,
+      )
       speedup = r.reference_seconds / r.ours_seconds
-      print(f'batch {batch_size}, ~{r.candidates} candidates/image: Model Garden v1 '
-            f'{r.reference_seconds * 1e3:.0f} ms, ours {r.ours_seconds * 1e3:.1f} ms, '
-            f'{speedup:.0f}x faster; detections equal', flush=True)
-      rows.append((batch_size, r.candidates, f'{r.reference_seconds:.2f} s',
-                   f'{r.ours_seconds * 1e3:.1f} ms', f'{speedup:.0f}x'))
-  print(f'\nRetinaNet-SpineNet-49 {FLAGS.image_size}x{FLAGS.image_size}, '
-        f'{FLAGS.num_classes} classes, {os.cpu_count()} CPUs, median time per batch:')
-  print(tables.format_table(('batch', 'candidates/image', 'Model Garden v1', 'ours (fast)',
-                             'speed-up'), rows, markdown=True, left_columns=0))
+      print(
+        f'batch {batch_size}, ~{r.candidates} candidates/image: Model Garden v1 '
+        f'{r.reference_seconds * 1e3:.0f} ms, ours {r.ours_seconds * 1e3:.1f} ms, '
+        f'{speedup:.0f}x faster; detections equal',
+        flush=True,
+      )
+      rows.append(
+        (
+          batch_size,
+          r.candidates,
+          f'{r.reference_seconds:.2f} s',
+          f'{r.ours_seconds * 1e3:.1f} ms',
+          f'{speedup:.0f}x',
+        )
+      )
+  print(
+    f'\nRetinaNet-SpineNet-49 {FLAGS.image_size}x{FLAGS.image_size}, '
+    f'{FLAGS.num_classes} classes, {os.cpu_count()} CPUs, median time per batch:'
+  )
+  print(
+    tables.format_table(
+      ('batch', 'candidates/image', 'Model Garden v1', 'ours (fast)', 'speed-up'),
+      rows,
+      markdown=True,
+      left_columns=0,
+    )
+  )
 
 
 def run() -> None:

@@ -24,8 +24,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   fv = dict(flag_values=flag_values)
   flags.DEFINE_integer('batch_size', 2, 'Images per step (one device).', lower_bound=1, **fv)
   flags.DEFINE_integer('steps', 5, 'Timed steps per run.', lower_bound=1, **fv)
-  flags.DEFINE_integer('repeats', 3, 'Timed runs per side (the median is reported).',
-                       lower_bound=1, **fv)
+  flags.DEFINE_integer(
+    'repeats', 3, 'Timed runs per side (the median is reported).', lower_bound=1, **fv
+  )
 
 
 def main(argv) -> None:
@@ -34,12 +35,20 @@ def main(argv) -> None:
   batch = train_throughput.one_batch(FLAGS.batch_size)
   ours = train_throughput.time_ours(batch, FLAGS.steps, FLAGS.repeats)
   theirs = train_throughput.time_model_garden(batch, FLAGS.steps, FLAGS.repeats)
-  print(f'RetinaNet-SpineNet-49 at {train_throughput.IMAGE_SIZE}, batch {FLAGS.batch_size}, '
-        f'{os.cpu_count()} CPUs, median of {FLAGS.repeats} x {FLAGS.steps} steps')
-  print(tables.format_table(
+  print(
+    f'RetinaNet-SpineNet-49 at {train_throughput.IMAGE_SIZE}, batch {FLAGS.batch_size}, '
+    f'{os.cpu_count()} CPUs, median of {FLAGS.repeats} x {FLAGS.steps} steps'
+  )
+  print(
+    tables.format_table(
       ('', 'images/s', 'params'),
-      [('ours', ours.images_per_second, f'{ours.params:,}'),
-       ('Model Garden', theirs.images_per_second, f'{theirs.params:,}')], digits=2))
+      [
+        ('ours', ours.images_per_second, f'{ours.params:,}'),
+        ('Model Garden', theirs.images_per_second, f'{theirs.params:,}'),
+      ],
+      digits=2,
+    )
+  )
   print(f'ratio ours / Model Garden: {theirs.seconds / ours.seconds:.3f}')
 
 

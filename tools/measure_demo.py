@@ -28,8 +28,9 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string('output_dir', '/tmp/spinenet_demo_measure', 'Fresh folder for the run '
-                      '(deleted first).', **fv)
+  flags.DEFINE_string(
+    'output_dir', '/tmp/spinenet_demo_measure', 'Fresh folder for the run (deleted first).', **fv
+  )
   flags.DEFINE_float('target_ap50', 0.8, 'AP50 the demo must reach.', **fv)
   flags.DEFINE_float('target_minutes', 15.0, 'Wall time the demo must stay within.', **fv)
   flags.DEFINE_multi_string('gin_param', [], 'Passed through to the demo.', **fv)
@@ -47,15 +48,23 @@ def main(argv) -> None:
   ap50_ok = metrics['AP50'] >= FLAGS.target_ap50
   time_ok = minutes <= FLAGS.target_minutes
   gflops = timing.matmul_gflops()
-  print(f'demo: {os.cpu_count()} CPUs, float32 matmul {gflops:.0f} GFLOP/s, '
-        f'step {metrics["step"]}')
-  print(tables.format_table(('', 'value', 'target', ''), [
-      ('wall time (min)', f'{minutes:.1f}', f'<= {FLAGS.target_minutes:.0f}',
-       'ok' if time_ok else 'MISSED'),
-      ('AP50', metrics['AP50'], f'>= {FLAGS.target_ap50}', 'ok' if ap50_ok else 'MISSED'),
-      ('AP', metrics['AP'], None, None),
-      ('AP75', metrics['AP75'], None, None),
-  ]))
+  print(f'demo: {os.cpu_count()} CPUs, float32 matmul {gflops:.0f} GFLOP/s, step {metrics["step"]}')
+  print(
+    tables.format_table(
+      ('', 'value', 'target', ''),
+      [
+        (
+          'wall time (min)',
+          f'{minutes:.1f}',
+          f'<= {FLAGS.target_minutes:.0f}',
+          'ok' if time_ok else 'MISSED',
+        ),
+        ('AP50', metrics['AP50'], f'>= {FLAGS.target_ap50}', 'ok' if ap50_ok else 'MISSED'),
+        ('AP', metrics['AP'], None, None),
+        ('AP75', metrics['AP75'], None, None),
+      ],
+    )
+  )
   sys.exit(0 if ap50_ok and time_ok else 1)
 
 

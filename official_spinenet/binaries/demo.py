@@ -22,20 +22,25 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string('output_dir', '/tmp/spinenet_demo', 'Data go to <output_dir>/data, '
-                      'checkpoints and metrics to <output_dir>/model.', **fv)
+  flags.DEFINE_string(
+    'output_dir',
+    '/tmp/spinenet_demo',
+    'Data go to <output_dir>/data, checkpoints and metrics to <output_dir>/model.',
+    **fv,
+  )
   flags.DEFINE_integer('num_train', 1000, 'Training images to generate.', lower_bound=1, **fv)
   flags.DEFINE_integer('num_val', 200, 'Held-out images to generate.', lower_bound=1, **fv)
-  flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings, e.g. "TRAIN_STEPS = 300".',
-                            **fv)
+  flags.DEFINE_multi_string('gin_param', [], 'Extra gin bindings, e.g. "TRAIN_STEPS = 300".', **fv)
 
 
 def main(argv) -> None:
   """flags -> workflows.demo.run_demo(); prints the metrics."""
   flag_groups.no_positional_arguments(argv)
   result = demo.run_demo(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.gin_param)
-  print(f'COCO metrics on the {result.num_val} held-out shapes images '
-        f'({os.path.join(result.model_dir, "metrics.json")}):')
+  print(
+    f'COCO metrics on the {result.num_val} held-out shapes images '
+    f'({os.path.join(result.model_dir, "metrics.json")}):'
+  )
   print(demo.format_metrics(result.metrics))
 
 

@@ -23,24 +23,37 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_enum('model', 'spinenet', sorted(architecture.ARCHITECTURES),
-                    'Architecture family: its built-in block specs and its stem.', **fv)
-  flags.DEFINE_string('block_specs_json', None,
-                      'Optional JSON block-spec file; replaces the built-in table.', **fv)
-  flags.DEFINE_string('output', 'spinenet49',
-                      'Output path prefix; writes <output>.png and <output>.svg.', **fv)
+  flags.DEFINE_enum(
+    'model',
+    'spinenet',
+    sorted(architecture.ARCHITECTURES),
+    'Architecture family: its built-in block specs and its stem.',
+    **fv,
+  )
+  flags.DEFINE_string(
+    'block_specs_json', None, 'Optional JSON block-spec file; replaces the built-in table.', **fv
+  )
+  flags.DEFINE_string(
+    'output', 'spinenet49', 'Output path prefix; writes <output>.png and <output>.svg.', **fv
+  )
   flags.DEFINE_integer('min_level', 3, 'Lowest endpoint level.', **fv)
   flags.DEFINE_integer('max_level', 7, 'Highest endpoint level.', **fv)
-  flags.DEFINE_string('title', None, 'Figure title (default: the model name or the JSON '
-                      'file name).', **fv)
+  flags.DEFINE_string(
+    'title', None, 'Figure title (default: the model name or the JSON file name).', **fv
+  )
 
 
 def main(argv) -> None:
   """flags -> architecture.draw_published(); prints the paths."""
   flag_groups.no_positional_arguments(argv)
   paths = architecture.draw_published(
-      FLAGS.model, FLAGS.output, block_specs_json=FLAGS.block_specs_json, title=FLAGS.title,
-      min_level=FLAGS.min_level, max_level=FLAGS.max_level)
+    FLAGS.model,
+    FLAGS.output,
+    block_specs_json=FLAGS.block_specs_json,
+    title=FLAGS.title,
+    min_level=FLAGS.min_level,
+    max_level=FLAGS.max_level,
+  )
   for path in paths:
     print(path)
 

@@ -27,16 +27,33 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flag_groups.define_gin_flags(flag_values, purpose='the model as it was trained')
   flag_groups.define_checkpoint_flag(flag_values)
   flag_groups.define_nms_flags(flag_values, pre_nms_top_k=True)
-  flags.DEFINE_string('export_dir', None, 'SavedModel folder to write; for TF Serving a '
-                      'version folder such as /models/spinenet/1.', **fv)
-  flags.DEFINE_boolean('apply_nms', True, 'False: export decoded boxes and scores of every '
-                       'anchor instead of detections.', **fv)
+  flags.DEFINE_string(
+    'export_dir',
+    None,
+    'SavedModel folder to write; for TF Serving a version folder such as /models/spinenet/1.',
+    **fv,
+  )
+  flags.DEFINE_boolean(
+    'apply_nms',
+    True,
+    'False: export decoded boxes and scores of every anchor instead of detections.',
+    **fv,
+  )
   flags.DEFINE_integer('batch_size', None, 'Fixed batch size (default: dynamic).', **fv)
-  flags.DEFINE_integer('max_image_pixels', preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
-                       'Refuse larger images (height * width) at serving time.', **fv)
+  flags.DEFINE_integer(
+    'max_image_pixels',
+    preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
+    'Refuse larger images (height * width) at serving time.',
+    **fv,
+  )
   flags.DEFINE_boolean('overwrite', False, 'Replace a non-empty --export_dir.', **fv)
-  flags.DEFINE_integer('exit_index', None, 'Anytime NAS-FPN models: the exit to export '
-                       '(1-based, negative from the end; default: the task\'s eval_exit).', **fv)
+  flags.DEFINE_integer(
+    'exit_index',
+    None,
+    'Anytime NAS-FPN models: the exit to export '
+    '(1-based, negative from the end; default: the task\'s eval_exit).',
+    **fv,
+  )
   flag_groups.define_category_names_flag(flag_values, 'Class names recorded in the export')
   flags.mark_flags_as_required(['checkpoint', 'export_dir'], flag_values=flag_values)
 
@@ -46,11 +63,18 @@ def main(argv) -> None:
   flag_groups.no_positional_arguments(argv)
   with flag_groups.usage_errors():
     export_dir = export.export_from_checkpoint(
-        FLAGS.gin_file, FLAGS.gin_param, FLAGS.checkpoint, FLAGS.export_dir,
-        **flag_groups.nms_options(FLAGS), apply_nms=FLAGS.apply_nms,
-        batch_size=FLAGS.batch_size, max_image_pixels=FLAGS.max_image_pixels,
-        category_names=FLAGS.category_names_json, overwrite=FLAGS.overwrite,
-        exit_index=FLAGS.exit_index)
+      FLAGS.gin_file,
+      FLAGS.gin_param,
+      FLAGS.checkpoint,
+      FLAGS.export_dir,
+      **flag_groups.nms_options(FLAGS),
+      apply_nms=FLAGS.apply_nms,
+      batch_size=FLAGS.batch_size,
+      max_image_pixels=FLAGS.max_image_pixels,
+      category_names=FLAGS.category_names_json,
+      overwrite=FLAGS.overwrite,
+      exit_index=FLAGS.exit_index,
+    )
   print(f'Exported a SavedModel to {export_dir}')
 
 

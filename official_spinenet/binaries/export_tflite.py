@@ -30,17 +30,29 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flag_groups.define_checkpoint_flag(flag_values)
   flag_groups.define_nms_flags(flag_values)
   flags.DEFINE_string('output', None, 'The .tflite file to write (and <output>.json).', **fv)
-  flags.DEFINE_enum('quantization', 'float', tflite_export.QUANTIZATIONS,
-                    'float, or int8 post-training quantization (needs representative data).',
-                    **fv)
-  flags.DEFINE_string('representative_data', None, 'int8: TFRecord pattern of calibration '
-                      'images (default: the gin config\'s TRAIN_FILE_PATTERN).', **fv)
-  flags.DEFINE_integer('num_calibration_images', 100, 'int8: images used for calibration.',
-                       **fv)
-  flags.DEFINE_boolean('use_regular_nms', True, 'Per-class NMS as in the SavedModel; false: '
-                       "the op's faster class-agnostic NMS.", **fv)
-  flags.DEFINE_boolean('normalized_coordinates', False, 'Boxes in [0, 1] of the model input '
-                       'instead of pixels.', **fv)
+  flags.DEFINE_enum(
+    'quantization',
+    'float',
+    tflite_export.QUANTIZATIONS,
+    'float, or int8 post-training quantization (needs representative data).',
+    **fv,
+  )
+  flags.DEFINE_string(
+    'representative_data',
+    None,
+    'int8: TFRecord pattern of calibration images (default: the gin config\'s TRAIN_FILE_PATTERN).',
+    **fv,
+  )
+  flags.DEFINE_integer('num_calibration_images', 100, 'int8: images used for calibration.', **fv)
+  flags.DEFINE_boolean(
+    'use_regular_nms',
+    True,
+    'Per-class NMS as in the SavedModel; false: the op\'s faster class-agnostic NMS.',
+    **fv,
+  )
+  flags.DEFINE_boolean(
+    'normalized_coordinates', False, 'Boxes in [0, 1] of the model input instead of pixels.', **fv
+  )
   flag_groups.define_category_names_flag(flag_values, 'Class names for the .json')
   flags.DEFINE_boolean('overwrite', False, 'Replace an existing --output.', **fv)
   flags.mark_flags_as_required(['checkpoint', 'output'], flag_values=flag_values)
@@ -51,13 +63,19 @@ def main(argv) -> None:
   flag_groups.no_positional_arguments(argv)
   with flag_groups.usage_errors():
     path = tflite.export_tflite_from_checkpoint(
-        FLAGS.gin_file, FLAGS.gin_param, FLAGS.checkpoint, FLAGS.output,
-        **flag_groups.nms_options(FLAGS), quantization=FLAGS.quantization,
-        representative_data=FLAGS.representative_data,
-        use_regular_nms=FLAGS.use_regular_nms,
-        normalized_coordinates=FLAGS.normalized_coordinates,
-        num_calibration_images=FLAGS.num_calibration_images,
-        category_names=FLAGS.category_names_json, overwrite=FLAGS.overwrite)
+      FLAGS.gin_file,
+      FLAGS.gin_param,
+      FLAGS.checkpoint,
+      FLAGS.output,
+      **flag_groups.nms_options(FLAGS),
+      quantization=FLAGS.quantization,
+      representative_data=FLAGS.representative_data,
+      use_regular_nms=FLAGS.use_regular_nms,
+      normalized_coordinates=FLAGS.normalized_coordinates,
+      num_calibration_images=FLAGS.num_calibration_images,
+      category_names=FLAGS.category_names_json,
+      overwrite=FLAGS.overwrite,
+    )
   print(f'Wrote {path} and {path}.json')
 
 

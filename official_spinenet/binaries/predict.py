@@ -32,19 +32,34 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, so importing this module registers none)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_string('saved_model', None, 'A spinenet-export SavedModel folder. Or give '
-                      '--gin_file and --checkpoint instead.', **fv)
+  flags.DEFINE_string(
+    'saved_model',
+    None,
+    'A spinenet-export SavedModel folder. Or give --gin_file and --checkpoint instead.',
+    **fv,
+  )
   flag_groups.define_gin_flags(flag_values, purpose='the model (without --saved_model)')
   flag_groups.define_checkpoint_flag(flag_values, help_prefix='Without --saved_model: ')
   flag_groups.define_nms_flags(flag_values, help_prefix='Without --saved_model: ')
-  flags.DEFINE_multi_string('images', None, 'Image files, folders (their .jpg/.jpeg/.png) or '
-                            'globs; repeat the flag or separate them by commas.', **fv)
-  flags.DEFINE_string('output_dir', None, 'Where detections.json, images.json and the '
-                      'drawings go.', **fv)
-  flags.DEFINE_string('annotation_file', None, 'A COCO annotation file: image ids (matched '
-                      'by file name) and class names come from it.', **fv)
+  flags.DEFINE_multi_string(
+    'images',
+    None,
+    'Image files, folders (their .jpg/.jpeg/.png) or '
+    'globs; repeat the flag or separate them by commas.',
+    **fv,
+  )
+  flags.DEFINE_string(
+    'output_dir', None, 'Where detections.json, images.json and the drawings go.', **fv
+  )
+  flags.DEFINE_string(
+    'annotation_file',
+    None,
+    'A COCO annotation file: image ids (matched by file name) and class names come from it.',
+    **fv,
+  )
   flag_groups.define_category_names_flag(
-      flag_values, "Class names (over the model's and the annotation file's)")
+    flag_values, "Class names (over the model's and the annotation file's)"
+  )
   flags.DEFINE_integer('batch_size', 8, 'Images per model call.', lower_bound=1, **fv)
   flags.DEFINE_boolean('draw', True, 'Write a PNG per image with the detections drawn.', **fv)
   flags.DEFINE_float('draw_min_score', 0.3, 'Draw detections scoring at least this.', **fv)
@@ -57,17 +72,29 @@ def main(argv) -> None:
   images = [v for value in FLAGS.images for v in value.split(',') if v]
   with flag_groups.usage_errors((ValueError,)):
     summary = predict.predict(
-        images, FLAGS.output_dir, saved_model=FLAGS.saved_model, gin_files=FLAGS.gin_file,
-        gin_params=FLAGS.gin_param, checkpoint=FLAGS.checkpoint,
-        nms_options=flag_groups.nms_options(FLAGS), category_names=FLAGS.category_names_json,
-        annotation_file=FLAGS.annotation_file, batch_size=FLAGS.batch_size, draw=FLAGS.draw,
-        draw_min_score=FLAGS.draw_min_score)
-  print(f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
-        f'{summary["detections_file"]}, {summary["images_file"]}'
-        + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else ''))
+      images,
+      FLAGS.output_dir,
+      saved_model=FLAGS.saved_model,
+      gin_files=FLAGS.gin_file,
+      gin_params=FLAGS.gin_param,
+      checkpoint=FLAGS.checkpoint,
+      nms_options=flag_groups.nms_options(FLAGS),
+      category_names=FLAGS.category_names_json,
+      annotation_file=FLAGS.annotation_file,
+      batch_size=FLAGS.batch_size,
+      draw=FLAGS.draw,
+      draw_min_score=FLAGS.draw_min_score,
+    )
+  print(
+    f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
+    f'{summary["detections_file"]}, {summary["images_file"]}'
+    + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else '')
+  )
   if summary['failed']:
-    sys.exit(f'{len(summary["failed"])} image(s) failed: '
-             + '; '.join(f'{f["path"]}: {f["error"]}' for f in summary['failed']))
+    sys.exit(
+      f'{len(summary["failed"])} image(s) failed: '
+      + '; '.join(f'{f["path"]}: {f["error"]}' for f in summary['failed'])
+    )
 
 
 def run() -> None:

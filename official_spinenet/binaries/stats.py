@@ -33,22 +33,36 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
   flags.DEFINE_boolean('json', False, 'Print JSON instead of a text table.', **fv)
-  flags.DEFINE_list('models', list(published_models.MODELS),
-                    f'Model ids to report; any of {list(published_models.MODELS)}.', **fv)
-  flags.DEFINE_list('include', list(published_models.ROW_KINDS),
-                    f'Row kinds; any of {list(published_models.ROW_KINDS)}.', **fv)
-  flags.DEFINE_integer('resolution_override', None,
-                       'If set, every model and row kind is counted at this square '
-                       'resolution (a multiple of 128) instead of the paper\'s; for '
-                       'quick runs and tests.', lower_bound=128, **fv)
+  flags.DEFINE_list(
+    'models',
+    list(published_models.MODELS),
+    f'Model ids to report; any of {list(published_models.MODELS)}.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'include',
+    list(published_models.ROW_KINDS),
+    f'Row kinds; any of {list(published_models.ROW_KINDS)}.',
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'resolution_override',
+    None,
+    'If set, every model and row kind is counted at this square '
+    'resolution (a multiple of 128) instead of the paper\'s; for '
+    'quick runs and tests.',
+    lower_bound=128,
+    **fv,
+  )
 
 
 def main(argv) -> None:
   """flags -> published_models.report(); prints it."""
   flag_groups.no_positional_arguments(argv)
   with flag_groups.usage_errors((ValueError,)):  # an unknown model or row kind, a bad resolution
-    text = published_models.report(FLAGS.models, FLAGS.include, FLAGS.resolution_override,
-                                   as_json=FLAGS.json)
+    text = published_models.report(
+      FLAGS.models, FLAGS.include, FLAGS.resolution_override, as_json=FLAGS.json
+    )
   print(text, flush=True)
 
 

@@ -28,16 +28,27 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
   flag_groups.define_gin_flags(flag_values)
-  flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries, metrics, operative config.',
-                      required=True, **fv)
+  flags.DEFINE_string(
+    'model_dir', None, 'Checkpoints, summaries, metrics, operative config.', required=True, **fv
+  )
   flags.DEFINE_enum('mode', 'train_and_eval', trainer.MODES, 'What to run.', **fv)
-  flags.DEFINE_enum('strategy', 'one_device', distribute.STRATEGIES, 'tf.distribute strategy.',
-                    **fv)
+  flags.DEFINE_enum(
+    'strategy', 'one_device', distribute.STRATEGIES, 'tf.distribute strategy.', **fv
+  )
   flags.DEFINE_string('tpu', None, 'TPU name or grpc:// address ("local" on a TPU VM).', **fv)
-  flags.DEFINE_integer('num_gpus', 0, 'GPUs for one_device / mirrored (0: CPU for one_device, '
-                       'all visible GPUs for mirrored).', **fv)
-  flags.DEFINE_enum('mixed_precision', 'float32', distribute.PRECISIONS,
-                    'Compute dtype: bfloat16 on TPU, float16 (with loss scaling) on GPU.', **fv)
+  flags.DEFINE_integer(
+    'num_gpus',
+    0,
+    'GPUs for one_device / mirrored (0: CPU for one_device, all visible GPUs for mirrored).',
+    **fv,
+  )
+  flags.DEFINE_enum(
+    'mixed_precision',
+    'float32',
+    distribute.PRECISIONS,
+    'Compute dtype: bfloat16 on TPU, float16 (with loss scaling) on GPU.',
+    **fv,
+  )
 
 
 def main(argv) -> None:
@@ -47,8 +58,16 @@ def main(argv) -> None:
     raise app.UsageError('Give at least one --gin_file.')
   if FLAGS.strategy == 'tpu' and not FLAGS.tpu:
     raise app.UsageError('--strategy=tpu needs --tpu.')
-  results = train.launch(FLAGS.gin_file, FLAGS.gin_param, FLAGS.model_dir, FLAGS.mode,
-                         FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu, FLAGS.mixed_precision)
+  results = train.launch(
+    FLAGS.gin_file,
+    FLAGS.gin_param,
+    FLAGS.model_dir,
+    FLAGS.mode,
+    FLAGS.strategy,
+    FLAGS.num_gpus,
+    FLAGS.tpu,
+    FLAGS.mixed_precision,
+  )
   logging.info('Done: %s', train.summary(results))
 
 

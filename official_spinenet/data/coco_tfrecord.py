@@ -15,6 +15,7 @@ Conventions kept from COCO:
     evaluator uses for its small / medium / large split);
   * `source_id` is the COCO image id, so evaluation can match detections.
 """
+
 import dataclasses
 import io
 import json
@@ -70,8 +71,10 @@ class TextProgress:
   def _line(self) -> str:
     elapsed = max(time.monotonic() - self._start, 1e-9)
     percent = 100.0 * self._done / self._total
-    return (f'{self._description}: {self._done}/{self._total} '
-            f'[{percent:5.1f}%] {self._done / elapsed:.1f}/s')
+    return (
+      f'{self._description}: {self._done}/{self._total} '
+      f'[{percent:5.1f}%] {self._done / elapsed:.1f}/s'
+    )
 
   def update(self, steps: int = 1) -> None:
     """Records `steps` finished steps and redraws at most twice a second."""
@@ -107,6 +110,7 @@ class CocoInstances:
     annotations_by_image: image id -> its `annotations` entries, in file order.
     category_names: category id -> category name.
   """
+
   annotation_file: str
   images: List[Dict[str, Any]]
   annotations_by_image: Dict[int, List[Dict[str, Any]]]
@@ -122,6 +126,7 @@ class ConvertedImage(NamedTuple):
     num_skipped: zero-width or zero-height boxes left out (logged).
     reencoded: True when the image bytes were re-encoded as PNG.
   """
+
   example: tf.train.Example
   num_objects: int
   num_skipped: int
@@ -140,6 +145,7 @@ class ConversionSummary:
     num_skipped_annotations: zero-size boxes left out.
     num_reencoded_images: images re-encoded to PNG.
   """
+
   tfrecord_files: List[str]
   tfrecord_pattern: str
   num_images: int
@@ -156,15 +162,12 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require_keys(entry: Any, keys: Sequence[str], what: str,
-                  annotation_file: str) -> None:
+def _require_keys(entry: Any, keys: Sequence[str], what: str, annotation_file: str) -> None:
   if not isinstance(entry, dict):
-    raise ValueError(
-        f'{annotation_file}: {what} must be a JSON object, got {entry!r:.80}.')
+    raise ValueError(f'{annotation_file}: {what} must be a JSON object, got {entry!r:.80}.')
   missing = [k for k in keys if k not in entry]
   if missing:
-    raise ValueError(
-        f'{annotation_file}: {what} is missing required key(s) {missing}.')
+    raise ValueError(f'{annotation_file}: {what} is missing required key(s) {missing}.')
 
 
 def _read_json(annotation_file: str) -> Dict[str, Any]:
@@ -175,17 +178,16 @@ def _read_json(annotation_file: str) -> Dict[str, Any]:
     with open(annotation_file, 'rb') as f:
       data = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(
-        f'Annotation file {annotation_file} is not valid JSON: {e}') from e
+    raise ValueError(f'Annotation file {annotation_file} is not valid JSON: {e}') from e
   if not isinstance(data, dict):
     raise ValueError(
-        f'Annotation file {annotation_file} must hold a JSON object with '
-        f'"images", "annotations" and "categories", got {type(data).__name__}.')
+      f'Annotation file {annotation_file} must hold a JSON object with '
+      f'"images", "annotations" and "categories", got {type(data).__name__}.'
+    )
   return data
 
 
-def _parse_categories(data: Dict[str, Any],
-                      annotation_file: str) -> Dict[int, str]:
+def _parse_categories(data: Dict[str, Any], annotation_file: str) -> Dict[int, str]:
   """Returns category id -> name, checking ids are unique ints >= 1."""
   if not isinstance(data['categories'], list):
     raise ValueError(f'{annotation_file}: "categories" must be a list.')
@@ -196,52 +198,55 @@ def _parse_categories(data: Dict[str, Any],
     # Class 0 is the background / padding class of the detection parsers.
     if not _is_int(category_id) or category_id < 1:
       raise ValueError(
-          f'{annotation_file}: category id {category_id!r} must be an integer '
-          '>= 1 (0 is reserved for the background class).')
+        f'{annotation_file}: category id {category_id!r} must be an integer '
+        '>= 1 (0 is reserved for the background class).'
+      )
     if category_id in names:
-      raise ValueError(
-          f'{annotation_file}: category id {category_id} appears twice.')
+      raise ValueError(f'{annotation_file}: category id {category_id} appears twice.')
     names[category_id] = str(category['name'])
   return names
 
 
-def _parse_images(data: Dict[str, Any],
-                  annotation_file: str) -> List[Dict[str, Any]]:
+def _parse_images(data: Dict[str, Any], annotation_file: str) -> List[Dict[str, Any]]:
   """Checks the `images` entries and that their ids are unique ints."""
   if not isinstance(data['images'], list):
     raise ValueError(f'{annotation_file}: "images" must be a list.')
   seen = set()
   for image in data['images']:
-    _require_keys(image, ('id', 'file_name', 'height', 'width'),
-                  f'image {image.get("id", "?")!r}' if isinstance(image, dict)
-                  else 'an image', annotation_file)
+    _require_keys(
+      image,
+      ('id', 'file_name', 'height', 'width'),
+      f'image {image.get("id", "?")!r}' if isinstance(image, dict) else 'an image',
+      annotation_file,
+    )
     image_id = image['id']
     # The COCO evaluator parses source_id back to an int.
     if not _is_int(image_id):
-      raise ValueError(
-          f'{annotation_file}: image id {image_id!r} must be an integer.')
+      raise ValueError(f'{annotation_file}: image id {image_id!r} must be an integer.')
     if image_id in seen:
       raise ValueError(f'{annotation_file}: image id {image_id} appears twice.')
     seen.add(image_id)
     for key in ('height', 'width'):
       if not _is_int(image[key]) or image[key] < 1:
         raise ValueError(
-            f'{annotation_file}: image id {image_id} has {key} '
-            f'{image[key]!r}; expected a positive integer.')
+          f'{annotation_file}: image id {image_id} has {key} '
+          f'{image[key]!r}; expected a positive integer.'
+        )
   return data['images']
 
 
 def _parse_annotations(
-    data: Dict[str, Any], image_ids: set, category_names: Mapping[int, str],
-    require_segmentation: bool,
-    annotation_file: str) -> Dict[int, List[Dict[str, Any]]]:
+  data: Dict[str, Any],
+  image_ids: set,
+  category_names: Mapping[int, str],
+  require_segmentation: bool,
+  annotation_file: str,
+) -> Dict[int, List[Dict[str, Any]]]:
   """Checks the `annotations` entries and groups them by image id."""
   if 'annotations' not in data:
     # COCO test-dev ships image_info files without annotations; converting
     # those for inference is legitimate, so this is a warning, not an error.
-    logging.warning(
-        '%s has no "annotations" key: writing images without objects.',
-        annotation_file)
+    logging.warning('%s has no "annotations" key: writing images without objects.', annotation_file)
     return {}
   if not isinstance(data['annotations'], list):
     raise ValueError(f'{annotation_file}: "annotations" must be a list.')
@@ -251,38 +256,42 @@ def _parse_annotations(
   by_image = {}
   seen = set()
   for ann in data['annotations']:
-    _require_keys(ann, keys, f'annotation {ann.get("id", "?")!r}'
-                  if isinstance(ann, dict) else 'an annotation',
-                  annotation_file)
+    _require_keys(
+      ann,
+      keys,
+      f'annotation {ann.get("id", "?")!r}' if isinstance(ann, dict) else 'an annotation',
+      annotation_file,
+    )
     ann_id = ann['id']
     if ann_id in seen:
       raise ValueError(f'{annotation_file}: annotation id {ann_id} appears twice.')
     seen.add(ann_id)
     if ann['image_id'] not in image_ids:
       raise ValueError(
-          f'{annotation_file}: annotation id {ann_id} refers to image id '
-          f'{ann["image_id"]!r}, which is not in "images".')
+        f'{annotation_file}: annotation id {ann_id} refers to image id '
+        f'{ann["image_id"]!r}, which is not in "images".'
+      )
     if ann['category_id'] not in category_names:
       raise ValueError(
-          f'{annotation_file}: annotation id {ann_id} has category id '
-          f'{ann["category_id"]!r}, which is not in "categories".')
+        f'{annotation_file}: annotation id {ann_id} has category id '
+        f'{ann["category_id"]!r}, which is not in "categories".'
+      )
     bbox = ann['bbox']
-    if (not isinstance(bbox, list) or len(bbox) != 4 or
-        not all(_is_number(v) for v in bbox)):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
       raise ValueError(
-          f'{annotation_file}: annotation id {ann_id} has bbox {bbox!r}; '
-          'expected [x, y, width, height] numbers.')
+        f'{annotation_file}: annotation id {ann_id} has bbox {bbox!r}; '
+        'expected [x, y, width, height] numbers.'
+      )
     for key in ('area', 'iscrowd'):
       if key in ann and not _is_number(ann[key]):
         raise ValueError(
-            f'{annotation_file}: annotation id {ann_id} has {key} '
-            f'{ann[key]!r}; expected a number.')
+          f'{annotation_file}: annotation id {ann_id} has {key} {ann[key]!r}; expected a number.'
+        )
     by_image.setdefault(ann['image_id'], []).append(ann)
   return by_image
 
 
-def load_coco_instances(annotation_file: str,
-                        require_segmentation: bool = False) -> CocoInstances:
+def load_coco_instances(annotation_file: str, require_segmentation: bool = False) -> CocoInstances:
   """Reads and validates a COCO instances JSON file.
 
   Args:
@@ -302,19 +311,17 @@ def load_coco_instances(annotation_file: str,
   for key in ('images', 'categories'):
     if key not in data:
       raise ValueError(
-          f'Annotation file {annotation_file} has no "{key}" key; is it a '
-          'COCO instances file?')
+        f'Annotation file {annotation_file} has no "{key}" key; is it a COCO instances file?'
+      )
   category_names = _parse_categories(data, annotation_file)
   images = _parse_images(data, annotation_file)
   annotations_by_image = _parse_annotations(
-      data, {image['id'] for image in images}, category_names,
-      require_segmentation, annotation_file)
-  return CocoInstances(annotation_file, images, annotations_by_image,
-                       category_names)
+    data, {image['id'] for image in images}, category_names, require_segmentation, annotation_file
+  )
+  return CocoInstances(annotation_file, images, annotations_by_image, category_names)
 
 
-def segmentation_to_mask(segmentation: Any, height: int,
-                         width: int) -> np.ndarray:
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
   """Rasterises a COCO segmentation (polygons, RLE or compressed RLE).
 
   Args:
@@ -333,37 +340,36 @@ def segmentation_to_mask(segmentation: Any, height: int,
   """
   if isinstance(segmentation, list):
     for polygon in segmentation:
-      if (not isinstance(polygon, list) or len(polygon) % 2 or
-          not all(_is_number(v) for v in polygon)):
-        raise ValueError(
-            f'polygon {polygon!r:.80} is not a flat list of x, y numbers.')
+      if (
+        not isinstance(polygon, list) or len(polygon) % 2 or not all(_is_number(v) for v in polygon)
+      ):
+        raise ValueError(f'polygon {polygon!r:.80} is not a flat list of x, y numbers.')
     # Fewer than 3 points enclose nothing, and pycocotools would read a
     # 4-number list as a box, so such fragments are left out.
     polygons = [p for p in segmentation if len(p) >= 6]
     if not polygons:
-      raise ValueError(
-          'segmentation has no polygon with at least 3 points.')
+      raise ValueError('segmentation has no polygon with at least 3 points.')
     rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-  elif isinstance(segmentation, dict) and {'size', 'counts'} <= set(
-      segmentation):
+  elif isinstance(segmentation, dict) and {'size', 'counts'} <= set(segmentation):
     if list(segmentation['size']) != [height, width]:
       raise ValueError(
-          f'RLE size {segmentation["size"]} differs from the image size '
-          f'[{height}, {width}].')
+        f'RLE size {segmentation["size"]} differs from the image size [{height}, {width}].'
+      )
     counts = segmentation['counts']
     if isinstance(counts, list):
       rle = mask_utils.frPyObjects(segmentation, height, width)
     elif isinstance(counts, (str, bytes)):
-      rle = {'size': [height, width],
-             'counts': counts.encode('ascii') if isinstance(counts, str)
-                       else counts}
+      rle = {
+        'size': [height, width],
+        'counts': counts.encode('ascii') if isinstance(counts, str) else counts,
+      }
     else:
-      raise ValueError(f'RLE counts must be a list or a string, got '
-                       f'{type(counts).__name__}.')
+      raise ValueError(f'RLE counts must be a list or a string, got {type(counts).__name__}.')
   else:
     raise ValueError(
-        f'segmentation {segmentation!r:.80} is neither a list of polygons nor '
-        'an RLE dict with "size" and "counts".')
+      f'segmentation {segmentation!r:.80} is neither a list of polygons nor '
+      'an RLE dict with "size" and "counts".'
+    )
   with warnings.catch_warnings():
     # pycocotools' Cython decoder trips a numpy 2 copy-keyword deprecation on
     # every call; it is harmless and not actionable by our users.
@@ -376,8 +382,7 @@ def _image_context(image_info: Mapping[str, Any]) -> str:
   return f'image id {image_info["id"]} ({image_info["file_name"]!r})'
 
 
-def load_image_bytes(image_dir: str,
-                     image_info: Mapping[str, Any]) -> Tuple[bytes, str, bool]:
+def load_image_bytes(image_dir: str, image_info: Mapping[str, Any]) -> Tuple[bytes, str, bool]:
   """Reads, fully decodes and checks one image file.
 
   Decoding everything (not just the header) is what catches truncated files
@@ -398,8 +403,7 @@ def load_image_bytes(image_dir: str,
   """
   path = os.path.join(image_dir, image_info['file_name'])
   if not os.path.isfile(path):
-    raise ValueError(
-        f'{_image_context(image_info)}: image file {path} does not exist.')
+    raise ValueError(f'{_image_context(image_info)}: image file {path} does not exist.')
   with open(path, 'rb') as f:
     data = f.read()
   try:
@@ -415,18 +419,19 @@ def load_image_bytes(image_dir: str,
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
     raise ValueError(
-        f'{_image_context(image_info)}: image file {path} does not decode as '
-        f'an image: {type(e).__name__}: {e}') from e
+      f'{_image_context(image_info)}: image file {path} does not decode as '
+      f'an image: {type(e).__name__}: {e}'
+    ) from e
   if size != (image_info['width'], image_info['height']):
     raise ValueError(
-        f'{_image_context(image_info)}: image file {path} is {size[0]}x'
-        f'{size[1]} (width x height) but the annotation file says '
-        f'{image_info["width"]}x{image_info["height"]}.')
+      f'{_image_context(image_info)}: image file {path} is {size[0]}x'
+      f'{size[1]} (width x height) but the annotation file says '
+      f'{image_info["width"]}x{image_info["height"]}.'
+    )
   return data, image_format, reencoded
 
 
-def coco_box_to_normalized(bbox: Sequence[float], height: int,
-                           width: int) -> Optional[np.ndarray]:
+def coco_box_to_normalized(bbox: Sequence[float], height: int, width: int) -> Optional[np.ndarray]:
   """Converts a COCO `[x, y, w, h]` pixel box to normalised yxyx.
 
   Args:
@@ -450,21 +455,23 @@ def coco_box_to_normalized(bbox: Sequence[float], height: int,
   tol = BOX_TOLERANCE_PIXELS
   if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
     raise ValueError(
-        f'box [x, y, w, h] = {list(bbox)} lies outside the {width}x{height} '
-        f'(width x height) image by more than {tol:g} pixel.')
+      f'box [x, y, w, h] = {list(bbox)} lies outside the {width}x{height} '
+      f'(width x height) image by more than {tol:g} pixel.'
+    )
   xmin, ymin = max(x, 0.0), max(y, 0.0)
   xmax, ymax = min(x + w, float(width)), min(y + h, float(height))
   if xmax <= xmin or ymax <= ymin:
     return None
-  return np.array([ymin / height, xmin / width, ymax / height, xmax / width],
-                  dtype=np.float32)
+  return np.array([ymin / height, xmin / width, ymax / height, xmax / width], dtype=np.float32)
 
 
-def coco_image_to_example(image_info: Mapping[str, Any],
-                          annotations: Sequence[Mapping[str, Any]],
-                          category_names: Mapping[int, str],
-                          image_dir: str,
-                          include_masks: bool = False) -> ConvertedImage:
+def coco_image_to_example(
+  image_info: Mapping[str, Any],
+  annotations: Sequence[Mapping[str, Any]],
+  category_names: Mapping[int, str],
+  image_dir: str,
+  include_masks: bool = False,
+) -> ConvertedImage:
   """Converts one COCO image and its annotations to a tf.Example.
 
   Args:
@@ -494,8 +501,7 @@ def coco_image_to_example(image_info: Mapping[str, Any],
     except ValueError as e:
       raise ValueError(f'{context}: {e}') from e
     if box is None:
-      logging.warning('%s: box %s has zero width or height; left out.',
-                      context, ann['bbox'])
+      logging.warning('%s: box %s has zero width or height; left out.', context, ann['bbox'])
       num_skipped += 1
       continue
     boxes.append(box)
@@ -512,28 +518,31 @@ def coco_image_to_example(image_info: Mapping[str, Any],
         raise ValueError(f'{context}: bad segmentation: {e}') from e
       masks.append(tfexample.encode_png_mask(mask))
   example = tfexample.make_detection_example(
-      encoded_image=encoded,
-      image_format=image_format,
-      height=height,
-      width=width,
-      source_id=image_info['id'],
-      boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
-      classes=classes,
-      class_texts=texts,
-      is_crowd=crowd,
-      areas=areas,
-      masks=masks if include_masks else None,
-      filename=image_info['file_name'])
+    encoded_image=encoded,
+    image_format=image_format,
+    height=height,
+    width=width,
+    source_id=image_info['id'],
+    boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+    classes=classes,
+    class_texts=texts,
+    is_crowd=crowd,
+    areas=areas,
+    masks=masks if include_masks else None,
+    filename=image_info['file_name'],
+  )
   return ConvertedImage(example, len(boxes), num_skipped, reencoded)
 
 
-def convert_coco_to_tfrecords(image_dir: str,
-                              annotation_file: str,
-                              output_prefix: str,
-                              num_shards: int = 8,
-                              include_masks: bool = False,
-                              max_images: Optional[int] = None,
-                              show_progress: bool = True) -> ConversionSummary:
+def convert_coco_to_tfrecords(
+  image_dir: str,
+  annotation_file: str,
+  output_prefix: str,
+  num_shards: int = 8,
+  include_masks: bool = False,
+  max_images: Optional[int] = None,
+  show_progress: bool = True,
+) -> ConversionSummary:
   """Converts a COCO instances dataset to sharded TFRecord files.
 
   The JSON is validated completely before anything is written, and shards
@@ -560,18 +569,20 @@ def convert_coco_to_tfrecords(image_dir: str,
   """
   if max_images is not None and max_images < 1:
     raise ValueError(f'max_images must be >= 1 when given, got {max_images}.')
-  dataset = load_coco_instances(annotation_file,
-                                require_segmentation=include_masks)
+  dataset = load_coco_instances(annotation_file, require_segmentation=include_masks)
   images = dataset.images[:max_images] if max_images else dataset.images
   num_objects = num_skipped = num_reencoded = 0
-  progress = TextProgress(len(images), f'Converting {annotation_file}',
-                          enabled=show_progress)
+  progress = TextProgress(len(images), f'Converting {annotation_file}', enabled=show_progress)
   try:
     with tfexample.ShardedTFRecordWriter(output_prefix, num_shards) as writer:
       for image_info in images:
         converted = coco_image_to_example(
-            image_info, dataset.annotations_by_image.get(image_info['id'], []),
-            dataset.category_names, image_dir, include_masks)
+          image_info,
+          dataset.annotations_by_image.get(image_info['id'], []),
+          dataset.category_names,
+          image_dir,
+          include_masks,
+        )
         writer.write(converted.example)
         num_objects += converted.num_objects
         num_skipped += converted.num_skipped
@@ -580,14 +591,20 @@ def convert_coco_to_tfrecords(image_dir: str,
   finally:
     progress.close()
   summary = ConversionSummary(
-      tfrecord_files=writer.paths,
-      tfrecord_pattern=tfexample.shard_pattern(output_prefix, num_shards),
-      num_images=len(images),
-      num_objects=num_objects,
-      num_skipped_annotations=num_skipped,
-      num_reencoded_images=num_reencoded)
+    tfrecord_files=writer.paths,
+    tfrecord_pattern=tfexample.shard_pattern(output_prefix, num_shards),
+    num_images=len(images),
+    num_objects=num_objects,
+    num_skipped_annotations=num_skipped,
+    num_reencoded_images=num_reencoded,
+  )
   logging.info(
-      'Wrote %d images with %d objects to %s (%d zero-size boxes left out, '
-      '%d images re-encoded as PNG).', summary.num_images, summary.num_objects,
-      summary.tfrecord_pattern, num_skipped, num_reencoded)
+    'Wrote %d images with %d objects to %s (%d zero-size boxes left out, '
+    '%d images re-encoded as PNG).',
+    summary.num_images,
+    summary.num_objects,
+    summary.tfrecord_pattern,
+    num_skipped,
+    num_reencoded,
+  )
   return summary

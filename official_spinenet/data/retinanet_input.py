@@ -23,25 +23,27 @@ def list_files(file_pattern: str) -> Sequence[str]:
   return files
 
 
-def build_retinanet_dataset(file_pattern: str,
-                            is_training: bool,
-                            global_batch_size: int,
-                            image_size: Tuple[int, int],
-                            min_level: int,
-                            max_level: int,
-                            num_scales: int = 3,
-                            aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-                            anchor_size: float = 4.0,
-                            aug_scale_min: float = 1.0,
-                            aug_scale_max: float = 1.0,
-                            aug_rand_hflip: bool = True,
-                            input_context: Optional[tf.distribute.InputContext] = None,
-                            shuffle_buffer_size: int = 1000,
-                            match_threshold: float = 0.5,
-                            unmatched_threshold: float = 0.5,
-                            max_num_instances: int = 100,
-                            seed: Optional[int] = None,
-                            dtype: str = 'float32') -> tf.data.Dataset:
+def build_retinanet_dataset(
+  file_pattern: str,
+  is_training: bool,
+  global_batch_size: int,
+  image_size: Tuple[int, int],
+  min_level: int,
+  max_level: int,
+  num_scales: int = 3,
+  aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+  anchor_size: float = 4.0,
+  aug_scale_min: float = 1.0,
+  aug_scale_max: float = 1.0,
+  aug_rand_hflip: bool = True,
+  input_context: Optional[tf.distribute.InputContext] = None,
+  shuffle_buffer_size: int = 1000,
+  match_threshold: float = 0.5,
+  unmatched_threshold: float = 0.5,
+  max_num_instances: int = 100,
+  seed: Optional[int] = None,
+  dtype: str = 'float32',
+) -> tf.data.Dataset:
   """A dataset of (images [B, H', W', 3], labels) for RetinaNet.
 
   H', W' are image_size rounded up to a multiple of 2^max_level. Training data
@@ -75,30 +77,45 @@ def build_retinanet_dataset(file_pattern: str,
   if global_batch_size < 1:
     raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}.')
   files = list_files(file_pattern)
-  batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
-                if input_context else global_batch_size)
+  batch_size = (
+    input_context.get_per_replica_batch_size(global_batch_size)
+    if input_context
+    else global_batch_size
+  )
   decoder = model_garden.load('tf_example_decoder').TfExampleDecoder(
-      include_mask=False, regenerate_source_id=False)
+    include_mask=False, regenerate_source_id=False
+  )
   parser = model_garden.load('retinanet_input').Parser(
-      output_size=list(image_size), min_level=min_level, max_level=max_level,
-      num_scales=num_scales, aspect_ratios=list(aspect_ratios),
-      anchor_size=anchor_size, match_threshold=match_threshold,
-      unmatched_threshold=unmatched_threshold,
-      aug_rand_hflip=aug_rand_hflip and is_training,
-      aug_scale_min=aug_scale_min if is_training else 1.0,
-      aug_scale_max=aug_scale_max if is_training else 1.0,
-      max_num_instances=max_num_instances, dtype=dtype)
+    output_size=list(image_size),
+    min_level=min_level,
+    max_level=max_level,
+    num_scales=num_scales,
+    aspect_ratios=list(aspect_ratios),
+    anchor_size=anchor_size,
+    match_threshold=match_threshold,
+    unmatched_threshold=unmatched_threshold,
+    aug_rand_hflip=aug_rand_hflip and is_training,
+    aug_scale_min=aug_scale_min if is_training else 1.0,
+    aug_scale_max=aug_scale_max if is_training else 1.0,
+    max_num_instances=max_num_instances,
+    dtype=dtype,
+  )
   parse_fn = parser.parse_fn(is_training)
   dataset = _records(files, is_training, input_context, shuffle_buffer_size, seed)
-  dataset = dataset.map(lambda serialized: parse_fn(decoder.decode(serialized)),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(
+    lambda serialized: parse_fn(decoder.decode(serialized)), num_parallel_calls=tf.data.AUTOTUNE
+  )
   dataset = dataset.batch(batch_size, drop_remainder=is_training)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _records(files: Sequence[str], is_training: bool,
-             input_context: Optional[tf.distribute.InputContext],
-             shuffle_buffer_size: int, seed: Optional[int]) -> tf.data.Dataset:
+def _records(
+  files: Sequence[str],
+  is_training: bool,
+  input_context: Optional[tf.distribute.InputContext],
+  shuffle_buffer_size: int,
+  seed: Optional[int],
+) -> tf.data.Dataset:
   """Serialized records of this input pipeline's share of `files`.
 
   Training: shuffled (files and records) and repeated; eval: read once, in order.
@@ -116,8 +133,11 @@ def _records(files: Sequence[str], is_training: bool,
   if is_training and not shard_records:
     dataset = dataset.shuffle(len(files), seed=seed).repeat()
   dataset = dataset.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not is_training or shard_records)
+    tf.data.TFRecordDataset,
+    cycle_length=min(len(files), 8),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=not is_training or shard_records,
+  )
   if shard_records:
     dataset = dataset.shard(pipelines, pipeline_id)
     if is_training:

@@ -19,6 +19,7 @@ images by `coco_tfrecord.convert_coco_to_tfrecords`, the path real COCO takes.
 `ensure_shapes_dataset` does the same unless a finished copy is already there.
 Every file is written atomically (`utils.files`).
 """
+
 import io
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -34,10 +35,10 @@ from official_spinenet.utils import files
 from official_spinenet.utils import image_sizes
 
 CATEGORIES = (
-    {'id': 1, 'name': 'circle', 'supercategory': 'shape'},
-    {'id': 2, 'name': 'square', 'supercategory': 'shape'},
-    {'id': 3, 'name': 'triangle', 'supercategory': 'shape'},
-    {'id': 4, 'name': 'cross', 'supercategory': 'shape'},
+  {'id': 1, 'name': 'circle', 'supercategory': 'shape'},
+  {'id': 2, 'name': 'square', 'supercategory': 'shape'},
+  {'id': 3, 'name': 'triangle', 'supercategory': 'shape'},
+  {'id': 4, 'name': 'cross', 'supercategory': 'shape'},
 )
 NUM_CATEGORIES = len(CATEGORIES)
 # Detection heads in the Model Garden count the background class too.
@@ -62,8 +63,7 @@ def _pixel_centres(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
   return ys, xs
 
 
-def _convex_polygon_mask(vertices: np.ndarray, ys: np.ndarray,
-                         xs: np.ndarray) -> np.ndarray:
+def _convex_polygon_mask(vertices: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
   """Rasterises a convex polygon.
 
   Args:
@@ -85,25 +85,25 @@ def _convex_polygon_mask(vertices: np.ndarray, ys: np.ndarray,
   return inside
 
 
-def _regular_polygon(num_vertices: int, cx: float, cy: float, radius: float,
-                     angle: float) -> np.ndarray:
+def _regular_polygon(
+  num_vertices: int, cx: float, cy: float, radius: float, angle: float
+) -> np.ndarray:
   """Returns the `[K, 2]` (x, y) vertices of a regular polygon."""
   t = angle + 2.0 * np.pi * np.arange(num_vertices) / num_vertices
   return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], axis=1)
 
 
-def _rectangle(cx: float, cy: float, half_w: float, half_h: float,
-               angle: float) -> np.ndarray:
+def _rectangle(cx: float, cy: float, half_w: float, half_h: float, angle: float) -> np.ndarray:
   """Returns the `[4, 2]` (x, y) vertices of a rotated rectangle."""
-  corners = np.array([[half_w, half_h], [half_w, -half_h], [-half_w, -half_h],
-                      [-half_w, half_h]])
+  corners = np.array([[half_w, half_h], [half_w, -half_h], [-half_w, -half_h], [-half_w, half_h]])
   c, s = np.cos(angle), np.sin(angle)
   rotated = corners @ np.array([[c, s], [-s, c]])
   return rotated + np.array([cx, cy])
 
 
-def shape_mask(category_id: int, cx: float, cy: float, size: float,
-               angle: float, height: int, width: int) -> np.ndarray:
+def shape_mask(
+  category_id: int, cx: float, cy: float, size: float, angle: float, height: int, width: int
+) -> np.ndarray:
   """Rasterises one shape.
 
   Args:
@@ -124,26 +124,21 @@ def shape_mask(category_id: int, cx: float, cy: float, size: float,
   ys, xs = _pixel_centres(height, width)
   radius = size / 2.0
   if category_id == 1:
-    return (xs - cx)**2 + (ys - cy)**2 <= radius**2
+    return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
   if category_id == 2:
-    return _convex_polygon_mask(
-        _regular_polygon(4, cx, cy, radius, angle + np.pi / 4), ys, xs)
+    return _convex_polygon_mask(_regular_polygon(4, cx, cy, radius, angle + np.pi / 4), ys, xs)
   if category_id == 3:
-    return _convex_polygon_mask(
-        _regular_polygon(3, cx, cy, radius, angle), ys, xs)
+    return _convex_polygon_mask(_regular_polygon(3, cx, cy, radius, angle), ys, xs)
   if category_id == 4:
     # Two bars whose corners touch the circumscribed circle.
     half_len, half_thick = radius * 0.95, radius * 0.31
-    bar_a = _convex_polygon_mask(
-        _rectangle(cx, cy, half_len, half_thick, angle), ys, xs)
-    bar_b = _convex_polygon_mask(
-        _rectangle(cx, cy, half_thick, half_len, angle), ys, xs)
+    bar_a = _convex_polygon_mask(_rectangle(cx, cy, half_len, half_thick, angle), ys, xs)
+    bar_b = _convex_polygon_mask(_rectangle(cx, cy, half_thick, half_len, angle), ys, xs)
     return bar_a | bar_b
   raise ValueError(f'Unknown shape category id {category_id}.')
 
 
-def _background(rng: np.random.Generator, height: int,
-                width: int) -> np.ndarray:
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
   """Returns a `[H, W, 3]` float32 textured background in [0, 255]."""
   kind = rng.integers(3)
   colour_a = rng.uniform(0, 255, size=3).astype(np.float32)
@@ -151,7 +146,7 @@ def _background(rng: np.random.Generator, height: int,
   ys, xs = _pixel_centres(height, width)
   theta = rng.uniform(0, np.pi)
   # Coordinate along a random direction, used by gradients and stripes.
-  along = (np.cos(theta) * xs + np.sin(theta) * ys)
+  along = np.cos(theta) * xs + np.sin(theta) * ys
   if kind == 0:  # noise
     image = colour_a + rng.normal(0, 25, size=(height, width, 3))
   elif kind == 1:  # linear gradient
@@ -164,8 +159,7 @@ def _background(rng: np.random.Generator, height: int,
   return image.astype(np.float32)
 
 
-def _contrasting_colour(rng: np.random.Generator,
-                        background_mean: np.ndarray) -> np.ndarray:
+def _contrasting_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
   """Draws an RGB colour that stands out from the background's mean."""
   for _ in range(20):
     colour = rng.uniform(0, 255, size=3).astype(np.float32)
@@ -175,9 +169,9 @@ def _contrasting_colour(rng: np.random.Generator,
   return np.where(background_mean > 127.5, 0.0, 255.0).astype(np.float32)
 
 
-def _placement_keeps_others_visible(new_mask: np.ndarray,
-                                    visible: Sequence[np.ndarray],
-                                    full_areas: Sequence[int]) -> bool:
+def _placement_keeps_others_visible(
+  new_mask: np.ndarray, visible: Sequence[np.ndarray], full_areas: Sequence[int]
+) -> bool:
   """True if every earlier shape keeps enough of itself visible.
 
   Enough means at least `_MIN_VISIBLE_FRACTION` of its full area and at least
@@ -186,19 +180,18 @@ def _placement_keeps_others_visible(new_mask: np.ndarray,
   """
   for mask, full_area in zip(visible, full_areas):
     remaining = np.count_nonzero(mask & ~new_mask)
-    needed = max(_MIN_VISIBLE_FRACTION * full_area,
-                 min(_MIN_VISIBLE_PIXELS, full_area))
+    needed = max(_MIN_VISIBLE_FRACTION * full_area, min(_MIN_VISIBLE_PIXELS, full_area))
     if remaining < needed:
       return False
   return True
 
 
 def render_shapes_image(
-    rng: np.random.Generator,
-    height: int = 128,
-    width: int = 128,
-    size_range: Optional[Tuple[float, float]] = None,
-    max_objects: int = 4,
+  rng: np.random.Generator,
+  height: int = 128,
+  width: int = 128,
+  size_range: Optional[Tuple[float, float]] = None,
+  max_objects: int = 4,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Draws one image with its instance annotations.
 
@@ -223,8 +216,9 @@ def render_shapes_image(
   min_size, max_size = size_range or _default_size_range(height, width)
   if not 4 <= min_size <= max_size <= min(height, width):
     raise ValueError(
-        f'size_range ({min_size}, {max_size}) must satisfy 4 <= min <= max <= '
-        f'min(height, width) = {min(height, width)}.')
+      f'size_range ({min_size}, {max_size}) must satisfy 4 <= min <= max <= '
+      f'min(height, width) = {min(height, width)}.'
+    )
   image = _background(rng, height, width)
   background_mean = image.reshape(-1, 3).mean(axis=0)
   visible, full_areas, classes = [], [], []
@@ -238,8 +232,7 @@ def render_shapes_image(
       cy = rng.uniform(size / 2, height - size / 2)
       angle = rng.uniform(0, 2 * np.pi)
       mask = shape_mask(category_id, cx, cy, size, angle, height, width)
-      if mask.any() and _placement_keeps_others_visible(mask, visible,
-                                                        full_areas):
+      if mask.any() and _placement_keeps_others_visible(mask, visible, full_areas):
         break
     else:
       continue  # No placement left the others visible: leave this shape out.
@@ -276,8 +269,7 @@ def mask_to_rle(mask: np.ndarray) -> Dict[str, Any]:
   approximate; pycocotools reads RLE for crowd and non-crowd objects alike.
   """
   rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-  return {'size': [int(s) for s in rle['size']],
-          'counts': rle['counts'].decode('ascii')}
+  return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
 
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -291,14 +283,16 @@ def _write_png(image: np.ndarray, path: str) -> None:
   files.atomic_write(path, buffer.getvalue())
 
 
-def write_shapes_split(output_dir: str,
-                       split: str,
-                       num_images: int,
-                       height: int = 128,
-                       width: int = 128,
-                       seed: int = 0,
-                       size_range: Optional[Tuple[float, float]] = None,
-                       show_progress: bool = True) -> Dict[str, Any]:
+def write_shapes_split(
+  output_dir: str,
+  split: str,
+  num_images: int,
+  height: int = 128,
+  width: int = 128,
+  seed: int = 0,
+  size_range: Optional[Tuple[float, float]] = None,
+  show_progress: bool = True,
+) -> Dict[str, Any]:
   """Writes the PNG images and the COCO instances JSON of one split.
 
   Files: `<output_dir>/<split>/<image_id:06d>.png` and
@@ -328,18 +322,20 @@ def write_shapes_split(output_dir: str,
     raise ValueError(f'num_images must be >= 1, got {num_images}.')
   image_dir = os.path.join(output_dir, split)
   images, annotations = [], []
-  progress = coco_tfrecord.TextProgress(num_images, f'Drawing {split} shapes',
-                                        enabled=show_progress)
+  progress = coco_tfrecord.TextProgress(
+    num_images, f'Drawing {split} shapes', enabled=show_progress
+  )
   for index in range(num_images):
     image_id = index + 1
     image, masks, classes = render_shapes_image(
-        _image_rng(seed, split, index), height, width, size_range)
+      _image_rng(seed, split, index), height, width, size_range
+    )
     file_name = f'{image_id:06d}.png'
     _write_png(image, os.path.join(image_dir, file_name))
-    images.append({'id': image_id, 'file_name': file_name, 'height': height,
-                   'width': width})
+    images.append({'id': image_id, 'file_name': file_name, 'height': height, 'width': width})
     for mask, category_id in zip(masks, classes):
-      annotations.append({
+      annotations.append(
+        {
           'id': len(annotations) + 1,
           'image_id': image_id,
           'category_id': int(category_id),
@@ -347,31 +343,45 @@ def write_shapes_split(output_dir: str,
           'area': float(np.count_nonzero(mask)),
           'iscrowd': 0,
           'segmentation': mask_to_rle(mask),
-      })
+        }
+      )
     progress.update()
   progress.close()
   annotation_file = os.path.join(output_dir, 'annotations', f'instances_{split}.json')
-  files.write_json_atomically({
-      'info': {'description': 'official_spinenet synthetic shapes',
-               'version': '1.0', 'seed': int(seed)},
+  files.write_json_atomically(
+    {
+      'info': {
+        'description': 'official_spinenet synthetic shapes',
+        'version': '1.0',
+        'seed': int(seed),
+      },
       'licenses': [],
       'images': images,
       'annotations': annotations,
       'categories': [dict(c) for c in CATEGORIES],
-  }, annotation_file, indent=None)
-  return {'image_dir': image_dir, 'annotation_file': annotation_file,
-          'num_images': num_images, 'num_objects': len(annotations)}
+    },
+    annotation_file,
+    indent=None,
+  )
+  return {
+    'image_dir': image_dir,
+    'annotation_file': annotation_file,
+    'num_images': num_images,
+    'num_objects': len(annotations),
+  }
 
 
-def make_shapes_dataset(output_dir: str,
-                        num_train: int = 1000,
-                        num_val: int = 200,
-                        image_size: image_sizes.ImageSize = 128,
-                        seed: int = 0,
-                        num_shards: int = 2,
-                        include_masks: bool = True,
-                        size_range: Optional[Tuple[float, float]] = None,
-                        show_progress: bool = True) -> Dict[str, Dict[str, Any]]:
+def make_shapes_dataset(
+  output_dir: str,
+  num_train: int = 1000,
+  num_val: int = 200,
+  image_size: image_sizes.ImageSize = 128,
+  seed: int = 0,
+  num_shards: int = 2,
+  include_masks: bool = True,
+  size_range: Optional[Tuple[float, float]] = None,
+  show_progress: bool = True,
+) -> Dict[str, Dict[str, Any]]:
   """Writes the synthetic shapes dataset: COCO JSON, PNGs and TFRecords.
 
   Layout under `output_dir`:
@@ -407,26 +417,32 @@ def make_shapes_dataset(output_dir: str,
   if min(height, width) < 16:
     raise ValueError(f'image_size must be at least 16 pixels, got {image_size}.')
   if num_train < 1 or num_val < 0:
-    raise ValueError(
-        f'Need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}.')
+    raise ValueError(f'Need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}.')
   result = {}
   for split, num_images in (('train', num_train), ('val', num_val)):
     if num_images == 0:
       continue
-    paths = write_shapes_split(output_dir, split, num_images, height, width,
-                               seed, size_range, show_progress)
+    paths = write_shapes_split(
+      output_dir, split, num_images, height, width, seed, size_range, show_progress
+    )
     summary = coco_tfrecord.convert_coco_to_tfrecords(
-        image_dir=paths['image_dir'],
-        annotation_file=paths['annotation_file'],
-        output_prefix=os.path.join(output_dir, 'tfrecords', split),
-        num_shards=num_shards,
-        include_masks=include_masks,
-        show_progress=show_progress)
+      image_dir=paths['image_dir'],
+      annotation_file=paths['annotation_file'],
+      output_prefix=os.path.join(output_dir, 'tfrecords', split),
+      num_shards=num_shards,
+      include_masks=include_masks,
+      show_progress=show_progress,
+    )
     paths['tfrecord_pattern'] = summary.tfrecord_pattern
     paths['tfrecord_files'] = summary.tfrecord_files
     result[split] = paths
-    logging.info('Shapes %s: %d images, %d objects, %s', split, num_images,
-                 paths['num_objects'], summary.tfrecord_pattern)
+    logging.info(
+      'Shapes %s: %d images, %d objects, %s',
+      split,
+      num_images,
+      paths['num_objects'],
+      summary.tfrecord_pattern,
+    )
   return result
 
 
@@ -434,11 +450,13 @@ def make_shapes_dataset(output_dir: str,
 DATASET_MARKER = 'dataset.json'
 
 
-def ensure_shapes_dataset(data_dir: str,
-                          num_train: int,
-                          num_val: int,
-                          image_size: image_sizes.ImageSize = 128,
-                          seed: int = 0) -> Dict[str, Dict[str, Any]]:
+def ensure_shapes_dataset(
+  data_dir: str,
+  num_train: int,
+  num_val: int,
+  image_size: image_sizes.ImageSize = 128,
+  seed: int = 0,
+) -> Dict[str, Dict[str, Any]]:
   """The shapes dataset in `data_dir`, generated unless a finished copy is there.
 
   A finished copy is one whose marker (`<data_dir>/dataset.json`, written
@@ -457,15 +475,20 @@ def ensure_shapes_dataset(data_dir: str,
     What `make_shapes_dataset` returns: `{split: {'image_dir', 'annotation_file',
     'tfrecord_pattern', 'tfrecord_files', 'num_images', 'num_objects'}}`.
   """
-  settings = {'num_train': num_train, 'num_val': num_val,
-              'image_size': list(image_sizes.parse_image_size(image_size)), 'seed': seed}
+  settings = {
+    'num_train': num_train,
+    'num_val': num_val,
+    'image_size': list(image_sizes.parse_image_size(image_size)),
+    'seed': seed,
+  }
   marker = os.path.join(data_dir, DATASET_MARKER)
   if tf.io.gfile.exists(marker):
     recorded = files.read_json(marker, 'Shapes dataset marker')
     if recorded.get('settings') == settings:
       logging.info('Using the shapes dataset in %s.', data_dir)
       return recorded['splits']
-  paths = make_shapes_dataset(data_dir, num_train=num_train, num_val=num_val,
-                              image_size=image_size, seed=seed)
+  paths = make_shapes_dataset(
+    data_dir, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
+  )
   files.write_json_atomically({'settings': settings, 'splits': paths}, marker, indent=2)
   return paths

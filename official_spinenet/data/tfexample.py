@@ -23,6 +23,7 @@ Shards are named `<prefix>-00000-of-00004.tfrecord` and written under a
 temporary name first (`utils.files.atomic_output`), so a reader never sees a
 half-written shard.
 """
+
 import contextlib
 import io
 import os
@@ -80,28 +81,26 @@ def encode_png_mask(mask: np.ndarray) -> bytes:
 
 def _check_length(name: str, values: Sequence, expected: int) -> None:
   if len(values) != expected:
-    raise ValueError(
-        f'{name} has {len(values)} entries but there are {expected} boxes.')
+    raise ValueError(f'{name} has {len(values)} entries but there are {expected} boxes.')
 
 
 def _check_boxes(boxes: np.ndarray) -> None:
   """Raises ValueError unless `boxes` is a valid `[N, 4]` normalised array."""
   if boxes.ndim != 2 or boxes.shape[1] != 4:
-    raise ValueError(
-        f'boxes must have shape [num_boxes, 4], got {boxes.shape}.')
+    raise ValueError(f'boxes must have shape [num_boxes, 4], got {boxes.shape}.')
   if not np.all(np.isfinite(boxes)):
     raise ValueError('boxes contain NaN or infinite values.')
   if boxes.size and (boxes.min() < 0.0 or boxes.max() > 1.0):
     raise ValueError(
-        'boxes must be normalised to [0, 1]; got values in '
-        f'[{boxes.min()}, {boxes.max()}].')
+      f'boxes must be normalised to [0, 1]; got values in [{boxes.min()}, {boxes.max()}].'
+    )
   if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
-    raise ValueError('boxes must be [ymin, xmin, ymax, xmax] with ymin <= ymax '
-                     'and xmin <= xmax.')
+    raise ValueError('boxes must be [ymin, xmin, ymax, xmax] with ymin <= ymax and xmin <= xmax.')
 
 
-def _encode_masks(masks: Union[np.ndarray, Sequence[bytes]], num_boxes: int,
-                  height: int, width: int) -> List[bytes]:
+def _encode_masks(
+  masks: Union[np.ndarray, Sequence[bytes]], num_boxes: int, height: int, width: int
+) -> List[bytes]:
   """Returns one PNG per instance from arrays or already-encoded PNGs."""
   _check_length('masks', masks, num_boxes)
   encoded = []
@@ -112,8 +111,8 @@ def _encode_masks(masks: Union[np.ndarray, Sequence[bytes]], num_boxes: int,
     mask = np.asarray(mask)
     if mask.shape != (height, width):
       raise ValueError(
-          f'Each mask must have the image shape ({height}, {width}), got '
-          f'{mask.shape}.')
+        f'Each mask must have the image shape ({height}, {width}), got {mask.shape}.'
+      )
     encoded.append(encode_png_mask(mask))
   return encoded
 
@@ -124,13 +123,13 @@ def _image_format(image_format: str) -> str:
   if image_format == 'jpg':
     image_format = 'jpeg'
   if image_format not in _IMAGE_FORMATS:
-    raise ValueError(
-        f'image_format must be one of {_IMAGE_FORMATS}, got {image_format!r}.')
+    raise ValueError(f'image_format must be one of {_IMAGE_FORMATS}, got {image_format!r}.')
   return image_format
 
 
-def _object_fields(boxes, classes, class_texts, is_crowd, areas, height: int,
-                   width: int) -> Tuple[np.ndarray, List[int], Sequence, Sequence, Sequence]:
+def _object_fields(
+  boxes, classes, class_texts, is_crowd, areas, height: int, width: int
+) -> Tuple[np.ndarray, List[int], Sequence, Sequence, Sequence]:
   """Checks the per-object arguments of `make_detection_example`; fills defaults.
 
   Returns:
@@ -144,8 +143,7 @@ def _object_fields(boxes, classes, class_texts, is_crowd, areas, height: int,
   _check_length('classes', classes, num_boxes)
   classes = [int(c) for c in classes]
   if any(c < 1 for c in classes):
-    raise ValueError(
-        f'Class ids must be >= 1 (0 is the background class), got {classes}.')
+    raise ValueError(f'Class ids must be >= 1 (0 is the background class), got {classes}.')
   if class_texts is None:
     class_texts = [b''] * num_boxes
   _check_length('class_texts', class_texts, num_boxes)
@@ -153,26 +151,25 @@ def _object_fields(boxes, classes, class_texts, is_crowd, areas, height: int,
     is_crowd = [0] * num_boxes
   _check_length('is_crowd', is_crowd, num_boxes)
   if areas is None:
-    areas = ((boxes[:, 2] - boxes[:, 0]) * height *
-             (boxes[:, 3] - boxes[:, 1]) * width).tolist()
+    areas = ((boxes[:, 2] - boxes[:, 0]) * height * (boxes[:, 3] - boxes[:, 1]) * width).tolist()
   _check_length('areas', areas, num_boxes)
   return boxes, classes, class_texts, is_crowd, areas
 
 
 def make_detection_example(
-    *,
-    encoded_image: bytes,
-    image_format: str,
-    height: int,
-    width: int,
-    source_id: Union[str, int],
-    boxes: np.ndarray,
-    classes: Sequence[int],
-    class_texts: Optional[Sequence[Union[str, bytes]]] = None,
-    is_crowd: Optional[Sequence[int]] = None,
-    areas: Optional[Sequence[float]] = None,
-    masks: Optional[Union[np.ndarray, Sequence[bytes]]] = None,
-    filename: Optional[str] = None,
+  *,
+  encoded_image: bytes,
+  image_format: str,
+  height: int,
+  width: int,
+  source_id: Union[str, int],
+  boxes: np.ndarray,
+  classes: Sequence[int],
+  class_texts: Optional[Sequence[Union[str, bytes]]] = None,
+  is_crowd: Optional[Sequence[int]] = None,
+  areas: Optional[Sequence[float]] = None,
+  masks: Optional[Union[np.ndarray, Sequence[bytes]]] = None,
+  filename: Optional[str] = None,
 ) -> tf.train.Example:
   """Builds a detection tf.Example in the TfExampleDecoder layout.
 
@@ -208,29 +205,28 @@ def make_detection_example(
   if height <= 0 or width <= 0:
     raise ValueError(f'Image size must be positive, got {height}x{width}.')
   boxes, classes, class_texts, is_crowd, areas = _object_fields(
-      boxes, classes, class_texts, is_crowd, areas, height, width)
+    boxes, classes, class_texts, is_crowd, areas, height, width
+  )
   num_boxes = boxes.shape[0]
   feature = {
-      'image/encoded': _bytes_list([encoded_image]),
-      'image/format': _bytes_list([image_format.encode('ascii')]),
-      'image/height': _int64_list([int(height)]),
-      'image/width': _int64_list([int(width)]),
-      'image/source_id': _bytes_list([_to_bytes(str(source_id))]),
-      'image/object/bbox/ymin': _float_list(boxes[:, 0].tolist()),
-      'image/object/bbox/xmin': _float_list(boxes[:, 1].tolist()),
-      'image/object/bbox/ymax': _float_list(boxes[:, 2].tolist()),
-      'image/object/bbox/xmax': _float_list(boxes[:, 3].tolist()),
-      'image/object/class/label': _int64_list(classes),
-      'image/object/class/text': _bytes_list(
-          [_to_bytes(t) for t in class_texts]),
-      'image/object/is_crowd': _int64_list([int(bool(c)) for c in is_crowd]),
-      'image/object/area': _float_list([float(a) for a in areas]),
+    'image/encoded': _bytes_list([encoded_image]),
+    'image/format': _bytes_list([image_format.encode('ascii')]),
+    'image/height': _int64_list([int(height)]),
+    'image/width': _int64_list([int(width)]),
+    'image/source_id': _bytes_list([_to_bytes(str(source_id))]),
+    'image/object/bbox/ymin': _float_list(boxes[:, 0].tolist()),
+    'image/object/bbox/xmin': _float_list(boxes[:, 1].tolist()),
+    'image/object/bbox/ymax': _float_list(boxes[:, 2].tolist()),
+    'image/object/bbox/xmax': _float_list(boxes[:, 3].tolist()),
+    'image/object/class/label': _int64_list(classes),
+    'image/object/class/text': _bytes_list([_to_bytes(t) for t in class_texts]),
+    'image/object/is_crowd': _int64_list([int(bool(c)) for c in is_crowd]),
+    'image/object/area': _float_list([float(a) for a in areas]),
   }
   if filename is not None:
     feature['image/filename'] = _bytes_list([_to_bytes(filename)])
   if masks is not None:
-    feature['image/object/mask'] = _bytes_list(
-        _encode_masks(masks, num_boxes, height, width))
+    feature['image/object/mask'] = _bytes_list(_encode_masks(masks, num_boxes, height, width))
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -280,11 +276,8 @@ class ShardedTFRecordWriter:
     if int(num_shards) != num_shards or num_shards < 1:
       raise ValueError(f'num_shards must be an integer >= 1, got {num_shards}.')
     if not output_prefix or output_prefix.endswith(os.sep):
-      raise ValueError(
-          f'output_prefix must be a file name prefix, got {output_prefix!r}.')
-    self._paths = [
-        shard_path(output_prefix, i, num_shards) for i in range(num_shards)
-    ]
+      raise ValueError(f'output_prefix must be a file name prefix, got {output_prefix!r}.')
+    self._paths = [shard_path(output_prefix, i, num_shards) for i in range(num_shards)]
     # Closing the stack closes each shard's writer, then renames its file into
     # place (callbacks run last-in first-out); an exception inside it removes them.
     self._shards = contextlib.ExitStack()

@@ -31,8 +31,20 @@ from pycocotools import cocoeval
 from official_spinenet.utils import files
 
 # COCOeval.stats, in order.
-METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
-                'ARmax1', 'ARmax10', 'ARmax100', 'ARs', 'ARm', 'ARl')
+METRIC_NAMES = (
+  'AP',
+  'AP50',
+  'AP75',
+  'APs',
+  'APm',
+  'APl',
+  'ARmax1',
+  'ARmax10',
+  'ARmax100',
+  'ARs',
+  'ARm',
+  'ARl',
+)
 UNDEFINED = -1.0
 
 _DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
@@ -46,7 +58,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 def _check_shape(name: str, array: np.ndarray, expected: Sequence[Optional[int]]) -> None:
   """Raises ValueError naming `name` unless array's shape matches (None: any size)."""
   if array.ndim != len(expected) or any(
-      e is not None and s != e for s, e in zip(array.shape, expected)):
+    e is not None and s != e for s, e in zip(array.shape, expected)
+  ):
     wanted = '[' + ', '.join('?' if e is None else str(e) for e in expected) + ']'
     raise ValueError(f'{name} must have shape {wanted}, got {list(array.shape)}.')
 
@@ -66,7 +79,8 @@ def _load_annotations(annotation_file: str) -> coco_lib.COCO:
     coco_gt, _ = _capture_stdout(coco_lib.COCO, annotation_file)
   except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
     raise ValueError(
-        f'COCO annotation file {annotation_file!r} is not a COCO instances JSON: {e}') from e
+      f'COCO annotation file {annotation_file!r} is not a COCO instances JSON: {e}'
+    ) from e
   missing = [k for k in ('images', 'annotations', 'categories') if k not in coco_gt.dataset]
   if missing:
     raise ValueError(f'COCO annotation file {annotation_file!r} has no {missing}.')
@@ -107,10 +121,12 @@ class COCOEvaluator:
     evaluator.write_json(os.path.join(model_dir, 'metrics.json'))
   """
 
-  def __init__(self,
-               annotation_file: Optional[str] = None,
-               per_category_metrics: bool = True,
-               category_names: Optional[Mapping[int, str]] = None):
+  def __init__(
+    self,
+    annotation_file: Optional[str] = None,
+    per_category_metrics: bool = True,
+    category_names: Optional[Mapping[int, str]] = None,
+  ):
     """Initializes the evaluator.
 
     Args:
@@ -153,11 +169,13 @@ class COCOEvaluator:
   def num_detections(self) -> int:
     return int(sum(len(d) for d in self._detections))
 
-  def update(self,
-             detections: Mapping[str, Any],
-             image_info: Any,
-             source_ids: Any,
-             groundtruths: Optional[Mapping[str, Any]] = None) -> None:
+  def update(
+    self,
+    detections: Mapping[str, Any],
+    image_info: Any,
+    source_ids: Any,
+    groundtruths: Optional[Mapping[str, Any]] = None,
+  ) -> None:
     """Adds one batch (or several, concatenated) of detections.
 
     Args:
@@ -188,41 +206,51 @@ class COCOEvaluator:
     _check_shape('image_info', image_info, [batch_size, 4, 2])
     _check_shape('source_ids', source_ids, [batch_size])
     if np.any(image_info[:, 2] <= 0):
-      raise ValueError(f'image_info[:, 2] (the resize scale) must be positive, got '
-                       f'{image_info[:, 2].tolist()}.')
+      raise ValueError(
+        f'image_info[:, 2] (the resize scale) must be positive, got {image_info[:, 2].tolist()}.'
+      )
     image_ids = [int(i) for i in source_ids]
     self._check_new_image_ids(image_ids)
     if self._coco_gt is None:
       if groundtruths is None:
-        raise ValueError('This evaluator has no annotation file: update() needs the '
-                         "groundtruths (labels['groundtruths']).")
+        raise ValueError(
+          'This evaluator has no annotation file: update() needs the '
+          "groundtruths (labels['groundtruths'])."
+        )
       self._add_groundtruths(groundtruths, image_ids)
 
     valid = np.arange(num_boxes)[None, :] < counts[:, None]  # [B, N]
     y1, x1, y2, x2 = np.moveaxis(original_image_boxes(boxes, image_info)[valid], -1, 0)
     image_column = np.repeat(np.asarray(image_ids, np.float64), valid.sum(axis=1))
-    self._detections.append(np.stack(
-        [image_column, x1, y1, x2 - x1, y2 - y1, scores[valid], classes[valid]],
-        axis=1).astype(np.float64))
+    self._detections.append(
+      np.stack(
+        [image_column, x1, y1, x2 - x1, y2 - y1, scores[valid], classes[valid]], axis=1
+      ).astype(np.float64)
+    )
     self._image_ids.extend(image_ids)
     self._seen.update(image_ids)
 
   def _check_new_image_ids(self, image_ids: Sequence[int]) -> None:
     repeated = sorted({i for i in image_ids if i in self._seen or image_ids.count(i) > 1})
     if repeated:
-      raise ValueError(f'Image ids {repeated[:10]} were given twice since reset(): each '
-                       'image must be evaluated once (is the eval dataset repeated?).')
+      raise ValueError(
+        f'Image ids {repeated[:10]} were given twice since reset(): each '
+        'image must be evaluated once (is the eval dataset repeated?).'
+      )
     if self._coco_gt is not None:
       unknown = [i for i in image_ids if i not in self._coco_gt.imgs]
       if unknown:
-        raise ValueError(f'Image ids {unknown[:10]} are not in the annotation file '
-                         f'{self._annotation_file!r}.')
+        raise ValueError(
+          f'Image ids {unknown[:10]} are not in the annotation file {self._annotation_file!r}.'
+        )
 
-  def _add_groundtruths(self, groundtruths: Mapping[str, Any],
-                        image_ids: Sequence[int]) -> None:
+  def _add_groundtruths(self, groundtruths: Mapping[str, Any], image_ids: Sequence[int]) -> None:
     """Converts one batch of parser groundtruths to COCO images and annotations."""
-    missing = [k for k in ('source_id', 'height', 'width', 'num_detections', 'boxes',
-                           'classes') if k not in groundtruths]
+    missing = [
+      k
+      for k in ('source_id', 'height', 'width', 'num_detections', 'boxes', 'classes')
+      if k not in groundtruths
+    ]
     if missing:
       raise ValueError(f'groundtruths lack {missing}; got keys {sorted(groundtruths)}.')
     batch_size = len(image_ids)
@@ -237,34 +265,42 @@ class COCOEvaluator:
       if key in gt:
         _check_shape(f"groundtruths['{key}']", gt[key], [batch_size, max_instances])
     if [int(i) for i in gt['source_id']] != list(image_ids):
-      raise ValueError(f"groundtruths['source_id'] {gt['source_id'].tolist()} differs from "
-                       f'source_ids {list(image_ids)}.')
+      raise ValueError(
+        f"groundtruths['source_id'] {gt['source_id'].tolist()} differs from "
+        f'source_ids {list(image_ids)}.'
+      )
     for b, image_id in enumerate(image_ids):
-      self._gt_images.append({'id': image_id, 'height': int(gt['height'][b]),
-                              'width': int(gt['width'][b])})
+      self._gt_images.append(
+        {'id': image_id, 'height': int(gt['height'][b]), 'width': int(gt['width'][b])}
+      )
       for k in range(min(int(gt['num_detections'][b]), max_instances)):
         y1, x1, y2, x2 = (float(v) for v in gt['boxes'][b, k])
-        self._gt_annotations.append({
+        self._gt_annotations.append(
+          {
             'id': len(self._gt_annotations) + 1,  # COCOeval takes id 0 for "no match"
             'image_id': image_id,
             'category_id': int(gt['classes'][b, k]),
             'bbox': [x1, y1, x2 - x1, y2 - y1],
             'area': float(gt['areas'][b, k]) if 'areas' in gt else (x2 - x1) * (y2 - y1),
             'iscrowd': int(gt['is_crowds'][b, k]) if 'is_crowds' in gt else 0,
-        })
+          }
+        )
 
   def _ground_truth(self) -> coco_lib.COCO:
     """The annotation file's COCO, or one built from the groundtruths seen."""
     if self._coco_gt is not None:
       return self._coco_gt
-    category_ids = (sorted(self._category_names) if self._category_names is not None else
-                    sorted({a['category_id'] for a in self._gt_annotations}))
+    category_ids = (
+      sorted(self._category_names)
+      if self._category_names is not None
+      else sorted({a['category_id'] for a in self._gt_annotations})
+    )
     names = self._category_names or {}
     coco_gt = coco_lib.COCO()
     coco_gt.dataset = {
-        'images': list(self._gt_images),
-        'annotations': list(self._gt_annotations),
-        'categories': [{'id': i, 'name': names.get(i, f'class_{i}')} for i in category_ids],
+      'images': list(self._gt_images),
+      'annotations': list(self._gt_annotations),
+      'categories': [{'id': i, 'name': names.get(i, f'class_{i}')} for i in category_ids],
     }
     _capture_stdout(coco_gt.createIndex)
     return coco_gt
@@ -276,8 +312,11 @@ class COCOEvaluator:
       return _capture_stdout(coco_gt.loadRes, rows)[0]
     # loadRes cannot take an empty list: an empty result set evaluates to 0.
     coco_dt = coco_lib.COCO()
-    coco_dt.dataset = {'images': list(coco_gt.dataset['images']), 'annotations': [],
-                       'categories': list(coco_gt.dataset['categories'])}
+    coco_dt.dataset = {
+      'images': list(coco_gt.dataset['images']),
+      'annotations': [],
+      'categories': list(coco_gt.dataset['categories']),
+    }
     _capture_stdout(coco_dt.createIndex)
     return coco_dt
 
@@ -329,8 +368,15 @@ class COCOEvaluator:
   def detections_json(self) -> List[Dict[str, Any]]:
     """The detections in COCO results format (original-image pixels)."""
     rows = np.concatenate(self._detections) if self._detections else np.zeros([0, 7])
-    return [{'image_id': int(r[0]), 'category_id': int(r[6]),
-             'bbox': [float(v) for v in r[1:5]], 'score': float(r[5])} for r in rows]
+    return [
+      {
+        'image_id': int(r[0]),
+        'category_id': int(r[6]),
+        'bbox': [float(v) for v in r[1:5]],
+        'score': float(r[5]),
+      }
+      for r in rows
+    ]
 
   def write_json(self, path: str, metrics: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Writes metrics (default: result()) to path atomically and returns them."""
@@ -341,4 +387,3 @@ class COCOEvaluator:
   def write_detections_json(self, path: str) -> None:
     """Writes the detections in COCO results format to path atomically."""
     files.write_json_atomically(self.detections_json(), path)
-

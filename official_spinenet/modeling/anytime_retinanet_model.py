@@ -44,8 +44,9 @@ from official_spinenet.utils import tracking
 Outputs = Dict[str, Dict[str, tf.Tensor]]
 
 
-def resolve_exit_index(exit_index: Optional[int], num_exits: int,
-                       default: Optional[int] = None) -> int:
+def resolve_exit_index(
+  exit_index: Optional[int], num_exits: int, default: Optional[int] = None
+) -> int:
   """The 1-based exit for exit_index (None: default, else the last; negative: from the end).
 
   Raises:
@@ -57,8 +58,10 @@ def resolve_exit_index(exit_index: Optional[int], num_exits: int,
     raise ValueError(f'exit_index must be an int, got {exit_index!r}.')
   resolved = exit_index + num_exits + 1 if exit_index < 0 else exit_index
   if not 1 <= resolved <= num_exits:
-    raise ValueError(f'exit_index must be in [1, {num_exits}] (or [-{num_exits}, -1] from the '
-                     f'end) for a model with {num_exits} exits, got {exit_index}.')
+    raise ValueError(
+      f'exit_index must be in [1, {num_exits}] (or [-{num_exits}, -1] from the '
+      f'end) for a model with {num_exits} exits, got {exit_index}.'
+    )
   return resolved
 
 
@@ -66,16 +69,18 @@ def resolve_exit_index(exit_index: Optional[int], num_exits: int,
 class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
   """Backbone -> stacked NAS-FPN -> a RetinaNet head after every repeat."""
 
-  def __init__(self,
-               backbone: tf_keras.Model,
-               head: retinanet_head_lib.RetinaNetHead,
-               decoder: tf_keras.Model,
-               num_scales: int = 3,
-               aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-               anchor_size: float = 4.0,
-               separate_heads: bool = False,
-               default_exit_index: Optional[int] = None,
-               **kwargs):
+  def __init__(
+    self,
+    backbone: tf_keras.Model,
+    head: retinanet_head_lib.RetinaNetHead,
+    decoder: tf_keras.Model,
+    num_scales: int = 3,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    anchor_size: float = 4.0,
+    separate_heads: bool = False,
+    default_exit_index: Optional[int] = None,
+    **kwargs,
+  ):
     """Initializes the model.
 
     Args:
@@ -90,22 +95,33 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
       default_exit_index: the exit inference uses when none is given (None: last).
       **kwargs: passed to tf_keras.Model.
     """
-    if decoder is None or not (hasattr(decoder, 'early_exit_model') and
-                               hasattr(decoder, 'num_repeats')):
-      raise ValueError('AnytimeRetinaNetModel needs a stacked decoder with `num_repeats` and '
-                       f'`early_exit_model(k)` (a NASFPN); got {decoder!r}.')
-    super().__init__(backbone=backbone, head=head, decoder=decoder, num_scales=num_scales,
-                     aspect_ratios=aspect_ratios, anchor_size=anchor_size, **kwargs)
+    if decoder is None or not (
+      hasattr(decoder, 'early_exit_model') and hasattr(decoder, 'num_repeats')
+    ):
+      raise ValueError(
+        'AnytimeRetinaNetModel needs a stacked decoder with `num_repeats` and '
+        f'`early_exit_model(k)` (a NASFPN); got {decoder!r}.'
+      )
+    super().__init__(
+      backbone=backbone,
+      head=head,
+      decoder=decoder,
+      num_scales=num_scales,
+      aspect_ratios=aspect_ratios,
+      anchor_size=anchor_size,
+      **kwargs,
+    )
     self._num_exits = int(decoder.num_repeats)
     if separate_heads:
       head_class, head_config = type(head), head.get_config()
       # The last exit uses `head` itself (tracked as `_head`, as in RetinaNetModel).
-      self._exit_heads = [head_class.from_config({**head_config, 'name': f'exit_{k}_head'})
-                          for k in range(1, self._num_exits)]
+      self._exit_heads = [
+        head_class.from_config({**head_config, 'name': f'exit_{k}_head'})
+        for k in range(1, self._num_exits)
+      ]
     self._separate_heads = bool(separate_heads)
     self._default_exit_index = resolve_exit_index(default_exit_index, self._num_exits)
-    self._update_config(separate_heads=self._separate_heads,
-                        default_exit_index=default_exit_index)
+    self._update_config(separate_heads=self._separate_heads, default_exit_index=default_exit_index)
     self._all_exits_decoders = tracking.Untracked({})
 
   @property
@@ -158,8 +174,9 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
       cache[num_exits] = tf_keras.Model(views[0].input, [v.output for v in views])
     return cache[num_exits]
 
-  def call(self, images, training=None, exit_index: Optional[int] = None,
-           all_exits: Optional[bool] = None) -> Union[Outputs, List[Outputs]]:
+  def call(
+    self, images, training=None, exit_index: Optional[int] = None, all_exits: Optional[bool] = None
+  ) -> Union[Outputs, List[Outputs]]:
     """Runs the backbone, the first k NAS-FPN repeats and the heads.
 
     Args:
@@ -178,8 +195,11 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
     """
     if all_exits is None:
       all_exits = isinstance(training, bool) and training
-    last = (resolve_exit_index(exit_index, self._num_exits) if all_exits
-            else self.resolve_exit(exit_index))
+    last = (
+      resolve_exit_index(exit_index, self._num_exits)
+      if all_exits
+      else self.resolve_exit(exit_index)
+    )
     features = self._backbone(images, training=training)
     pyramids = self._decoder_up_to(last, all_exits)(features, training=training)
     if not all_exits:
@@ -191,10 +211,15 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
       outputs.append({'cls_outputs': cls_outputs, 'box_outputs': box_outputs})
     return outputs
 
-  def detect(self, images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
-             anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
-             training: bool = False, exit_index: Optional[int] = None,
-             **nms_settings) -> Dict[str, tf.Tensor]:
+  def detect(
+    self,
+    images: tf.Tensor,
+    image_shape: Optional[tf.Tensor] = None,
+    anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
+    training: bool = False,
+    exit_index: Optional[int] = None,
+    **nms_settings,
+  ) -> Dict[str, tf.Tensor]:
     """Detections of one exit; see `RetinaNetModel.detect`.
 
     Args:
@@ -204,8 +229,7 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
         repeats up to it run.
     """
     outputs = self(images, training=training, exit_index=exit_index, all_exits=False)
-    return self.detections_from_outputs(outputs, images, image_shape, anchor_boxes,
-                                        **nms_settings)
+    return self.detections_from_outputs(outputs, images, image_shape, anchor_boxes, **nms_settings)
 
   def exit_model(self, exit_index: Optional[int] = None) -> retinanet_model.RetinaNetModel:
     """A plain RetinaNetModel computing one exit, sharing this model's weights.
@@ -217,8 +241,11 @@ class AnytimeRetinaNetModel(retinanet_model.RetinaNetModel):
     k = self.resolve_exit(exit_index)
     config = self._config_dict
     return retinanet_model.RetinaNetModel(
-        backbone=self._backbone, head=self.heads[k - 1],
-        decoder=self._decoder.early_exit_model(k), num_scales=config['num_scales'],
-        aspect_ratios=config['aspect_ratios'], anchor_size=config['anchor_size'],
-        name=f'{self.name}_exit_{k}')
-
+      backbone=self._backbone,
+      head=self.heads[k - 1],
+      decoder=self._decoder.early_exit_model(k),
+      num_scales=config['num_scales'],
+      aspect_ratios=config['aspect_ratios'],
+      anchor_size=config['anchor_size'],
+      name=f'{self.name}_exit_{k}',
+    )

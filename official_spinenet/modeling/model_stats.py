@@ -28,15 +28,22 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-_CONV_TYPES = (tf_keras.layers.Conv1D, tf_keras.layers.Conv2D, tf_keras.layers.Conv3D,
-               tf_keras.layers.DepthwiseConv2D, tf_keras.layers.SeparableConv2D,
-               tf_keras.layers.SeparableConv1D, tf_keras.layers.DepthwiseConv1D)
+_CONV_TYPES = (
+  tf_keras.layers.Conv1D,
+  tf_keras.layers.Conv2D,
+  tf_keras.layers.Conv3D,
+  tf_keras.layers.DepthwiseConv2D,
+  tf_keras.layers.SeparableConv2D,
+  tf_keras.layers.SeparableConv1D,
+  tf_keras.layers.DepthwiseConv1D,
+)
 _COUNTED_TYPES = _CONV_TYPES + (tf_keras.layers.Dense,)
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerCall:
   """One counted call of a layer during the traced forward pass."""
+
   name: str
   kind: str
   input_shape: tuple
@@ -54,15 +61,18 @@ def count_params(model_or_layer: tf_keras.layers.Layer) -> int:
   """
   if not model_or_layer.built:
     raise ValueError(f'{model_or_layer.name} is not built; call it on an input first.')
-  return int(sum(np.prod(w.shape.as_list(), dtype=np.int64)
-                 for w in model_or_layer.trainable_weights))
+  return int(
+    sum(np.prod(w.shape.as_list(), dtype=np.int64) for w in model_or_layer.trainable_weights)
+  )
 
 
 def _static_shape(x, layer_name: str) -> tuple:
   shape = tuple(tf.TensorShape(x.shape).as_list())
   if any(d is None for d in shape):
-    raise ValueError(f'Layer {layer_name} saw the dynamic shape {shape}; multiply-adds '
-                     'need a fully static input shape.')
+    raise ValueError(
+      f'Layer {layer_name} saw the dynamic shape {shape}; multiply-adds '
+      'need a fully static input shape.'
+    )
   return shape
 
 
@@ -76,8 +86,9 @@ def _spatial(shape: tuple, layer) -> int:
   return int(np.prod([d for i, d in enumerate(shape) if i != axis], dtype=np.int64))
 
 
-def layer_multiply_adds(layer: tf_keras.layers.Layer, input_shape: tuple,
-                        output_shape: tuple) -> int:
+def layer_multiply_adds(
+  layer: tf_keras.layers.Layer, input_shape: tuple, output_shape: tuple
+) -> int:
   """Multiply-adds of one call of a conv/dense layer (for the whole batch)."""
   if isinstance(layer, tf_keras.layers.Dense):
     return int(np.prod(output_shape[:-1], dtype=np.int64)) * input_shape[-1] * output_shape[-1]
@@ -90,8 +101,14 @@ def layer_multiply_adds(layer: tf_keras.layers.Layer, input_shape: tuple,
     return out_positions * kernel * c_mid + out_positions * c_mid * c_out
   if isinstance(layer, (tf_keras.layers.DepthwiseConv1D, tf_keras.layers.DepthwiseConv2D)):
     return out_positions * kernel * c_in * layer.depth_multiplier
-  if isinstance(layer, (tf_keras.layers.Conv1DTranspose, tf_keras.layers.Conv2DTranspose,
-                        tf_keras.layers.Conv3DTranspose)):
+  if isinstance(
+    layer,
+    (
+      tf_keras.layers.Conv1DTranspose,
+      tf_keras.layers.Conv2DTranspose,
+      tf_keras.layers.Conv3DTranspose,
+    ),
+  ):
     return _spatial(input_shape, layer) * kernel * c_in * c_out
   groups = getattr(layer, 'groups', 1) or 1
   return out_positions * kernel * (c_in // groups) * c_out
@@ -107,16 +124,18 @@ def _input_signature(model, input_shape) -> Any:
   if isinstance(input_shape, tf.TensorSpec):
     return input_shape
   if isinstance(input_shape, tf.TensorShape) or (
-      isinstance(input_shape, (list, tuple)) and
-      all(d is None or isinstance(d, (int, np.integer)) for d in input_shape)):
+    isinstance(input_shape, (list, tuple))
+    and all(d is None or isinstance(d, (int, np.integer)) for d in input_shape)
+  ):
     shape = [1 if d is None else int(d) for d in tf.TensorShape(input_shape).as_list()]
     return tf.TensorSpec(shape, getattr(model, 'compute_dtype', None) or tf.float32)
   if isinstance(input_shape, dict):
     return {k: _input_signature(model, v) for k, v in input_shape.items()}
   if isinstance(input_shape, (list, tuple)):
     return type(input_shape)(_input_signature(model, v) for v in input_shape)
-  raise TypeError(f'input_shape must be a shape, a TensorSpec or a dict/list of them, '
-                  f'got {input_shape!r}.')
+  raise TypeError(
+    f'input_shape must be a shape, a TensorSpec or a dict/list of them, got {input_shape!r}.'
+  )
 
 
 def _batch_size(signature) -> int:
@@ -126,8 +145,9 @@ def _batch_size(signature) -> int:
   return sizes.pop()
 
 
-def multiply_adds_by_layer(model: tf_keras.layers.Layer,
-                           input_shape: Union[Sequence[int], Any]) -> List[LayerCall]:
+def multiply_adds_by_layer(
+  model: tf_keras.layers.Layer, input_shape: Union[Sequence[int], Any]
+) -> List[LayerCall]:
   """Every counted conv/dense call of one traced forward pass, per image.
 
   Args:
@@ -153,9 +173,17 @@ def multiply_adds_by_layer(model: tf_keras.layers.Layer,
       outputs = original(inputs, *args, **kwargs)
       in_shape = _static_shape(inputs, layer.name)
       out_shape = _static_shape(outputs, layer.name)
-      records.append(LayerCall(layer.name, type(layer).__name__, in_shape, out_shape,
-                               layer_multiply_adds(layer, in_shape, out_shape) // batch))
+      records.append(
+        LayerCall(
+          layer.name,
+          type(layer).__name__,
+          in_shape,
+          out_shape,
+          layer_multiply_adds(layer, in_shape, out_shape) // batch,
+        )
+      )
       return outputs
+
     return call
 
   @tf.function(autograph=False)
@@ -182,8 +210,9 @@ def multiply_adds_by_layer(model: tf_keras.layers.Layer,
   return records
 
 
-def count_multiply_adds(model: tf_keras.layers.Layer,
-                        input_shape: Union[Sequence[int], Any]) -> int:
+def count_multiply_adds(
+  model: tf_keras.layers.Layer, input_shape: Union[Sequence[int], Any]
+) -> int:
   """Multiply-adds of conv and dense layers for one image (see the module docstring).
 
   Args:

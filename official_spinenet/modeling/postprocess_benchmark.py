@@ -31,15 +31,21 @@ MIN_LEVEL, MAX_LEVEL = 3, 7
 @dataclasses.dataclass
 class Comparison:
   """One timing of both versions (seconds per batch, medians)."""
+
   batch_size: int
   candidates: int  # measured (anchor, class) pairs per image above the threshold
   reference_seconds: float
   ours_seconds: float
 
 
-def model_outputs(image_size: int, num_classes: int, batch_size: int, seed: int = 0,
-                  logit_stddev: float = 2.0, box_delta_stddev: float = 0.2
-                  ) -> Tuple[Dict[str, Any], Dict[str, tf.Tensor]]:
+def model_outputs(
+  image_size: int,
+  num_classes: int,
+  batch_size: int,
+  seed: int = 0,
+  logit_stddev: float = 2.0,
+  box_delta_stddev: float = 0.2,
+) -> Tuple[Dict[str, Any], Dict[str, tf.Tensor]]:
   """Head outputs of RetinaNet-SpineNet-49 (random weights) and the model's anchors.
 
   A freshly initialised head predicts almost constant outputs (its predictor
@@ -52,16 +58,18 @@ def model_outputs(image_size: int, num_classes: int, batch_size: int, seed: int 
     the anchor boxes per level).
   """
   tf_keras.utils.set_random_seed(seed)
-  backbone = factory.build_backbone('spinenet', '49',
-                                    input_specs=[None, image_size, image_size, 3])
-  head = retinanet_head.RetinaNetHead(min_level=MIN_LEVEL, max_level=MAX_LEVEL,
-                                      num_classes=num_classes)
+  backbone = factory.build_backbone('spinenet', '49', input_specs=[None, image_size, image_size, 3])
+  head = retinanet_head.RetinaNetHead(
+    min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=num_classes
+  )
   model = retinanet_model.RetinaNetModel(backbone=backbone, head=head)
   images = tf.random.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0, seed=seed)
   forward = tf.function(lambda x: model(x, training=False))
   forward(images[:1])  # builds the head's layers
-  predictors = ((head._classifier, 'cls_outputs', logit_stddev),  # pylint: disable=protected-access
-                (head._box_regressor, 'box_outputs', box_delta_stddev))  # pylint: disable=protected-access
+  predictors = (
+    (head._classifier, 'cls_outputs', logit_stddev),  # pylint: disable=protected-access
+    (head._box_regressor, 'box_outputs', box_delta_stddev),
+  )  # pylint: disable=protected-access
   for layer, _, _ in predictors:
     layer.kernel.assign(tf.random.normal(layer.kernel.shape, seed=seed))
     layer.bias.assign(tf.zeros_like(layer.bias))
@@ -72,13 +80,13 @@ def model_outputs(image_size: int, num_classes: int, batch_size: int, seed: int 
     layer.kernel.assign(layer.kernel * (stddev / measured))
   start = time.perf_counter()
   outputs = forward(images)
-  print(f'model forward (backbone + head), batch {batch_size}: '
-        f'{time.perf_counter() - start:.2f} s')
+  print(f'model forward (backbone + head), batch {batch_size}: {time.perf_counter() - start:.2f} s')
   return outputs, model.anchor_boxes((image_size, image_size))
 
 
-def with_candidates(outputs: Dict[str, Any], num_classes: int,
-                    target: int) -> Tuple[Dict[str, Any], int]:
+def with_candidates(
+  outputs: Dict[str, Any], num_classes: int, target: int
+) -> Tuple[Dict[str, Any], int]:
   """The outputs with class logits shifted so ~target pairs per image pass the threshold.
 
   Adding a constant to the logits is setting the classifier's bias to it.
@@ -87,13 +95,19 @@ def with_candidates(outputs: Dict[str, Any], num_classes: int,
     (the shifted outputs, the measured pairs per image above the threshold).
   """
   batch_size = next(iter(outputs['cls_outputs'].values())).shape[0]
-  logits = np.concatenate([v.numpy().reshape(batch_size, -1, num_classes)
-                           for v in outputs['cls_outputs'].values()], axis=1)
+  logits = np.concatenate(
+    [v.numpy().reshape(batch_size, -1, num_classes) for v in outputs['cls_outputs'].values()],
+    axis=1,
+  )
   foreground = logits[..., 1:].ravel()
-  threshold = np.float32(np.log(retinanet_model.PRE_NMS_SCORE_THRESHOLD /
-                                (1.0 - retinanet_model.PRE_NMS_SCORE_THRESHOLD)))
-  shift = np.float32(threshold - np.quantile(foreground, 1.0 - target / foreground.size *
-                                             batch_size))
+  threshold = np.float32(
+    np.log(
+      retinanet_model.PRE_NMS_SCORE_THRESHOLD / (1.0 - retinanet_model.PRE_NMS_SCORE_THRESHOLD)
+    )
+  )
+  shift = np.float32(
+    threshold - np.quantile(foreground, 1.0 - target / foreground.size * batch_size)
+  )
   shifted = {k: v + shift for k, v in outputs['cls_outputs'].items()}
   count = int(np.sum(foreground + shift > threshold)) // batch_size
   return {'cls_outputs': shifted, 'box_outputs': outputs['box_outputs']}, count
@@ -101,8 +115,11 @@ def with_candidates(outputs: Dict[str, Any], num_classes: int,
 
 def _post_processing(nms_version: str, outputs, anchors, image_shape):
   """generate_detections with one nms_version on fixed inputs, as a graph."""
-  return tf.function(lambda: retinanet_model.generate_detections(
-      outputs, anchors, image_shape, nms_version=nms_version))
+  return tf.function(
+    lambda: retinanet_model.generate_detections(
+      outputs, anchors, image_shape, nms_version=nms_version
+    )
+  )
 
 
 def assert_same_detections(reference: Dict[str, Any], ours: Dict[str, Any]) -> None:
@@ -110,16 +127,28 @@ def assert_same_detections(reference: Dict[str, Any], ours: Dict[str, Any]) -> N
   np.testing.assert_array_equal(reference['num_detections'], ours['num_detections'])
   for image, count in enumerate(reference['num_detections'].numpy()):
     for key in ('detection_scores', 'detection_classes'):
-      np.testing.assert_array_equal(reference[key][image, :count], ours[key][image, :count],
-                                    err_msg=f'{key}, image {image}')
-    np.testing.assert_allclose(reference['detection_boxes'][image, :count],
-                               ours['detection_boxes'][image, :count], rtol=1e-6, atol=1e-5,
-                               err_msg=f'detection_boxes, image {image}')
+      np.testing.assert_array_equal(
+        reference[key][image, :count], ours[key][image, :count], err_msg=f'{key}, image {image}'
+      )
+    np.testing.assert_allclose(
+      reference['detection_boxes'][image, :count],
+      ours['detection_boxes'][image, :count],
+      rtol=1e-6,
+      atol=1e-5,
+      err_msg=f'detection_boxes, image {image}',
+    )
 
 
-def compare(outputs: Dict[str, Any], anchors: Dict[str, tf.Tensor], image_size: int,
-            num_classes: int, candidates: int, batch_size: int, runs: int,
-            reference_runs: int) -> Comparison:
+def compare(
+  outputs: Dict[str, Any],
+  anchors: Dict[str, tf.Tensor],
+  image_size: int,
+  num_classes: int,
+  candidates: int,
+  batch_size: int,
+  runs: int,
+  reference_runs: int,
+) -> Comparison:
   """Times both versions on the first `batch_size` images; checks equal detections."""
   shifted, count = with_candidates(outputs, num_classes, candidates)
   batch = tf.nest.map_structure(lambda t: t[:batch_size], shifted)
@@ -128,7 +157,8 @@ def compare(outputs: Dict[str, Any], anchors: Dict[str, tf.Tensor], image_size: 
   detections = {}
   for version, num_runs in (('v1', reference_runs), ('fast', runs)):
     times, detections[version] = timing.time_calls(
-        _post_processing(version, batch, anchors, image_shape), num_runs, warmup=1)
+      _post_processing(version, batch, anchors, image_shape), num_runs, warmup=1
+    )
     seconds[version] = float(np.median(times))
   assert_same_detections(detections['v1'], detections['fast'])
   return Comparison(batch_size, count, seconds['v1'], seconds['fast'])

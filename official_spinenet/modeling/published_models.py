@@ -44,13 +44,15 @@ IMAGENET_RESOLUTION = 224
 MIN_LEVEL, MAX_LEVEL = 3, 7
 ROW_KINDS = ('retinanet', 'backbone', 'classification')
 MULTIPLY_ADDS_CONVENTION = (
-    'multiply-adds of conv and dense layers for one image (the papers\' "FLOPs"); '
-    'batch norm, activations, pooling, resampling, additions and biases excluded')
+  'multiply-adds of conv and dense layers for one image (the papers\' "FLOPs"); '
+  'batch norm, activations, pooling, resampling, additions and biases excluded'
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
   """A published model: how to build it and what the papers report."""
+
   family: str  # a factory.BACKBONES family: 'spinenet', 'spinenet_mobile', 'resnet'
   model_id: str
   resolution: int
@@ -73,40 +75,81 @@ class ModelEntry:
 # SpineNet paper (Du et al., CVPR 2020) Tables 3 and 6; SpineNet-Mobile paper
 # (Du et al., ECCV 2020). '143L' is a Model Garden variant without a published row.
 MODELS = {
-    '49S': ModelEntry('spinenet', '49S', 640, 128, 4, published_retinanet=(11.9, 33.8)),
-    '49': ModelEntry('spinenet', '49', 640, 256, 4, published_retinanet=(28.5, 85.4),
-                     published_classification=(22.1, 3.5)),
-    '96': ModelEntry('spinenet', '96', 1024, 256, 4, published_retinanet=(43.0, 265.4),
-                     published_classification=(36.5, 5.7)),
-    '143': ModelEntry('spinenet', '143', 1280, 256, 4, published_retinanet=(67.0, 524.0),
-                      published_classification=(60.5, 9.1)),
-    '143L': ModelEntry('spinenet', '143L', 1280, 256, 4,
-                       note='Model Garden variant (143 with filter_size_scale 1.3); '
-                       'no published figure'),
-    '190': ModelEntry('spinenet', '190', 1280, 512, 7, published_retinanet=(163.6, 1885.0),
-                      published_classification=(127.1, 19.1)),
-    'mobile-49': ModelEntry('spinenet_mobile', '49', 384, 48, 4, separable_head=True,
-                            published_retinanet=(2.34, 1.0)),
-    'mobile-49S': ModelEntry('spinenet_mobile', '49S', 384, 40, 4, separable_head=True),
-    'mobile-49XS': ModelEntry('spinenet_mobile', '49XS', 256, 24, 4, separable_head=True),
-    # NAS-FPN paper (Ghiasi et al., CVPR 2019) Table 1 gives R-50 7@256 at 640; the
-    # other stacks and widths are plotted (Fig. 8) without figures.
-    'r50-nasfpn-3@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(3, 256)),
-    'r50-nasfpn-5@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(5, 256)),
-    'r50-nasfpn-7@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(7, 256),
-                                   published_retinanet=(60.3, 140.6)),
-    'r50-nasfpn-7@384': ModelEntry(
-        'resnet', '50', 640, 256, 4, nasfpn=(7, 384),
-        note='cells merge at 256 channels as in tf-models-official'),
+  '49S': ModelEntry('spinenet', '49S', 640, 128, 4, published_retinanet=(11.9, 33.8)),
+  '49': ModelEntry(
+    'spinenet',
+    '49',
+    640,
+    256,
+    4,
+    published_retinanet=(28.5, 85.4),
+    published_classification=(22.1, 3.5),
+  ),
+  '96': ModelEntry(
+    'spinenet',
+    '96',
+    1024,
+    256,
+    4,
+    published_retinanet=(43.0, 265.4),
+    published_classification=(36.5, 5.7),
+  ),
+  '143': ModelEntry(
+    'spinenet',
+    '143',
+    1280,
+    256,
+    4,
+    published_retinanet=(67.0, 524.0),
+    published_classification=(60.5, 9.1),
+  ),
+  '143L': ModelEntry(
+    'spinenet',
+    '143L',
+    1280,
+    256,
+    4,
+    note='Model Garden variant (143 with filter_size_scale 1.3); no published figure',
+  ),
+  '190': ModelEntry(
+    'spinenet',
+    '190',
+    1280,
+    512,
+    7,
+    published_retinanet=(163.6, 1885.0),
+    published_classification=(127.1, 19.1),
+  ),
+  'mobile-49': ModelEntry(
+    'spinenet_mobile', '49', 384, 48, 4, separable_head=True, published_retinanet=(2.34, 1.0)
+  ),
+  'mobile-49S': ModelEntry('spinenet_mobile', '49S', 384, 40, 4, separable_head=True),
+  'mobile-49XS': ModelEntry('spinenet_mobile', '49XS', 256, 24, 4, separable_head=True),
+  # NAS-FPN paper (Ghiasi et al., CVPR 2019) Table 1 gives R-50 7@256 at 640; the
+  # other stacks and widths are plotted (Fig. 8) without figures.
+  'r50-nasfpn-3@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(3, 256)),
+  'r50-nasfpn-5@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(5, 256)),
+  'r50-nasfpn-7@256': ModelEntry(
+    'resnet', '50', 640, 256, 4, nasfpn=(7, 256), published_retinanet=(60.3, 140.6)
+  ),
+  'r50-nasfpn-7@384': ModelEntry(
+    'resnet',
+    '50',
+    640,
+    256,
+    4,
+    nasfpn=(7, 384),
+    note='cells merge at 256 channels as in tf-models-official',
+  ),
 }
 
 # Notes on rows whose published figure our count does not reproduce; keyed by
 # (model key, row kind). From measurement: every other published row is matched
 # within 0.3% (params) and 1.1% (multiply-adds).
 NOTES = {
-    ('49S', 'retinanet'): 'published figure does not reproduce from the published specs '
-                          '(0.65x width, 128-filter endpoints and head give 5% fewer '
-                          'params, 9% fewer mult-adds)',
+  ('49S', 'retinanet'): 'published figure does not reproduce from the published specs '
+  '(0.65x width, 128-filter endpoints and head give 5% fewer '
+  'params, 9% fewer mult-adds)',
 }
 
 
@@ -131,11 +174,13 @@ def _build_backbone(entry: ModelEntry) -> tf_keras.Model:
 
 def _feature_shapes(model: tf_keras.Model, resolution: int) -> Dict[str, list]:
   """Static [1, H_l, W_l, C_l] of a model's dict outputs for a square input."""
-  return {level: [1, resolution // 2**int(level), resolution // 2**int(level), int(shape[-1])]
-          for level, shape in model.output_specs.items()}
+  return {
+    level: [1, resolution // 2 ** int(level), resolution // 2 ** int(level), int(shape[-1])]
+    for level, shape in model.output_specs.items()
+  }
 
 
-def _counted_resolution(resolution: int, stride: int = 2 ** MAX_LEVEL) -> int:
+def _counted_resolution(resolution: int, stride: int = 2**MAX_LEVEL) -> int:
   """The smallest multiple of the backbone's coarsest stride at least `resolution`."""
   return -(-resolution // stride) * stride
 
@@ -146,95 +191,163 @@ def _count(model, input_shape) -> Tuple[int, float]:
   return model_stats.count_params(model), madds
 
 
-def _head_counts(entry: ModelEntry, features: tf_keras.Model,
-                 resolution: int) -> Tuple[int, float]:
+def _head_counts(entry: ModelEntry, features: tf_keras.Model, resolution: int) -> Tuple[int, float]:
   """Parameters and multiply-adds of the entry's RetinaNet head on `features`' levels."""
   head = retinanet_head.RetinaNetHead(
-      min_level=MIN_LEVEL, max_level=MAX_LEVEL, num_classes=NUM_CLASSES,
-      num_anchors_per_location=NUM_ANCHORS, num_convs=entry.head_convs,
-      num_filters=entry.head_filters, use_separable_conv=entry.separable_head)
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    num_classes=NUM_CLASSES,
+    num_anchors_per_location=NUM_ANCHORS,
+    num_convs=entry.head_convs,
+    num_filters=entry.head_filters,
+    use_separable_conv=entry.separable_head,
+  )
   return _count(head, _feature_shapes(features, resolution))
 
 
-def _row(key: str, entry: ModelEntry, kind: str, resolution: int, counts: Tuple[int, float],
-         published: Optional[Tuple[float, float]], breakdown: Dict[str, float], note: str,
-         start: float) -> dict:
+def _row(
+  key: str,
+  entry: ModelEntry,
+  kind: str,
+  resolution: int,
+  counts: Tuple[int, float],
+  published: Optional[Tuple[float, float]],
+  breakdown: Dict[str, float],
+  note: str,
+  start: float,
+) -> dict:
   """One row of the report: our counts, the published figures, the differences."""
   params, multiply_adds = counts
-  notes = [n for n in (entry.note if kind != 'backbone' else '', note,
-                       NOTES.get((key, kind), '')) if n]
+  notes = [
+    n for n in (entry.note if kind != 'backbone' else '', note, NOTES.get((key, kind), '')) if n
+  ]
   row = {
-      'model': key,
-      'name': entry.name,
-      'family': entry.family,
-      'model_id': entry.model_id,
-      'kind': kind,
-      'resolution': resolution,
-      'params': params,
-      'params_m': round(params / 1e6, 3),
-      'published_params_m': published[0] if published else None,
-      'multiply_adds': int(round(multiply_adds)),
-      'multiply_adds_b': round(multiply_adds / 1e9, 3),
-      'published_multiply_adds_b': published[1] if published else None,
-      'breakdown': breakdown,
-      'note': '; '.join(notes),
-      'seconds': round(time.time() - start, 1),
+    'model': key,
+    'name': entry.name,
+    'family': entry.family,
+    'model_id': entry.model_id,
+    'kind': kind,
+    'resolution': resolution,
+    'params': params,
+    'params_m': round(params / 1e6, 3),
+    'published_params_m': published[0] if published else None,
+    'multiply_adds': int(round(multiply_adds)),
+    'multiply_adds_b': round(multiply_adds / 1e9, 3),
+    'published_multiply_adds_b': published[1] if published else None,
+    'breakdown': breakdown,
+    'note': '; '.join(notes),
+    'seconds': round(time.time() - start, 1),
   }
   if published:
     row['params_diff_pct'] = round(100.0 * (params / 1e6 / published[0] - 1.0), 1)
-    row['multiply_adds_diff_pct'] = round(
-        100.0 * (multiply_adds / 1e9 / published[1] - 1.0), 1)
+    row['multiply_adds_diff_pct'] = round(100.0 * (multiply_adds / 1e9 / published[1] - 1.0), 1)
   return row
 
 
-def _detection_rows(key: str, entry: ModelEntry, backbone: tf_keras.Model,
-                    kinds: Sequence[str], resolution: int) -> List[dict]:
+def _detection_rows(
+  key: str, entry: ModelEntry, backbone: tf_keras.Model, kinds: Sequence[str], resolution: int
+) -> List[dict]:
   """The 'backbone' and 'retinanet' rows of one model (NAS-FPN: 'retinanet' only)."""
   start = time.time()
   backbone_params, backbone_madds = _count(backbone, [1, resolution, resolution, 3])
   if entry.nasfpn:
-    return [_nasfpn_row(key, entry, backbone, resolution, backbone_params, backbone_madds,
-                        start)] if 'retinanet' in kinds else []
+    return (
+      [_nasfpn_row(key, entry, backbone, resolution, backbone_params, backbone_madds, start)]
+      if 'retinanet' in kinds
+      else []
+    )
   rows = []
   if 'backbone' in kinds:
     filters = int(backbone.output_specs[str(MAX_LEVEL)][-1])
-    rows.append(_row(key, entry, 'backbone', resolution, (backbone_params, backbone_madds),
-                     None, {}, f'endpoints: levels {MIN_LEVEL}-{MAX_LEVEL} x {filters} '
-                     'filters', start))
+    rows.append(
+      _row(
+        key,
+        entry,
+        'backbone',
+        resolution,
+        (backbone_params, backbone_madds),
+        None,
+        {},
+        f'endpoints: levels {MIN_LEVEL}-{MAX_LEVEL} x {filters} filters',
+        start,
+      )
+    )
   if 'retinanet' in kinds:
     head_params, head_madds = _head_counts(entry, backbone, resolution)
     head_kind = 'separable ' if entry.separable_head else ''
-    rows.append(_row(
-        key, entry, 'retinanet', resolution,
-        (backbone_params + head_params, backbone_madds + head_madds), entry.published_retinanet,
-        {'backbone_params': backbone_params, 'head_params': head_params,
-         'backbone_multiply_adds': backbone_madds, 'head_multiply_adds': head_madds},
-        f'{head_kind}head {entry.head_convs}x{entry.head_filters}', start))
+    rows.append(
+      _row(
+        key,
+        entry,
+        'retinanet',
+        resolution,
+        (backbone_params + head_params, backbone_madds + head_madds),
+        entry.published_retinanet,
+        {
+          'backbone_params': backbone_params,
+          'head_params': head_params,
+          'backbone_multiply_adds': backbone_madds,
+          'head_multiply_adds': head_madds,
+        },
+        f'{head_kind}head {entry.head_convs}x{entry.head_filters}',
+        start,
+      )
+    )
   return rows
 
 
-def _nasfpn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int,
-                backbone_params: int, backbone_madds: float, start: float) -> dict:
+def _nasfpn_row(
+  key: str,
+  entry: ModelEntry,
+  backbone: tf_keras.Model,
+  resolution: int,
+  backbone_params: int,
+  backbone_madds: float,
+  start: float,
+) -> dict:
   """RetinaNet with a NAS-FPN decoder: backbone + decoder + head."""
   num_repeats, num_filters = entry.nasfpn
-  decoder = nasfpn.NASFPN(input_specs=backbone.output_specs, min_level=MIN_LEVEL,
-                          max_level=MAX_LEVEL, num_repeats=num_repeats, num_filters=num_filters)
+  decoder = nasfpn.NASFPN(
+    input_specs=backbone.output_specs,
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    num_repeats=num_repeats,
+    num_filters=num_filters,
+  )
   decoder_params, decoder_madds = _count(decoder, _feature_shapes(backbone, resolution))
   head_params, head_madds = _head_counts(entry, decoder, resolution)
-  note = (f'ResNet-{entry.model_id} (Model Garden) {backbone_params / 1e6:.2f}M / '
-          f'{backbone_madds / 1e9:.1f}B, NAS-FPN {decoder_params / 1e6:.2f}M / '
-          f'{decoder_madds / 1e9:.1f}B, head {entry.head_convs}x{entry.head_filters}')
-  counts = (backbone_params + decoder_params + head_params,
-            backbone_madds + decoder_madds + head_madds)
-  return _row(key, entry, 'retinanet', resolution, counts, entry.published_retinanet,
-              {'backbone_params': backbone_params, 'decoder_params': decoder_params,
-               'head_params': head_params, 'backbone_multiply_adds': backbone_madds,
-               'decoder_multiply_adds': decoder_madds, 'head_multiply_adds': head_madds},
-              note, start)
+  note = (
+    f'ResNet-{entry.model_id} (Model Garden) {backbone_params / 1e6:.2f}M / '
+    f'{backbone_madds / 1e9:.1f}B, NAS-FPN {decoder_params / 1e6:.2f}M / '
+    f'{decoder_madds / 1e9:.1f}B, head {entry.head_convs}x{entry.head_filters}'
+  )
+  counts = (
+    backbone_params + decoder_params + head_params,
+    backbone_madds + decoder_madds + head_madds,
+  )
+  return _row(
+    key,
+    entry,
+    'retinanet',
+    resolution,
+    counts,
+    entry.published_retinanet,
+    {
+      'backbone_params': backbone_params,
+      'decoder_params': decoder_params,
+      'head_params': head_params,
+      'backbone_multiply_adds': backbone_madds,
+      'decoder_multiply_adds': decoder_madds,
+      'head_multiply_adds': head_madds,
+    },
+    note,
+    start,
+  )
 
 
-def _classification_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
-                        resolution: int) -> dict:
+def _classification_row(
+  key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int
+) -> dict:
   """ImageNet classifier: the backbone + GAP of the level-7 endpoint + Dense(1001)."""
   start = time.time()
   counted = _counted_resolution(resolution)
@@ -248,12 +361,22 @@ def _classification_row(key: str, entry: ModelEntry, backbone: tf_keras.Model,
     # The backbone needs sizes divisible by 2^7; conv multiply-adds scale with area.
     madds *= (resolution / counted) ** 2
     note += f'; counted at {counted}, scaled by ({resolution}/{counted})^2'
-  return _row(key, entry, 'classification', resolution, (params, madds),
-              entry.published_classification, {}, note, start)
+  return _row(
+    key,
+    entry,
+    'classification',
+    resolution,
+    (params, madds),
+    entry.published_classification,
+    {},
+    note,
+    start,
+  )
 
 
-def compute_rows(model_keys: Sequence[str], kinds: Sequence[str],
-                 resolution_override: Optional[int] = None) -> List[dict]:
+def compute_rows(
+  model_keys: Sequence[str], kinds: Sequence[str], resolution_override: Optional[int] = None
+) -> List[dict]:
   """Builds every requested model and returns one dict per (model, row kind).
 
   Args:
@@ -281,8 +404,15 @@ def compute_rows(model_keys: Sequence[str], kinds: Sequence[str],
       logging.info('Built %s in %.1f s.', key, time.time() - start)
     except ImportError as e:
       logging.warning('Skipping %s: %s', key, e)
-      rows.append({'model': key, 'family': entry.family, 'model_id': entry.model_id,
-                   'kind': 'unavailable', 'note': f'backbone not importable: {e}'})
+      rows.append(
+        {
+          'model': key,
+          'family': entry.family,
+          'model_id': entry.model_id,
+          'kind': 'unavailable',
+          'note': f'backbone not importable: {e}',
+        }
+      )
       continue
     if detection_kinds:
       logging.info('Counting %s %s at %d.', key, detection_kinds, resolution)
@@ -303,17 +433,21 @@ def _table_cells(row: Mapping[str, Any]) -> List[Any]:
     return [row['model'], '-', '-', None, None, None, None]
   madds_digits = 2 if row['multiply_adds_b'] < 10 else 1
   published = row['published_multiply_adds_b']
-  return [row['name'], row['kind'], str(row['resolution']), f"{row['params_m']:.2f}",
-          None if row['published_params_m'] is None else f"{row['published_params_m']:.2f}",
-          f"{row['multiply_adds_b']:.{madds_digits}f}",
-          None if published is None else f'{published:.{madds_digits}f}']
+  return [
+    row['name'],
+    row['kind'],
+    str(row['resolution']),
+    f"{row['params_m']:.2f}",
+    None if row['published_params_m'] is None else f"{row['published_params_m']:.2f}",
+    f"{row['multiply_adds_b']:.{madds_digits}f}",
+    None if published is None else f'{published:.{madds_digits}f}',
+  ]
 
 
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
   """A fixed-width text table of the rows, each followed by its note."""
   header = ('model', 'kind', 'res', 'params M', 'pub. M', 'mult-adds B', 'pub. B')
-  lines = tables.format_table(header, [_table_cells(r) for r in rows],
-                              left_columns=3).split('\n')
+  lines = tables.format_table(header, [_table_cells(r) for r in rows], left_columns=3).split('\n')
   # The note is free text of any length: it trails its row rather than widening a column.
   lines[0] += '  note'
   lines[1] = '-' * len(lines[0])
@@ -323,8 +457,12 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def report(model_keys: Sequence[str], kinds: Sequence[str],
-           resolution_override: Optional[int] = None, as_json: bool = False) -> str:
+def report(
+  model_keys: Sequence[str],
+  kinds: Sequence[str],
+  resolution_override: Optional[int] = None,
+  as_json: bool = False,
+) -> str:
   """What `spinenet-stats` prints: the rows as a text table or as JSON.
 
   Args:
@@ -338,10 +476,16 @@ def report(model_keys: Sequence[str], kinds: Sequence[str],
   """
   model_keys = resolve_names(model_keys, MODELS, '--models')
   kinds = resolve_names(kinds, ROW_KINDS, '--include')
-  if resolution_override and resolution_override % 2 ** MAX_LEVEL:
-    raise ValueError(f'--resolution_override must be a multiple of {2 ** MAX_LEVEL}.')
+  if resolution_override and resolution_override % 2**MAX_LEVEL:
+    raise ValueError(f'--resolution_override must be a multiple of {2**MAX_LEVEL}.')
   rows = compute_rows(model_keys, kinds, resolution_override)
   if as_json:
-    return json.dumps({'convention': MULTIPLY_ADDS_CONVENTION,
-                       'resolution_override': resolution_override, 'rows': rows}, indent=1)
+    return json.dumps(
+      {
+        'convention': MULTIPLY_ADDS_CONVENTION,
+        'resolution_override': resolution_override,
+        'rows': rows,
+      },
+      indent=1,
+    )
   return format_rows(rows)

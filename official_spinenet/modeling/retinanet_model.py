@@ -36,29 +36,46 @@ def _by_level(outputs: Mapping[str, tf.Tensor]) -> 'collections.OrderedDict[str,
   return collections.OrderedDict((k, outputs[k]) for k in sorted(outputs, key=int))
 
 
-def multilevel_anchor_boxes(image_size: Tuple[int, int], min_level: int, max_level: int,
-                            num_scales: int = 3,
-                            aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-                            anchor_size: float = 4.0,
-                            batch_size=None) -> Dict[str, tf.Tensor]:
+def multilevel_anchor_boxes(
+  image_size: Tuple[int, int],
+  min_level: int,
+  max_level: int,
+  num_scales: int = 3,
+  aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+  anchor_size: float = 4.0,
+  batch_size=None,
+) -> Dict[str, tf.Tensor]:
   """Anchors str(level) -> [H_l, W_l, 4 * A] (or [B, H_l, W_l, 4 * A] with batch_size)."""
-  boxes = model_garden.load('anchor').Anchor(
-      min_level=min_level, max_level=max_level, num_scales=num_scales,
-      aspect_ratios=list(aspect_ratios), anchor_size=anchor_size,
-      image_size=tuple(int(s) for s in image_size)).multilevel_boxes
+  boxes = (
+    model_garden.load('anchor')
+    .Anchor(
+      min_level=min_level,
+      max_level=max_level,
+      num_scales=num_scales,
+      aspect_ratios=list(aspect_ratios),
+      anchor_size=anchor_size,
+      image_size=tuple(int(s) for s in image_size),
+    )
+    .multilevel_boxes
+  )
   boxes = _by_level({str(k): v for k, v in boxes.items()})
   if batch_size is not None:
     boxes = collections.OrderedDict(
-        (k, tf.tile(v[None], [batch_size, 1, 1, 1])) for k, v in boxes.items())
+      (k, tf.tile(v[None], [batch_size, 1, 1, 1])) for k, v in boxes.items()
+    )
   return boxes
 
 
 def generate_detections(
-    outputs: Mapping[str, Mapping[str, tf.Tensor]], anchor_boxes: Mapping[str, tf.Tensor],
-    image_shape: tf.Tensor, pre_nms_top_k: int = PRE_NMS_TOP_K,
-    pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
-    nms_iou_threshold: float = NMS_IOU_THRESHOLD, max_num_detections: int = MAX_NUM_DETECTIONS,
-    nms_version: str = NMS_VERSION) -> Dict[str, tf.Tensor]:
+  outputs: Mapping[str, Mapping[str, tf.Tensor]],
+  anchor_boxes: Mapping[str, tf.Tensor],
+  image_shape: tf.Tensor,
+  pre_nms_top_k: int = PRE_NMS_TOP_K,
+  pre_nms_score_threshold: float = PRE_NMS_SCORE_THRESHOLD,
+  nms_iou_threshold: float = NMS_IOU_THRESHOLD,
+  max_num_detections: int = MAX_NUM_DETECTIONS,
+  nms_version: str = NMS_VERSION,
+) -> Dict[str, tf.Tensor]:
   """Decodes raw outputs with anchors and runs per-class NMS.
 
   Args:
@@ -85,8 +102,12 @@ def generate_detections(
   """
   if nms_version not in NMS_VERSIONS:
     raise ValueError(f'nms_version must be one of {NMS_VERSIONS}, got {nms_version!r}.')
-  settings = dict(pre_nms_top_k=pre_nms_top_k, pre_nms_score_threshold=pre_nms_score_threshold,
-                  nms_iou_threshold=nms_iou_threshold, max_num_detections=max_num_detections)
+  settings = dict(
+    pre_nms_top_k=pre_nms_top_k,
+    pre_nms_score_threshold=pre_nms_score_threshold,
+    nms_iou_threshold=nms_iou_threshold,
+    max_num_detections=max_num_detections,
+  )
   if nms_version == 'fast':
     return postprocess.generate_detections_fast(outputs, anchor_boxes, image_shape, **settings)
   cls_outputs = _by_level(outputs['cls_outputs'])
@@ -99,13 +120,18 @@ def generate_detections(
       boxes = tf.tile(boxes[None], [batch_size, 1, 1, 1])
     anchors[level] = boxes
   generator = model_garden.load('detection_generator').MultilevelDetectionGenerator(
-      apply_nms=True, nms_version=nms_version, **settings)
+    apply_nms=True, nms_version=nms_version, **settings
+  )
   results = generator(
-      collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in box_outputs.items()),
-      collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in cls_outputs.items()),
-      anchors, tf.cast(image_shape, tf.float32))
-  return {key: results[key] for key in
-          ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')}
+    collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in box_outputs.items()),
+    collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in cls_outputs.items()),
+    anchors,
+    tf.cast(image_shape, tf.float32),
+  )
+  return {
+    key: results[key]
+    for key in ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
+  }
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -115,16 +141,19 @@ class RetinaNetModel(constructor_config.ConstructorConfig, tf_keras.Model):
   `call(images, training)` returns {'cls_outputs': {str(level): logits},
   'box_outputs': {str(level): box deltas}}, raw, for levels head.min..max.
   """
+
   CONFIG_SERIALIZERS = {key: constructor_config.LAYER for key in ('backbone', 'head', 'decoder')}
 
-  def __init__(self,
-               backbone: tf_keras.Model,
-               head: retinanet_head_lib.RetinaNetHead,
-               decoder: Optional[tf_keras.layers.Layer] = None,
-               num_scales: int = 3,
-               aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-               anchor_size: float = 4.0,
-               **kwargs):
+  def __init__(
+    self,
+    backbone: tf_keras.Model,
+    head: retinanet_head_lib.RetinaNetHead,
+    decoder: Optional[tf_keras.layers.Layer] = None,
+    num_scales: int = 3,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    anchor_size: float = 4.0,
+    **kwargs,
+  ):
     """Initializes the model.
 
     Args:
@@ -142,8 +171,9 @@ class RetinaNetModel(constructor_config.ConstructorConfig, tf_keras.Model):
     anchors_per_location = head.get_config()['num_anchors_per_location']
     if anchors_per_location != expected:
       raise ValueError(
-          f'The head predicts {anchors_per_location} anchors per location but '
-          f'num_scales * len(aspect_ratios) = {num_scales} * {len(aspect_ratios)} = {expected}.')
+        f'The head predicts {anchors_per_location} anchors per location but '
+        f'num_scales * len(aspect_ratios) = {num_scales} * {len(aspect_ratios)} = {expected}.'
+      )
     self._backbone = backbone
     self._decoder = decoder
     self._head = head
@@ -186,12 +216,23 @@ class RetinaNetModel(constructor_config.ConstructorConfig, tf_keras.Model):
   def anchor_boxes(self, image_size: Tuple[int, int], batch_size=None) -> Dict[str, tf.Tensor]:
     """The model's anchors for a (padded) input image size."""
     return multilevel_anchor_boxes(
-        image_size, self.min_level, self.max_level, self._config_dict['num_scales'],
-        self._config_dict['aspect_ratios'], self._config_dict['anchor_size'], batch_size)
+      image_size,
+      self.min_level,
+      self.max_level,
+      self._config_dict['num_scales'],
+      self._config_dict['aspect_ratios'],
+      self._config_dict['anchor_size'],
+      batch_size,
+    )
 
-  def detect(self, images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
-             anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
-             training: bool = False, **nms_settings) -> Dict[str, tf.Tensor]:
+  def detect(
+    self,
+    images: tf.Tensor,
+    image_shape: Optional[tf.Tensor] = None,
+    anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
+    training: bool = False,
+    **nms_settings,
+  ) -> Dict[str, tf.Tensor]:
     """Runs the model and returns detections (see `generate_detections`).
 
     Args:
@@ -208,20 +249,26 @@ class RetinaNetModel(constructor_config.ConstructorConfig, tf_keras.Model):
       The raw outputs plus detection_boxes, detection_scores, detection_classes and
       num_detections.
     """
-    return self.detections_from_outputs(self(images, training=training), images,
-                                        image_shape, anchor_boxes, **nms_settings)
+    return self.detections_from_outputs(
+      self(images, training=training), images, image_shape, anchor_boxes, **nms_settings
+    )
 
-  def detections_from_outputs(self, outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                              images: tf.Tensor, image_shape: Optional[tf.Tensor] = None,
-                              anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
-                              **nms_settings) -> Dict[str, tf.Tensor]:
+  def detections_from_outputs(
+    self,
+    outputs: Mapping[str, Mapping[str, tf.Tensor]],
+    images: tf.Tensor,
+    image_shape: Optional[tf.Tensor] = None,
+    anchor_boxes: Optional[Mapping[str, tf.Tensor]] = None,
+    **nms_settings,
+  ) -> Dict[str, tf.Tensor]:
     """`detect` after the forward pass: outputs (of this model on images) -> detections."""
     batch_size = tf.shape(images)[0]
     if anchor_boxes is None:
       height, width = images.shape[1], images.shape[2]
       if height is None or width is None:
-        raise ValueError('detect() needs a static image size or anchor_boxes; '
-                         f'got images of shape {images.shape}.')
+        raise ValueError(
+          f'detect() needs a static image size or anchor_boxes; got images of shape {images.shape}.'
+        )
       anchor_boxes = self.anchor_boxes((height, width))
     if image_shape is None:
       image_shape = tf.tile(tf.cast(tf.shape(images)[1:3], tf.float32)[None], [batch_size, 1])

@@ -44,6 +44,7 @@ class SpecBase:
     input_offsets: indices of the two inputs in `input nodes + earlier nodes`.
     is_output: whether the node gives the endpoint of its level.
   """
+
   KIND: ClassVar[str] = 'Spec'
   NODE: ClassVar[str] = 'node'
   INPUT: ClassVar[str] = 'input'
@@ -55,8 +56,15 @@ class SpecBase:
   input_offsets: Tuple[int, int]
   is_output: bool
 
-  def __init_subclass__(cls, *, node: str, input_name: str, op_field: str,
-                        op_aliases: Optional[Mapping[str, str]] = None, **kwargs):
+  def __init_subclass__(
+    cls,
+    *,
+    node: str,
+    input_name: str,
+    op_field: str,
+    op_aliases: Optional[Mapping[str, str]] = None,
+    **kwargs,
+  ):
     super().__init_subclass__(**kwargs)
     cls.KIND = f'{node.capitalize()} spec'
     cls.NODE, cls.INPUT, cls.OP_FIELD = node, input_name, op_field
@@ -69,8 +77,9 @@ class SpecBase:
 
   def to_dict(self) -> dict[str, Any]:
     """The JSON form: {level, <OP_FIELD>, input_offsets (a list), is_output}."""
-    return dict(zip(self.field_names(),
-                    (self.level, self.op, list(self.input_offsets), self.is_output)))
+    return dict(
+      zip(self.field_names(), (self.level, self.op, list(self.input_offsets), self.is_output))
+    )
 
   @classmethod
   def from_any(cls, value) -> 'SpecBase':
@@ -84,8 +93,9 @@ class SpecBase:
     names = cls.field_names()
     is_mapping = isinstance(value, Mapping) or hasattr(value, 'keys')  # Keras wraps dicts.
     if not is_mapping and len(value) != len(names):
-      raise ValueError(f'{cls.KIND} {value!r} must be (level, {cls.OP_FIELD}, (input0, '
-                       'input1), is_output).')
+      raise ValueError(
+        f'{cls.KIND} {value!r} must be (level, {cls.OP_FIELD}, (input0, input1), is_output).'
+      )
     fields = dict(value) if is_mapping else dict(zip(names, value))
     missing = sorted(set(names) - set(fields))
     if missing:
@@ -93,8 +103,12 @@ class SpecBase:
     offsets, op = fields['input_offsets'], str(fields[cls.OP_FIELD])
     if len(offsets) != 2:
       raise ValueError(f'{cls.KIND} {value!r} must have exactly two input offsets.')
-    return cls(int(fields['level']), cls.OP_ALIASES.get(op, op),
-               (int(offsets[0]), int(offsets[1])), bool(fields['is_output']))
+    return cls(
+      int(fields['level']),
+      cls.OP_ALIASES.get(op, op),
+      (int(offsets[0]), int(offsets[1])),
+      bool(fields['is_output']),
+    )
 
   @classmethod
   def build(cls, specs: Optional[Sequence], default: Sequence) -> List['SpecBase']:
@@ -118,6 +132,7 @@ class SpecBase:
     # Imported here: utils.files loads TensorFlow, which the specs themselves
     # (read by the drawing and the search) do not need.
     from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
+
     files.atomic_write(path, cls.to_json(specs))
 
   @classmethod
@@ -128,6 +143,7 @@ class SpecBase:
       ValueError: a missing or malformed file, or a bad entry (the message names it).
     """
     from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
+
     where = f'{cls.KIND} file {path!r}'
     data = files.read_json(path, f'{cls.KIND} file')
     if isinstance(data, Mapping):
@@ -143,9 +159,16 @@ class SpecBase:
     return specs
 
   @classmethod
-  def validate_graph(cls, specs: Sequence['SpecBase'], num_inputs: int, inputs_name: str,
-                     endpoint_levels: Tuple[int, int], allowed_ops: Sequence[str],
-                     level_range: Tuple[int, int], level_range_name: str) -> None:
+  def validate_graph(
+    cls,
+    specs: Sequence['SpecBase'],
+    num_inputs: int,
+    inputs_name: str,
+    endpoint_levels: Tuple[int, int],
+    allowed_ops: Sequence[str],
+    level_range: Tuple[int, int],
+    level_range_name: str,
+  ) -> None:
     """Raises a ValueError naming the first spec that cannot be built.
 
     Checks: known ops; levels within level_range; inputs that are input nodes or
@@ -167,26 +190,34 @@ class SpecBase:
     output_specs = {}
     for i, spec in enumerate(specs):
       if spec.op not in allowed_ops:
-        raise ValueError(f'{cls.KIND} {i} has {cls.OP_FIELD} {spec.op!r}; choose one of '
-                         f'{list(allowed_ops)}.')
+        raise ValueError(
+          f'{cls.KIND} {i} has {cls.OP_FIELD} {spec.op!r}; choose one of {list(allowed_ops)}.'
+        )
       if not level_range[0] <= spec.level <= level_range[1]:
-        raise ValueError(f'{cls.KIND} {i} has level {spec.level}, outside '
-                         f'{level_range_name} [{level_range[0]}, {level_range[1]}].')
+        raise ValueError(
+          f'{cls.KIND} {i} has level {spec.level}, outside '
+          f'{level_range_name} [{level_range[0]}, {level_range[1]}].'
+        )
       limit = num_inputs + i
       for offset in spec.input_offsets:
         if not 0 <= offset < limit:
           raise ValueError(
-              f'{cls.KIND} {i} has {cls.INPUT} {offset}, out of range: it may use the '
-              f'{inputs_name} and the {cls.NODE}s before it (0..{limit - 1}).')
+            f'{cls.KIND} {i} has {cls.INPUT} {offset}, out of range: it may use the '
+            f'{inputs_name} and the {cls.NODE}s before it (0..{limit - 1}).'
+          )
       if spec.is_output:
         if spec.level in output_specs:
-          raise ValueError(f'{cls.KIND}s {output_specs[spec.level]} and {i} are both output '
-                           f'{cls.NODE}s of level {spec.level}.')
+          raise ValueError(
+            f'{cls.KIND}s {output_specs[spec.level]} and {i} are both output '
+            f'{cls.NODE}s of level {spec.level}.'
+          )
         output_specs[spec.level] = i
     missing = [l for l in range(min_level, max_level + 1) if l not in output_specs]
     if missing:
-      raise ValueError(f'No output {cls.NODE} for levels {missing}; the endpoints need one '
-                       f'output {cls.NODE} per level in [{min_level}, {max_level}].')
+      raise ValueError(
+        f'No output {cls.NODE} for levels {missing}; the endpoints need one '
+        f'output {cls.NODE} per level in [{min_level}, {max_level}].'
+      )
 
 
 def check_level_order(min_level: int, max_level: int) -> None:
@@ -201,13 +232,16 @@ class Node(NamedTuple):
     level: feature level.
     channels: output channels; None where all nodes have the same (NAS-FPN).
   """
+
   level: int
   channels: Optional[int] = None
 
 
-def merge_unconsumed(specs: Sequence[SpecBase], inputs: Sequence[Node],
-                     node_of: Callable[[SpecBase], Node] = lambda spec: Node(spec.level)
-                     ) -> List[Tuple[int, ...]]:
+def merge_unconsumed(
+  specs: Sequence[SpecBase],
+  inputs: Sequence[Node],
+  node_of: Callable[[SpecBase], Node] = lambda spec: Node(spec.level),
+) -> List[Tuple[int, ...]]:
   """The earlier nodes each output node absorbs, so that no node is computed in vain.
 
   The rule (SpineNet Sec. 3.2, NAS-FPN Sec. 3.1): when an output node is built, every
@@ -243,9 +277,13 @@ def merge_unconsumed(specs: Sequence[SpecBase], inputs: Sequence[Node],
   return merges
 
 
-def unused_nodes(specs: Sequence[SpecBase], inputs: Sequence[Node],
-                 node_of: Callable[[SpecBase], Node], min_level: int,
-                 max_level: int) -> List[int]:
+def unused_nodes(
+  specs: Sequence[SpecBase],
+  inputs: Sequence[Node],
+  node_of: Callable[[SpecBase], Node],
+  min_level: int,
+  max_level: int,
+) -> List[int]:
   """Indices of the nodes that no endpoint in [min_level, max_level] depends on.
 
   A node is used if an output node of an endpoint level depends on it, through
@@ -263,11 +301,15 @@ def unused_nodes(specs: Sequence[SpecBase], inputs: Sequence[Node],
     Sorted indices into `inputs + nodes built`.
   """
   num_inputs = len(inputs)
-  sources = {num_inputs + i: list(spec.input_offsets) + list(absorbed)
-             for i, (spec, absorbed) in enumerate(
-                 zip(specs, merge_unconsumed(specs, inputs, node_of)))}
-  endpoints = [num_inputs + i for i, spec in enumerate(specs)
-               if spec.is_output and min_level <= spec.level <= max_level]
+  sources = {
+    num_inputs + i: list(spec.input_offsets) + list(absorbed)
+    for i, (spec, absorbed) in enumerate(zip(specs, merge_unconsumed(specs, inputs, node_of)))
+  }
+  endpoints = [
+    num_inputs + i
+    for i, spec in enumerate(specs)
+    if spec.is_output and min_level <= spec.level <= max_level
+  ]
   used = _reachable(endpoints, sources)
   return [n for n in range(num_inputs + len(specs)) if n not in used]
 

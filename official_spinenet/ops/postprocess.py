@@ -60,10 +60,12 @@ import tensorflow as tf
 from official_spinenet import model_garden
 
 
-def _candidates(outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                anchor_boxes: Mapping[str, tf.Tensor],
-                image_shape: tf.Tensor,
-                score_threshold: tf.Tensor) -> Dict[str, tf.Tensor]:
+def _candidates(
+  outputs: Mapping[str, Mapping[str, tf.Tensor]],
+  anchor_boxes: Mapping[str, tf.Tensor],
+  image_shape: tf.Tensor,
+  score_threshold: tf.Tensor,
+) -> Dict[str, tf.Tensor]:
   """The (image, anchor, class) triples scoring above the threshold.
 
   Decoding and scoring are v1's (`MultilevelDetectionGenerator.
@@ -95,15 +97,19 @@ def _candidates(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     num_classes = raw_scores.shape[-1] // (raw_boxes.shape[-1] // 4)
     anchors = tf.cast(anchor_boxes[level], tf.float32)
     if anchors.shape.rank not in (3, 4):
-      raise ValueError(f'anchor_boxes[{level!r}] must have rank 3 or 4 ([B,] H, W, 4 * A), '
-                       f'got shape {anchors.shape}.')
+      raise ValueError(
+        f'anchor_boxes[{level!r}] must have rank 3 or 4 ([B,] H, W, 4 * A), '
+        f'got shape {anchors.shape}.'
+      )
     if anchors.shape.rank == 3:
       # Tiled, not broadcast: see the module docstring (grappler fusion).
       anchors = tf.tile(anchors[None], [batch_size, 1, 1, 1])
     boxes = box_ops.clip_boxes(
-        box_ops.decode_boxes(tf.reshape(raw_boxes, [batch_size, -1, 4]),
-                             tf.reshape(anchors, [batch_size, -1, 4])),
-        tf.expand_dims(image_shape, axis=1))
+      box_ops.decode_boxes(
+        tf.reshape(raw_boxes, [batch_size, -1, 4]), tf.reshape(anchors, [batch_size, -1, 4])
+      ),
+      tf.expand_dims(image_shape, axis=1),
+    )
     scores = tf.sigmoid(tf.reshape(raw_scores, [batch_size, -1, num_classes]))
     where = tf.where(scores > score_threshold)  # [M, 3]: image, anchor, class
     where = tf.boolean_mask(where, where[:, 2] > 0)  # background class 0 dropped
@@ -130,10 +136,14 @@ def _largest_float32_below(value: float) -> np.float32:
   return np.nextafter(np.float32(value), np.float32(-np.inf))
 
 
-def _class_aware_nms(candidates: Dict[str, tf.Tensor], batch_size: tf.Tensor,
-                     num_classes: int, pre_nms_top_k: tf.Tensor,
-                     kernel_iou_threshold: tf.Tensor,
-                     max_num_detections: tf.Tensor) -> Dict[str, tf.Tensor]:
+def _class_aware_nms(
+  candidates: Dict[str, tf.Tensor],
+  batch_size: tf.Tensor,
+  num_classes: int,
+  pre_nms_top_k: tf.Tensor,
+  kernel_iou_threshold: tf.Tensor,
+  max_num_detections: tf.Tensor,
+) -> Dict[str, tf.Tensor]:
   """Per-class top-k, NMS per (image, class), merge.
 
   Args:
@@ -155,36 +165,41 @@ def _class_aware_nms(candidates: Dict[str, tf.Tensor], batch_size: tf.Tensor,
   group = tf.gather(group, order)
   candidates = {key: tf.gather(value, order) for key, value in candidates.items()}
   # v1 takes each class's top pre_nms_top_k before its NMS drops all-zero boxes.
-  keep = ((_rank_in_run(_run_starts(group)) < pre_nms_top_k)
-          & tf.reduce_any(candidates['boxes'] > 0.0, axis=-1))
+  keep = (_rank_in_run(_run_starts(group)) < pre_nms_top_k) & tf.reduce_any(
+    candidates['boxes'] > 0.0, axis=-1
+  )
   group = tf.boolean_mask(group, keep)
   candidates = {key: tf.boolean_mask(value, keep) for key, value in candidates.items()}
   candidate_boxes, candidate_scores = candidates['boxes'], candidates['scores']
 
   starts = tf.cast(tf.where(_run_starts(group))[:, 0], tf.int32)
   ends = tf.concat([starts[1:], tf.shape(group)], axis=0)
-  kept = tf.TensorArray(tf.int32, size=tf.size(starts), infer_shape=False,
-                        element_shape=tf.TensorShape([None]))
+  kept = tf.TensorArray(
+    tf.int32, size=tf.size(starts), infer_shape=False, element_shape=tf.TensorShape([None])
+  )
   for i in tf.range(tf.size(starts)):
     start, end = starts[i], ends[i]
     selected = tf.image.non_max_suppression(
-        candidate_boxes[start:end], candidate_scores[start:end],
-        max_output_size=max_num_detections, iou_threshold=kernel_iou_threshold)
+      candidate_boxes[start:end],
+      candidate_scores[start:end],
+      max_output_size=max_num_detections,
+      iou_threshold=kernel_iou_threshold,
+    )
     kept = kept.write(i, selected + start)
   kept = kept.concat()  # [S] candidate indices, by image, class, then score
 
   # Per image, the best max_num_detections; top_k keeps ties in (class, NMS)
   # order, as v1's top_k over its concatenated per-class results does.
   kept_per_image = tf.RaggedTensor.from_value_rowids(
-      kept, tf.gather(candidates['image_ids'], kept), nrows=batch_size)
-  kept_scores = tf.gather(candidate_scores, kept_per_image).to_tensor(
-      default_value=-np.inf)
+    kept, tf.gather(candidates['image_ids'], kept), nrows=batch_size
+  )
+  kept_scores = tf.gather(candidate_scores, kept_per_image).to_tensor(default_value=-np.inf)
   kept_dense = kept_per_image.to_tensor(default_value=0)
   num_out = tf.minimum(max_num_detections, tf.shape(kept_dense)[1])
-  chosen = tf.gather(kept_dense, tf.math.top_k(kept_scores, k=num_out).indices,
-                     batch_dims=1)  # [B, num_out] candidate indices
-  num_detections = tf.minimum(tf.cast(kept_per_image.row_lengths(), tf.int32),
-                              max_num_detections)
+  chosen = tf.gather(
+    kept_dense, tf.math.top_k(kept_scores, k=num_out).indices, batch_dims=1
+  )  # [B, num_out] candidate indices
+  num_detections = tf.minimum(tf.cast(kept_per_image.row_lengths(), tf.int32), max_num_detections)
   valid = tf.range(num_out)[None, :] < num_detections[:, None]
 
   def padded(values):
@@ -195,10 +210,10 @@ def _class_aware_nms(candidates: Dict[str, tf.Tensor], batch_size: tf.Tensor,
     return tf.pad(values, [[0, 0], [0, max_num_detections - num_out]] + [[0, 0]] * trailing)
 
   return {
-      'detection_boxes': padded(tf.gather(candidate_boxes, chosen)),
-      'detection_scores': padded(tf.gather(candidate_scores, chosen)),
-      'detection_classes': padded(tf.gather(candidates['classes'], chosen)),
-      'num_detections': num_detections,
+    'detection_boxes': padded(tf.gather(candidate_boxes, chosen)),
+    'detection_scores': padded(tf.gather(candidate_scores, chosen)),
+    'detection_classes': padded(tf.gather(candidates['classes'], chosen)),
+    'num_detections': num_detections,
   }
 
 
@@ -206,25 +221,39 @@ def _class_aware_nms(candidates: Dict[str, tf.Tensor], batch_size: tf.Tensor,
 # shape-generalised traces would lose the static shapes (anchor rank, equal
 # shapes for grappler's fusions) the decoding relies on to equal v1's.
 @tf.function
-def _generate_detections(outputs, anchor_boxes, image_shape, pre_nms_top_k, score_threshold,
-                         kernel_iou_threshold, max_num_detections):
+def _generate_detections(
+  outputs,
+  anchor_boxes,
+  image_shape,
+  pre_nms_top_k,
+  score_threshold,
+  kernel_iou_threshold,
+  max_num_detections,
+):
   """generate_detections_fast in a graph (see the module docstring: decoding)."""
   some_level = next(iter(outputs['box_outputs']))
-  num_classes = (outputs['cls_outputs'][some_level].shape[-1] //
-                 (outputs['box_outputs'][some_level].shape[-1] // 4))
+  num_classes = outputs['cls_outputs'][some_level].shape[-1] // (
+    outputs['box_outputs'][some_level].shape[-1] // 4
+  )
   return _class_aware_nms(
-      _candidates(outputs, anchor_boxes, image_shape, score_threshold),
-      tf.shape(outputs['box_outputs'][some_level])[0], num_classes, pre_nms_top_k,
-      kernel_iou_threshold, max_num_detections)
+    _candidates(outputs, anchor_boxes, image_shape, score_threshold),
+    tf.shape(outputs['box_outputs'][some_level])[0],
+    num_classes,
+    pre_nms_top_k,
+    kernel_iou_threshold,
+    max_num_detections,
+  )
 
 
-def generate_detections_fast(outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                             anchor_boxes: Mapping[str, tf.Tensor],
-                             image_shape: tf.Tensor,
-                             pre_nms_top_k: int = 5000,
-                             pre_nms_score_threshold: float = 0.05,
-                             nms_iou_threshold: float = 0.5,
-                             max_num_detections: int = 100) -> Dict[str, tf.Tensor]:
+def generate_detections_fast(
+  outputs: Mapping[str, Mapping[str, tf.Tensor]],
+  anchor_boxes: Mapping[str, tf.Tensor],
+  image_shape: tf.Tensor,
+  pre_nms_top_k: int = 5000,
+  pre_nms_score_threshold: float = 0.05,
+  nms_iou_threshold: float = 0.5,
+  max_num_detections: int = 100,
+) -> Dict[str, tf.Tensor]:
   """Decodes raw RetinaNet outputs and runs class-aware NMS (v1's detections, fast).
 
   Args:
@@ -256,14 +285,19 @@ def generate_detections_fast(outputs: Mapping[str, Mapping[str, tf.Tensor]],
   if pre_nms_top_k < 1:
     raise ValueError(f'pre_nms_top_k must be >= 1, got {pre_nms_top_k}.')
   detections = _generate_detections(
-      outputs, anchor_boxes, image_shape,
-      tf.constant(pre_nms_top_k, tf.int32),
-      tf.constant(pre_nms_score_threshold, tf.float32),
-      tf.constant(_largest_float32_below(nms_iou_threshold), tf.float32),
-      tf.constant(max_num_detections, tf.int32))
+    outputs,
+    anchor_boxes,
+    image_shape,
+    tf.constant(pre_nms_top_k, tf.int32),
+    tf.constant(pre_nms_score_threshold, tf.float32),
+    tf.constant(_largest_float32_below(nms_iou_threshold), tf.float32),
+    tf.constant(max_num_detections, tf.int32),
+  )
   # The static shapes v1 gives.
-  for key, shape in (('detection_boxes', [None, max_num_detections, 4]),
-                     ('detection_scores', [None, max_num_detections]),
-                     ('detection_classes', [None, max_num_detections])):
+  for key, shape in (
+    ('detection_boxes', [None, max_num_detections, 4]),
+    ('detection_scores', [None, max_num_detections]),
+    ('detection_classes', [None, max_num_detections]),
+  ):
     detections[key] = tf.ensure_shape(detections[key], shape)
   return detections

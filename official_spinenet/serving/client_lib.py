@@ -24,10 +24,19 @@ import numpy as np
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 # Input name of each signature (export_lib.SIGNATURE_INPUTS; repeated here so that a
 # REST client does not need TensorFlow to import this module).
-SIGNATURE_INPUT_NAMES = {'image_bytes': 'image_bytes', 'image_tensor': 'images',
-                         'tf_example': 'tf_examples', 'serving_default': 'image_bytes'}
-OUTPUT_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections',
-               'image_info')
+SIGNATURE_INPUT_NAMES = {
+  'image_bytes': 'image_bytes',
+  'image_tensor': 'images',
+  'tf_example': 'tf_examples',
+  'serving_default': 'image_bytes',
+}
+OUTPUT_KEYS = (
+  'detection_boxes',
+  'detection_scores',
+  'detection_classes',
+  'num_detections',
+  'image_info',
+)
 # A JSON file, {class id: name}, or the names of class ids 1, 2, ...
 CategoryNamesSource = Union[None, str, Mapping[Any, Any], Sequence[str]]
 
@@ -39,6 +48,7 @@ class ImageDetections:
   boxes: float [N, 4] (ymin, xmin, ymax, xmax) in original-image pixels; scores: float
   [N]; classes: int [N] dataset class ids; image_size: (height, width).
   """
+
   boxes: np.ndarray
   scores: np.ndarray
   classes: np.ndarray
@@ -47,8 +57,7 @@ class ImageDetections:
   def above(self, min_score: float) -> 'ImageDetections':
     """The detections scoring at least min_score."""
     keep = self.scores >= min_score
-    return ImageDetections(self.boxes[keep], self.scores[keep], self.classes[keep],
-                           self.image_size)
+    return ImageDetections(self.boxes[keep], self.scores[keep], self.classes[keep], self.image_size)
 
 
 def find_images(patterns: Sequence[str]) -> List[str]:
@@ -60,11 +69,17 @@ def find_images(patterns: Sequence[str]) -> List[str]:
   files, empty = [], []
   for pattern in patterns:
     if os.path.isdir(pattern):
-      found = sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
-                     if name.lower().endswith(IMAGE_EXTENSIONS))
+      found = sorted(
+        os.path.join(pattern, name)
+        for name in os.listdir(pattern)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+      )
     else:
-      found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
-          [pattern] if os.path.isfile(pattern) else [])
+      found = (
+        sorted(glob.glob(pattern))
+        if glob.has_magic(pattern)
+        else ([pattern] if os.path.isfile(pattern) else [])
+      )
     if not found:
       empty.append(pattern)
     files.extend(f for f in found if f not in files)
@@ -78,7 +93,7 @@ def batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   for start in range(0, len(items), batch_size):
-    yield items[start:start + batch_size]
+    yield items[start : start + batch_size]
 
 
 def drawing_names(paths: Sequence[str]) -> List[str]:
@@ -98,6 +113,7 @@ def drawing_names(paths: Sequence[str]) -> List[str]:
 def decode_to_array(encoded: bytes) -> np.ndarray:
   """uint8 [H, W, 3] RGB pixels of an encoded image (PIL), for the image_tensor signature."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   with Image.open(io.BytesIO(encoded)) as image:
     return np.asarray(image.convert('RGB'), dtype=np.uint8)
 
@@ -105,28 +121,33 @@ def decode_to_array(encoded: bytes) -> np.ndarray:
 def _signature_inputs(signature_name: str, images: Sequence[Any]) -> tuple:
   """(input name, values): bytes for string signatures, one stacked uint8 array else."""
   if signature_name not in SIGNATURE_INPUT_NAMES:
-    raise ValueError(f'Unknown signature {signature_name!r}; expected one of '
-                     f'{sorted(SIGNATURE_INPUT_NAMES)}.')
+    raise ValueError(
+      f'Unknown signature {signature_name!r}; expected one of {sorted(SIGNATURE_INPUT_NAMES)}.'
+    )
   input_name = SIGNATURE_INPUT_NAMES[signature_name]
   if input_name != 'images':
     return input_name, [bytes(i) for i in images]
   arrays = [np.asarray(i, dtype=np.uint8) for i in images]
   if len({a.shape for a in arrays}) != 1:
-    raise ValueError('image_tensor takes images of one size per request, got '
-                     f'{sorted({a.shape for a in arrays})}; send them one by one or use '
-                     'image_bytes.')
+    raise ValueError(
+      'image_tensor takes images of one size per request, got '
+      f'{sorted({a.shape for a in arrays})}; send them one by one or use '
+      'image_bytes.'
+    )
   return input_name, np.stack(arrays)
 
 
-def rest_predict_url(host: str, port: int, model_name: str,
-                     model_version: Optional[int] = None) -> str:
+def rest_predict_url(
+  host: str, port: int, model_name: str, model_version: Optional[int] = None
+) -> str:
   """http://host:port/v1/models/<name>[/versions/<v>]:predict"""
   version = f'/versions/{int(model_version)}' if model_version else ''
   return f'http://{host}:{int(port)}/v1/models/{model_name}{version}:predict'
 
 
-def rest_predict_payload(images: Sequence[Any], signature_name: str = 'image_bytes',
-                         columnar: bool = False) -> Dict[str, Any]:
+def rest_predict_payload(
+  images: Sequence[Any], signature_name: str = 'image_bytes', columnar: bool = False
+) -> Dict[str, Any]:
   """The JSON body of a REST predict request.
 
   Args:
@@ -146,18 +167,21 @@ def rest_predict_payload(images: Sequence[Any], signature_name: str = 'image_byt
     values = [{'b64': base64.b64encode(v).decode('ascii')} for v in values]
   if columnar:
     return {'signature_name': signature_name, 'inputs': {input_name: values}}
-  return {'signature_name': signature_name,
-          'instances': [{input_name: value} for value in values]}
+  return {'signature_name': signature_name, 'instances': [{input_name: value} for value in values]}
 
 
-def grpc_predict_request(images: Sequence[Any], model_name: str,
-                         signature_name: str = 'image_bytes',
-                         model_version: Optional[int] = None):
+def grpc_predict_request(
+  images: Sequence[Any],
+  model_name: str,
+  signature_name: str = 'image_bytes',
+  model_version: Optional[int] = None,
+):
   """A tensorflow_serving PredictRequest for the images (see rest_predict_payload)."""
   from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow.core.framework import tensor_shape_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+
   input_name, values = _signature_inputs(signature_name, images)
   request = predict_pb2.PredictRequest()
   request.model_spec.name = model_name
@@ -166,8 +190,10 @@ def grpc_predict_request(images: Sequence[Any], model_name: str,
     request.model_spec.version.value = int(model_version)
   shape = [len(values)] if input_name != 'images' else list(values.shape)
   tensor = tensor_pb2.TensorProto(
-      tensor_shape=tensor_shape_pb2.TensorShapeProto(
-          dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
+    tensor_shape=tensor_shape_pb2.TensorShapeProto(
+      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]
+    )
+  )
   if input_name == 'images':
     tensor.dtype = types_pb2.DT_UINT8
     tensor.tensor_content = values.tobytes()  # compact; int_val would be 4-8x larger
@@ -183,11 +209,14 @@ def detections_from_outputs(outputs: Mapping[str, Any]) -> List[ImageDetections]
   arrays = {k: np.asarray(outputs[k]) for k in OUTPUT_KEYS}
   results = []
   for i, count in enumerate(arrays['num_detections'].astype(int)):
-    results.append(ImageDetections(
+    results.append(
+      ImageDetections(
         boxes=arrays['detection_boxes'][i, :count].astype(np.float32),
         scores=arrays['detection_scores'][i, :count].astype(np.float32),
         classes=arrays['detection_classes'][i, :count].astype(np.int64),
-        image_size=tuple(int(s) for s in arrays['image_info'][i, 0])))
+        image_size=tuple(int(s) for s in arrays['image_info'][i, 0]),
+      )
+    )
   return results
 
 
@@ -208,6 +237,7 @@ def parse_rest_response(response: Mapping[str, Any]) -> List[ImageDetections]:
 def parse_grpc_response(response) -> List[ImageDetections]:
   """Detections from a tensorflow_serving PredictResponse."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in OUTPUT_KEYS})
 
 
@@ -246,9 +276,11 @@ def _names_from_data(data: Any, source: str) -> Dict[int, str]:
       data = data.get('category_names') or {}
     return {int(k): str(v) for k, v in data.items()}
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    raise ValueError(f'{source} is not a category names file (export_config.json, '
-                     '{"id": "name"}, a list of names or a COCO annotation file): '
-                     f'{e}') from e
+    raise ValueError(
+      f'{source} is not a category names file (export_config.json, '
+      '{"id": "name"}, a list of names or a COCO annotation file): '
+      f'{e}'
+    ) from e
 
 
 def load_category_names(source: CategoryNamesSource) -> Dict[int, str]:
@@ -277,10 +309,13 @@ def load_category_names(source: CategoryNamesSource) -> Dict[int, str]:
   # utils.files loads TensorFlow: only when a file is read (importing this module and
   # building REST requests need none).
   from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
+
   names = _names_from_data(files.read_json(source, 'Category names file'), source)
   if not names:
-    raise ValueError(f'Category names file {source!r} names no categories (an export made '
-                     'without category names?).')
+    raise ValueError(
+      f'Category names file {source!r} names no categories (an export made '
+      'without category names?).'
+    )
   return names
 
 
@@ -299,17 +334,20 @@ def read_files(paths: Sequence[str]) -> List[bytes]:
   return encoded
 
 
-def format_detections(name: str, detections: ImageDetections,
-                      category_names: Mapping[int, str], max_lines: int = 20) -> str:
+def format_detections(
+  name: str, detections: ImageDetections, category_names: Mapping[int, str], max_lines: int = 20
+) -> str:
   """Readable lines: the image, then one line per detection (best first)."""
   height, width = detections.image_size
   lines = [f'{name} ({height}x{width}): {len(detections.scores)} detections']
-  for box, score, cls in list(zip(detections.boxes, detections.scores,
-                                  detections.classes))[:max_lines]:
+  for box, score, cls in list(zip(detections.boxes, detections.scores, detections.classes))[
+    :max_lines
+  ]:
     label = category_names.get(int(cls), f'class {int(cls)}')
     ymin, xmin, ymax, xmax = (float(v) for v in box)
-    lines.append(f'  {score:.3f} {label:<12} y {ymin:7.1f}..{ymax:7.1f}  '
-                 f'x {xmin:7.1f}..{xmax:7.1f}')
+    lines.append(
+      f'  {score:.3f} {label:<12} y {ymin:7.1f}..{ymax:7.1f}  x {xmin:7.1f}..{xmax:7.1f}'
+    )
   if len(detections.scores) > max_lines:
     lines.append(f'  ... {len(detections.scores) - max_lines} more')
   return '\n'.join(lines)

@@ -47,6 +47,7 @@ class ClientOptions:
     output_dir: if set, one PNG per image with its detections drawn.
     output_json: if set, all detections as JSON.
   """
+
   images: Sequence[str]
   protocol: str = 'rest'
   server: str = 'localhost'
@@ -67,8 +68,7 @@ class ClientOptions:
 def predict_rest(images, url: str, signature: str, columnar: bool, timeout: float):
   """POSTs one REST predict request; returns per-image detections."""
   body = json.dumps(client_lib.rest_predict_payload(images, signature, columnar)).encode()
-  request = urllib.request.Request(url, data=body,
-                                   headers={'Content-Type': 'application/json'})
+  request = urllib.request.Request(url, data=body, headers={'Content-Type': 'application/json'})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as reply:
       return client_lib.parse_rest_response(json.load(reply))
@@ -76,31 +76,45 @@ def predict_rest(images, url: str, signature: str, columnar: bool, timeout: floa
     raise RuntimeError(f'{url}: HTTP {e.code}: {e.read().decode(errors="replace")}') from e
 
 
-def make_grpc_predict(target: str, model_name: str, signature: str, model_version,
-                      timeout: float) -> Predict:
+def make_grpc_predict(
+  target: str, model_name: str, signature: str, model_version, timeout: float
+) -> Predict:
   """A function images -> detections over one gRPC channel to TF Serving."""
   import grpc  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
-  channel = grpc.insecure_channel(target, options=[
+
+  channel = grpc.insecure_channel(
+    target,
+    options=[
       ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
-      ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES)])
+      ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ],
+  )
   stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
   def predict(images):
     request = client_lib.grpc_predict_request(images, model_name, signature, model_version)
     return client_lib.parse_grpc_response(stub.Predict(request, timeout=timeout))
+
   return predict
 
 
 def _predict_fn(options: ClientOptions) -> Predict:
   if options.protocol == 'rest':
-    url = client_lib.rest_predict_url(options.server, options.rest_port, options.model_name,
-                                      options.model_version)
-    return lambda images: predict_rest(images, url, options.signature, options.columnar,
-                                       options.timeout)
+    url = client_lib.rest_predict_url(
+      options.server, options.rest_port, options.model_name, options.model_version
+    )
+    return lambda images: predict_rest(
+      images, url, options.signature, options.columnar, options.timeout
+    )
   if options.protocol == 'grpc':
-    return make_grpc_predict(f'{options.server}:{options.grpc_port}', options.model_name,
-                             options.signature, options.model_version, options.timeout)
+    return make_grpc_predict(
+      f'{options.server}:{options.grpc_port}',
+      options.model_name,
+      options.signature,
+      options.model_version,
+      options.timeout,
+    )
   raise ValueError(f'protocol must be one of {PROTOCOLS}, got {options.protocol!r}.')
 
 
@@ -128,8 +142,11 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
   results, failed = {}, []
   for batch_paths in client_lib.batches(paths, batch_size):
     encoded = client_lib.read_files(batch_paths)
-    images = (encoded if options.signature == 'image_bytes'
-              else [client_lib.decode_to_array(e) for e in encoded])
+    images = (
+      encoded
+      if options.signature == 'image_bytes'
+      else [client_lib.decode_to_array(e) for e in encoded]
+    )
     logging.info('Sending %d image(s) starting with %s', len(images), batch_paths[0])
     try:
       replies = predict(images)
@@ -142,15 +159,19 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
     for path, data, detections in zip(batch_paths, encoded, replies):
       detections = detections.above(options.min_score)
       print(client_lib.format_detections(path, detections, category_names))
-      results[path] = {'boxes_ymin_xmin_ymax_xmax': detections.boxes.tolist(),
-                       'scores': detections.scores.tolist(),
-                       'classes': detections.classes.tolist()}
+      results[path] = {
+        'boxes_ymin_xmin_ymax_xmax': detections.boxes.tolist(),
+        'scores': detections.scores.tolist(),
+        'classes': detections.classes.tolist(),
+      }
       if options.output_dir:
         from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
-        drawing.save_drawing(data, detections, category_names,
-                             os.path.join(options.output_dir, drawings[path]))
+
+        drawing.save_drawing(
+          data, detections, category_names, os.path.join(options.output_dir, drawings[path])
+        )
   if options.output_json:
     from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
-    files.write_json_atomically({'detections': results, 'failed': failed},
-                                options.output_json)
+
+    files.write_json_atomically({'detections': results, 'failed': failed}, options.output_json)
   return results, failed

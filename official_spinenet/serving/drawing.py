@@ -10,12 +10,27 @@ from PIL import ImageDraw
 from official_spinenet.utils import files
 
 # Distinct, readable box colours, cycled by class id.
-_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128))
+_COLOURS = (
+  (230, 25, 75),
+  (60, 180, 75),
+  (0, 130, 200),
+  (245, 130, 48),
+  (145, 30, 180),
+  (70, 240, 240),
+  (240, 50, 230),
+  (210, 245, 60),
+  (250, 190, 190),
+  (0, 128, 128),
+)
 
 
-def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray,
-                    classes: np.ndarray, category_names: Mapping[int, str]) -> Image.Image:
+def draw_detections(
+  image: Image.Image,
+  boxes: np.ndarray,
+  scores: np.ndarray,
+  classes: np.ndarray,
+  category_names: Mapping[int, str],
+) -> Image.Image:
   """A copy of the image (RGB) with one labelled rectangle per detection.
 
   Args:
@@ -41,8 +56,7 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray,
   return canvas
 
 
-def save_drawing(encoded: bytes, detections, category_names: Mapping[int, str],
-                 path: str) -> None:
+def save_drawing(encoded: bytes, detections, category_names: Mapping[int, str], path: str) -> None:
   """Decodes an image, draws its detections and writes the PNG atomically (utils.files).
 
   Args:
@@ -52,8 +66,9 @@ def save_drawing(encoded: bytes, detections, category_names: Mapping[int, str],
     path: the PNG to write (local or gs://).
   """
   with Image.open(io.BytesIO(encoded)) as image:
-    drawn = draw_detections(image, detections.boxes, detections.scores, detections.classes,
-                            category_names)
+    drawn = draw_detections(
+      image, detections.boxes, detections.scores, detections.classes, category_names
+    )
   buffer = io.BytesIO()
   drawn.save(buffer, format='PNG')
   files.atomic_write(path, buffer.getvalue())

@@ -45,9 +45,9 @@ from official_spinenet.utils import tracking
 EXTRA_ASSETS_DIR = 'assets.extra'
 EXPORT_CONFIG_FILE = 'export_config.json'
 SIGNATURE_INPUTS = {  # signature -> (input name, dtype, shape without batch)
-    'image_tensor': ('images', tf.uint8, [None, None, 3]),
-    'image_bytes': ('image_bytes', tf.string, []),
-    'tf_example': ('tf_examples', tf.string, []),
+  'image_tensor': ('images', tf.uint8, [None, None, 3]),
+  'image_bytes': ('image_bytes', tf.string, []),
+  'tf_example': ('tf_examples', tf.string, []),
 }
 DEFAULT_SIGNATURE = 'image_bytes'  # also exported as 'serving_default'
 
@@ -55,6 +55,7 @@ DEFAULT_SIGNATURE = 'image_bytes'  # also exported as 'serving_default'
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
   """The options of an export (written to assets.extra/export_config.json)."""
+
   input_image_size: Tuple[int, int]
   score_threshold: float = retinanet_model.PRE_NMS_SCORE_THRESHOLD
   max_detections: int = retinanet_model.MAX_NUM_DETECTIONS
@@ -87,8 +88,10 @@ class DetectionServingModule(tf.Module):
     super().__init__(name='retinanet_serving')
     config.validate()
     if not model.built:
-      raise ValueError('The model is not built: build it (call it once on a batch of the '
-                       'input size) and load its weights before exporting.')
+      raise ValueError(
+        'The model is not built: build it (call it once on a batch of the '
+        'input size) and load its weights before exporting.'
+      )
     self._model = tracking.Untracked(model)
     # Only the variables are tracked, not the Keras model: Keras' own SavedModel
     # serialization traces every layer's call (tiny SpineNet-49 on this 2-core machine:
@@ -96,19 +99,25 @@ class DetectionServingModule(tf.Module):
     # the signatures. The training checkpoint stays the source of weights for Keras.
     self.model_variables = list(model.variables)
     self._config = config
-    self._model_input_size = preprocessing.padded_size(config.input_image_size,
-                                                       model.max_level)
+    self._model_input_size = preprocessing.padded_size(config.input_image_size, model.max_level)
     _check_model_input_size(model, self._model_input_size)
-    self._anchor_boxes = {k: tf.constant(v) for k, v in
-                          model.anchor_boxes(self._model_input_size).items()}
+    self._anchor_boxes = {
+      k: tf.constant(v) for k, v in model.anchor_boxes(self._model_input_size).items()
+    }
     # Model and post-processing are traced once and called by all three signatures.
     # No autograph: nothing here branches on tensors, and converting the model and
     # Model Garden's NMS code took 2/3 of the tracing time. Untracked, or saving would
     # trace it once more as a function of its own.
-    self._detect_fn = tracking.Untracked(tf.function(
-        self._detect, autograph=False, input_signature=[
-            tf.TensorSpec([config.batch_size] + self._model_input_size + [3], tf.float32),
-            tf.TensorSpec([config.batch_size, 4, 2], tf.float32)]))
+    self._detect_fn = tracking.Untracked(
+      tf.function(
+        self._detect,
+        autograph=False,
+        input_signature=[
+          tf.TensorSpec([config.batch_size] + self._model_input_size + [3], tf.float32),
+          tf.TensorSpec([config.batch_size, 4, 2], tf.float32),
+        ],
+      )
+    )
 
   @property
   def model(self) -> retinanet_model.RetinaNetModel:
@@ -130,47 +139,73 @@ class DetectionServingModule(tf.Module):
     image_shape = image_info[:, 1, :]
     if not config.apply_nms:
       decoded = postprocessing.decode_all_anchors(outputs, self._anchor_boxes, image_shape)
-      return {'decoded_boxes': postprocessing.boxes_to_original(decoded['decoded_boxes'],
-                                                                image_info),
-              'decoded_box_scores': decoded['decoded_box_scores'],
-              'image_info': image_info}
+      return {
+        'decoded_boxes': postprocessing.boxes_to_original(decoded['decoded_boxes'], image_info),
+        'decoded_box_scores': decoded['decoded_box_scores'],
+        'image_info': image_info,
+      }
     detections = postprocessing.detections_per_image(
-        outputs, self._anchor_boxes, image_shape, max_num_detections=config.max_detections,
-        pre_nms_top_k=config.pre_nms_top_k, pre_nms_score_threshold=config.score_threshold,
-        nms_iou_threshold=config.nms_iou_threshold)
+      outputs,
+      self._anchor_boxes,
+      image_shape,
+      max_num_detections=config.max_detections,
+      pre_nms_top_k=config.pre_nms_top_k,
+      pre_nms_score_threshold=config.score_threshold,
+      nms_iou_threshold=config.nms_iou_threshold,
+    )
     detections['detection_boxes'] = postprocessing.boxes_to_original(
-        detections['detection_boxes'], image_info)
+      detections['detection_boxes'], image_info
+    )
     detections['image_info'] = image_info
     return detections
 
   def serve_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     """uint8 [B, H, W, 3], one size per batch."""
-    return self._detect_fn.value(*preprocessing.preprocess_image_batch(
-        images, self._config.input_image_size, self._model_input_size,
-        self._config.max_image_pixels, what='images'))
+    return self._detect_fn.value(
+      *preprocessing.preprocess_image_batch(
+        images,
+        self._config.input_image_size,
+        self._model_input_size,
+        self._config.max_image_pixels,
+        what='images',
+      )
+    )
 
   def serve_image_bytes(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
     """string [B] of JPEG / PNG files, any sizes."""
-    return self._detect_fn.value(*preprocessing.preprocess_encoded_batch(
-        image_bytes, self._config.input_image_size, self._model_input_size,
-        self._config.max_image_pixels, what='image_bytes'))
+    return self._detect_fn.value(
+      *preprocessing.preprocess_encoded_batch(
+        image_bytes,
+        self._config.input_image_size,
+        self._model_input_size,
+        self._config.max_image_pixels,
+        what='image_bytes',
+      )
+    )
 
   def serve_tf_examples(self, tf_examples: tf.Tensor) -> Dict[str, tf.Tensor]:
     """string [B] of serialized tf.Examples (image/encoded holds the JPEG / PNG)."""
-    return self._detect_fn.value(*preprocessing.preprocess_encoded_batch(
+    return self._detect_fn.value(
+      *preprocessing.preprocess_encoded_batch(
         preprocessing.encoded_images_from_examples(tf_examples),
-        self._config.input_image_size, self._model_input_size,
-        self._config.max_image_pixels, what='tf_examples image/encoded'))
+        self._config.input_image_size,
+        self._model_input_size,
+        self._config.max_image_pixels,
+        what='tf_examples image/encoded',
+      )
+    )
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     """Signature name -> concrete function (serving_default = image_bytes)."""
-    functions = {'image_tensor': self.serve_images, 'image_bytes': self.serve_image_bytes,
-                 'tf_example': self.serve_tf_examples}
+    functions = {
+      'image_tensor': self.serve_images,
+      'image_bytes': self.serve_image_bytes,
+      'tf_example': self.serve_tf_examples,
+    }
     signatures = {}
     for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items():
       spec = tf.TensorSpec([self._config.batch_size] + shape, dtype, name=input_name)
-      signatures[name] = tf.function(functions[name], autograph=False).get_concrete_function(
-          spec)
+      signatures[name] = tf.function(functions[name], autograph=False).get_concrete_function(spec)
     signatures['serving_default'] = signatures[DEFAULT_SIGNATURE]
     return signatures
 
@@ -186,48 +221,56 @@ def _check_model_input_size(model, model_input_size) -> None:
   built = [d for d in tuple(shape)[1:3]]
   if any(b is not None and b != m for b, m in zip(built, model_input_size)):
     raise ValueError(
-        f'The backbone was built for input {built} (height, width) but input_image_size '
-        f'pads to {model_input_size} (a multiple of 2^max_level = {2**model.max_level}); '
-        'export with an input_image_size that pads to the backbone input size.')
+      f'The backbone was built for input {built} (height, width) but input_image_size '
+      f'pads to {model_input_size} (a multiple of 2^max_level = {2**model.max_level}); '
+      'export with an input_image_size that pads to the backbone input size.'
+    )
 
 
 def _default_nms_version() -> Any:
   """The nms_version generate_detections uses when not given (recorded in the config)."""
   import inspect  # pylint: disable=g-import-not-at-top
-  return inspect.signature(retinanet_model.generate_detections).parameters[
-      'nms_version'].default
+
+  return inspect.signature(retinanet_model.generate_detections).parameters['nms_version'].default
 
 
-def export_config_dict(module: DetectionServingModule, config: ExportConfig,
-                       category_names: client_lib.CategoryNamesSource = None,
-                       extra_assets: Sequence[str] = ()) -> Dict[str, Any]:
+def export_config_dict(
+  module: DetectionServingModule,
+  config: ExportConfig,
+  category_names: client_lib.CategoryNamesSource = None,
+  extra_assets: Sequence[str] = (),
+) -> Dict[str, Any]:
   """The JSON-ready description written to assets.extra/export_config.json."""
   model = module.model
-  signatures = {name: {'input': {'name': input_name, 'dtype': dtype.name,
-                                 'shape': [config.batch_size] + shape}}
-                for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items()}
-  outputs = (['detection_boxes', 'detection_scores', 'detection_classes', 'num_detections']
-             if config.apply_nms else ['decoded_boxes', 'decoded_box_scores'])
+  signatures = {
+    name: {'input': {'name': input_name, 'dtype': dtype.name, 'shape': [config.batch_size] + shape}}
+    for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items()
+  }
+  outputs = (
+    ['detection_boxes', 'detection_scores', 'detection_classes', 'num_detections']
+    if config.apply_nms
+    else ['decoded_boxes', 'decoded_box_scores']
+  )
   return {
-      'options': {**dataclasses.asdict(config),
-                  'input_image_size': list(config.input_image_size)},
-      'model_input_size': module.model_input_size,
-      'nms_version': _default_nms_version() if config.apply_nms else None,
-      'min_level': model.min_level,
-      'max_level': model.max_level,
-      'num_classes_with_background': model.head.get_config()['num_classes'],
-      'category_names': client_lib.category_names_for_json(category_names),
-      'signatures': signatures,
-      'default_signature': DEFAULT_SIGNATURE,
-      'outputs': outputs + ['image_info'],
-      'box_format': 'ymin, xmin, ymax, xmax in original-image pixels',
-      'extra_assets': sorted(extra_assets),
-      'tensorflow_version': tf.__version__,
+    'options': {**dataclasses.asdict(config), 'input_image_size': list(config.input_image_size)},
+    'model_input_size': module.model_input_size,
+    'nms_version': _default_nms_version() if config.apply_nms else None,
+    'min_level': model.min_level,
+    'max_level': model.max_level,
+    'num_classes_with_background': model.head.get_config()['num_classes'],
+    'category_names': client_lib.category_names_for_json(category_names),
+    'signatures': signatures,
+    'default_signature': DEFAULT_SIGNATURE,
+    'outputs': outputs + ['image_info'],
+    'box_format': 'ymin, xmin, ymax, xmax in original-image pixels',
+    'extra_assets': sorted(extra_assets),
+    'tensorflow_version': tf.__version__,
   }
 
 
-def check_export_dir(export_dir: str, overwrite: bool,
-                     how_to_overwrite: str = 'overwrite=True') -> str:
+def check_export_dir(
+  export_dir: str, overwrite: bool, how_to_overwrite: str = 'overwrite=True'
+) -> str:
   """The absolute local export_dir, checked to be writable as an export.
 
   Args:
@@ -241,14 +284,17 @@ def check_export_dir(export_dir: str, overwrite: bool,
     FileExistsError: a file, or a non-empty folder and overwrite is False.
   """
   if '://' in export_dir:
-    raise ValueError(f'export_dir must be a local path (the export is moved into place '
-                     f'atomically with os.replace), got {export_dir!r}.')
+    raise ValueError(
+      f'export_dir must be a local path (the export is moved into place '
+      f'atomically with os.replace), got {export_dir!r}.'
+    )
   export_dir = os.path.abspath(export_dir)
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise FileExistsError(f'export_dir {export_dir} exists and is not a directory.')
   if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
-    raise FileExistsError(f'export_dir {export_dir} is not empty; pass {how_to_overwrite} to '
-                          'replace it.')
+    raise FileExistsError(
+      f'export_dir {export_dir} is not empty; pass {how_to_overwrite} to replace it.'
+    )
   return export_dir
 
 
@@ -284,15 +330,15 @@ def _move_into_place(tmp_dir: str, export_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_export(module: DetectionServingModule, folder: str,
-                  extra_assets: Mapping[str, str], category_names) -> None:
+def _write_export(
+  module: DetectionServingModule, folder: str, extra_assets: Mapping[str, str], category_names
+) -> None:
   """The SavedModel and assets.extra/ (export_config.json, extra_assets) in folder."""
   tf.saved_model.save(module, folder, signatures=module.signatures())
   assets_dir = os.path.join(folder, EXTRA_ASSETS_DIR)
   os.makedirs(assets_dir, exist_ok=True)
   description = export_config_dict(module, module.config, category_names, list(extra_assets))
-  for name, text in {**extra_assets,
-                     EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}.items():
+  for name, text in {**extra_assets, EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}.items():
     with open(os.path.join(assets_dir, name), 'w') as f:
       f.write(text)
 
@@ -300,24 +346,28 @@ def _write_export(module: DetectionServingModule, folder: str,
 def _check_asset_names(extra_assets: Mapping[str, str]) -> None:
   for name in extra_assets:
     if name != os.path.basename(name) or name in ('', '.', '..', EXPORT_CONFIG_FILE):
-      raise ValueError(f'extra_assets names must be plain file names other than '
-                       f'{EXPORT_CONFIG_FILE!r}, got {name!r}.')
+      raise ValueError(
+        f'extra_assets names must be plain file names other than '
+        f'{EXPORT_CONFIG_FILE!r}, got {name!r}.'
+      )
 
 
-def export_saved_model(model: retinanet_model.RetinaNetModel,
-                       export_dir: str,
-                       input_image_size: Tuple[int, int],
-                       *,
-                       score_threshold: float = retinanet_model.PRE_NMS_SCORE_THRESHOLD,
-                       max_detections: int = retinanet_model.MAX_NUM_DETECTIONS,
-                       nms_iou_threshold: float = retinanet_model.NMS_IOU_THRESHOLD,
-                       pre_nms_top_k: int = retinanet_model.PRE_NMS_TOP_K,
-                       apply_nms: bool = True,
-                       max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
-                       batch_size: Optional[int] = None,
-                       extra_assets: Optional[Dict[str, str]] = None,
-                       category_names: client_lib.CategoryNamesSource = None,
-                       overwrite: bool = False) -> str:
+def export_saved_model(
+  model: retinanet_model.RetinaNetModel,
+  export_dir: str,
+  input_image_size: Tuple[int, int],
+  *,
+  score_threshold: float = retinanet_model.PRE_NMS_SCORE_THRESHOLD,
+  max_detections: int = retinanet_model.MAX_NUM_DETECTIONS,
+  nms_iou_threshold: float = retinanet_model.NMS_IOU_THRESHOLD,
+  pre_nms_top_k: int = retinanet_model.PRE_NMS_TOP_K,
+  apply_nms: bool = True,
+  max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
+  batch_size: Optional[int] = None,
+  extra_assets: Optional[Dict[str, str]] = None,
+  category_names: client_lib.CategoryNamesSource = None,
+  overwrite: bool = False,
+) -> str:
   """Writes a SavedModel of `model` with preprocessing and detection post-processing.
 
   The SavedModel is written to a temporary folder beside export_dir and moved into
@@ -352,11 +402,15 @@ def export_saved_model(model: retinanet_model.RetinaNetModel,
       the input size does not match the backbone's.
   """
   config = ExportConfig(
-      input_image_size=tuple(int(s) for s in input_image_size),
-      score_threshold=float(score_threshold), max_detections=int(max_detections),
-      nms_iou_threshold=float(nms_iou_threshold), pre_nms_top_k=int(pre_nms_top_k),
-      apply_nms=bool(apply_nms), max_image_pixels=int(max_image_pixels),
-      batch_size=None if batch_size is None else int(batch_size))
+    input_image_size=tuple(int(s) for s in input_image_size),
+    score_threshold=float(score_threshold),
+    max_detections=int(max_detections),
+    nms_iou_threshold=float(nms_iou_threshold),
+    pre_nms_top_k=int(pre_nms_top_k),
+    apply_nms=bool(apply_nms),
+    max_image_pixels=int(max_image_pixels),
+    batch_size=None if batch_size is None else int(batch_size),
+  )
   extra_assets = dict(extra_assets or {})
   _check_asset_names(extra_assets)
   export_dir = check_export_dir(export_dir, overwrite)
@@ -378,5 +432,6 @@ def read_export_config(export_dir: str) -> Dict[str, Any]:
   Raises:
     ValueError: the folder has none, or it is not JSON.
   """
-  return files.read_json(os.path.join(export_dir, EXTRA_ASSETS_DIR, EXPORT_CONFIG_FILE),
-                         'Export config')
+  return files.read_json(
+    os.path.join(export_dir, EXTRA_ASSETS_DIR, EXPORT_CONFIG_FILE), 'Export config'
+  )

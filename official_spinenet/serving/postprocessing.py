@@ -11,8 +11,7 @@ import tensorflow as tf
 from official_spinenet import model_garden
 from official_spinenet.modeling import retinanet_model
 
-DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes',
-                  'num_detections')
+DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
 
 
 def boxes_to_original(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
@@ -35,16 +34,22 @@ def boxes_to_original(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(original, 0.0, size)
 
 
-def _with_batch(anchor_boxes: Mapping[str, tf.Tensor], batch_size: tf.Tensor
-                ) -> Dict[str, tf.Tensor]:
+def _with_batch(
+  anchor_boxes: Mapping[str, tf.Tensor], batch_size: tf.Tensor
+) -> Dict[str, tf.Tensor]:
   """Unbatched anchors [H, W, 4A] tiled to [batch_size, H, W, 4A]."""
-  return {level: tf.tile(boxes[None], [batch_size, 1, 1, 1])
-          for level, boxes in anchor_boxes.items()}
+  return {
+    level: tf.tile(boxes[None], [batch_size, 1, 1, 1]) for level, boxes in anchor_boxes.items()
+  }
 
 
-def detections_per_image(outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                         anchor_boxes: Mapping[str, tf.Tensor], image_shape: tf.Tensor,
-                         max_num_detections: int, **nms_settings) -> Dict[str, tf.Tensor]:
+def detections_per_image(
+  outputs: Mapping[str, Mapping[str, tf.Tensor]],
+  anchor_boxes: Mapping[str, tf.Tensor],
+  image_shape: tf.Tensor,
+  max_num_detections: int,
+  **nms_settings,
+) -> Dict[str, tf.Tensor]:
   """`retinanet_model.generate_detections` run on one image at a time (tf.map_fn).
 
   Why per image: NMS is per image anyway, and some NMS versions (Model Garden's v1)
@@ -64,29 +69,37 @@ def detections_per_image(outputs: Mapping[str, Mapping[str, tf.Tensor]],
     detection_boxes [B, max, 4] (model-input pixels), detection_scores [B, max],
     detection_classes int32 [B, max], num_detections int32 [B].
   """
+
   def one_image(elems):
     image_outputs, shape = elems
     batched = tf.nest.map_structure(lambda t: t[None], image_outputs)
     result = retinanet_model.generate_detections(
-        batched, anchor_boxes, shape[None], max_num_detections=max_num_detections,
-        **nms_settings)
-    return (tf.reshape(result['detection_boxes'], [max_num_detections, 4]),
-            tf.reshape(result['detection_scores'], [max_num_detections]),
-            tf.reshape(tf.cast(result['detection_classes'], tf.int32), [max_num_detections]),
-            tf.reshape(tf.cast(result['num_detections'], tf.int32), []))
+      batched, anchor_boxes, shape[None], max_num_detections=max_num_detections, **nms_settings
+    )
+    return (
+      tf.reshape(result['detection_boxes'], [max_num_detections, 4]),
+      tf.reshape(result['detection_scores'], [max_num_detections]),
+      tf.reshape(tf.cast(result['detection_classes'], tf.int32), [max_num_detections]),
+      tf.reshape(tf.cast(result['num_detections'], tf.int32), []),
+    )
 
-  specs = (tf.TensorSpec([max_num_detections, 4], tf.float32),
-           tf.TensorSpec([max_num_detections], tf.float32),
-           tf.TensorSpec([max_num_detections], tf.int32),
-           tf.TensorSpec([], tf.int32))
-  results = tf.map_fn(one_image, (dict(outputs), tf.cast(image_shape, tf.float32)),
-                      fn_output_signature=specs)
+  specs = (
+    tf.TensorSpec([max_num_detections, 4], tf.float32),
+    tf.TensorSpec([max_num_detections], tf.float32),
+    tf.TensorSpec([max_num_detections], tf.int32),
+    tf.TensorSpec([], tf.int32),
+  )
+  results = tf.map_fn(
+    one_image, (dict(outputs), tf.cast(image_shape, tf.float32)), fn_output_signature=specs
+  )
   return dict(zip(DETECTION_KEYS, results))
 
 
-def decode_all_anchors(outputs: Mapping[str, Mapping[str, tf.Tensor]],
-                       anchor_boxes: Mapping[str, tf.Tensor], image_shape: tf.Tensor
-                       ) -> Dict[str, tf.Tensor]:
+def decode_all_anchors(
+  outputs: Mapping[str, Mapping[str, tf.Tensor]],
+  anchor_boxes: Mapping[str, tf.Tensor],
+  image_shape: tf.Tensor,
+) -> Dict[str, tf.Tensor]:
   """Decoded boxes and per-class scores for every anchor, without NMS or threshold.
 
   Model Garden's MultilevelDetectionGenerator with apply_nms=False: sigmoid scores with
@@ -108,8 +121,12 @@ def decode_all_anchors(outputs: Mapping[str, Mapping[str, tf.Tensor]],
   batch_size = tf.shape(next(iter(box_outputs.values())))[0]
   generator = detection_generator.MultilevelDetectionGenerator(apply_nms=False)
   results = generator(
-      {k: tf.cast(v, tf.float32) for k, v in box_outputs.items()},
-      {k: tf.cast(v, tf.float32) for k, v in cls_outputs.items()},
-      _with_batch(anchor_boxes, batch_size), tf.cast(image_shape, tf.float32))
-  return {'decoded_boxes': tf.squeeze(results['decoded_boxes'], axis=2),
-          'decoded_box_scores': results['decoded_box_scores']}
+    {k: tf.cast(v, tf.float32) for k, v in box_outputs.items()},
+    {k: tf.cast(v, tf.float32) for k, v in cls_outputs.items()},
+    _with_batch(anchor_boxes, batch_size),
+    tf.cast(image_shape, tf.float32),
+  )
+  return {
+    'decoded_boxes': tf.squeeze(results['decoded_boxes'], axis=2),
+    'decoded_box_scores': results['decoded_box_scores'],
+  }

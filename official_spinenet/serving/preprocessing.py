@@ -46,8 +46,9 @@ def _assert(condition: tf.Tensor, template: str, values: Sequence[tf.Tensor]) ->
   return tf.debugging.Assert(condition, [message], summarize=1)
 
 
-def check_image_size(height: tf.Tensor, width: tf.Tensor, max_image_pixels: int,
-                     what: str = 'image') -> List[tf.Operation]:
+def check_image_size(
+  height: tf.Tensor, width: tf.Tensor, max_image_pixels: int, what: str = 'image'
+) -> List[tf.Operation]:
   """Assertion ops: the image is not zero-sized and has at most max_image_pixels pixels.
 
   Args:
@@ -61,24 +62,32 @@ def check_image_size(height: tf.Tensor, width: tf.Tensor, max_image_pixels: int,
   height = tf.cast(height, tf.int64)
   width = tf.cast(width, tf.int64)
   return [
-      _assert(tf.logical_and(height > 0, width > 0),
-              f'{what}: the image is zero-sized ({{}}x{{}} pixels, height x width).',
-              [height, width]),
-      _assert(height * width <= max_image_pixels,
-              f'{what}: the image has {{}}x{{}} = {{}} pixels, more than max_image_pixels='
-              f'{max_image_pixels}; send a smaller image or export with a larger '
-              'max_image_pixels.', [height, width, height * width]),
+    _assert(
+      tf.logical_and(height > 0, width > 0),
+      f'{what}: the image is zero-sized ({{}}x{{}} pixels, height x width).',
+      [height, width],
+    ),
+    _assert(
+      height * width <= max_image_pixels,
+      f'{what}: the image has {{}}x{{}} = {{}} pixels, more than max_image_pixels='
+      f'{max_image_pixels}; send a smaller image or export with a larger '
+      'max_image_pixels.',
+      [height, width, height * width],
+    ),
   ]
 
 
 def _png_size(encoded: tf.Tensor, what: str) -> tf.Tensor:
   """[height, width] int32 read from a PNG's IHDR chunk (no decoding)."""
-  long_enough = _assert(tf.strings.length(encoded) >= _PNG_MIN_HEADER_BYTES,
-                        f'{what}: truncated PNG ({{}} bytes, the header alone needs '
-                        f'{_PNG_MIN_HEADER_BYTES}).', [tf.strings.length(encoded)])
+  long_enough = _assert(
+    tf.strings.length(encoded) >= _PNG_MIN_HEADER_BYTES,
+    f'{what}: truncated PNG ({{}} bytes, the header alone needs {_PNG_MIN_HEADER_BYTES}).',
+    [tf.strings.length(encoded)],
+  )
   with tf.control_dependencies([long_enough]):
-    width_height = tf.io.decode_raw(tf.strings.substr(encoded, _PNG_SIZE_OFFSET, 8),
-                                    tf.int32, little_endian=False)
+    width_height = tf.io.decode_raw(
+      tf.strings.substr(encoded, _PNG_SIZE_OFFSET, 8), tf.int32, little_endian=False
+    )
   return tf.reshape(tf.reverse(width_height, [0]), [2])
 
 
@@ -92,24 +101,26 @@ def encoded_image_size(encoded: tf.Tensor, what: str = 'image') -> tf.Tensor:
     encoded: a scalar string, the file bytes.
     what: names the input in the messages.
   """
-  not_empty = _assert(tf.strings.length(encoded) > 0,
-                      f'{what}: empty image bytes (0 bytes).', [])
+  not_empty = _assert(tf.strings.length(encoded) > 0, f'{what}: empty image bytes (0 bytes).', [])
   with tf.control_dependencies([not_empty]):
     is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
     is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
   known_format = _assert(
-      tf.logical_or(is_jpeg, is_png),
-      f'{what}: not a JPEG or PNG file ({{}} bytes, starting with {{}}); only JPEG and '
-      'PNG are accepted.',
-      [tf.strings.length(encoded), tf.strings.substr(encoded, 0, 8)])
+    tf.logical_or(is_jpeg, is_png),
+    f'{what}: not a JPEG or PNG file ({{}} bytes, starting with {{}}); only JPEG and '
+    'PNG are accepted.',
+    [tf.strings.length(encoded), tf.strings.substr(encoded, 0, 8)],
+  )
   with tf.control_dependencies([known_format]):
     # Only the taken branch runs, so the PNG parse never sees JPEG bytes.
-    return tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2],
-                   lambda: _png_size(encoded, what))
+    return tf.cond(
+      is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2], lambda: _png_size(encoded, what)
+    )
 
 
-def decode_image(encoded: tf.Tensor, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 what: str = 'image') -> tf.Tensor:
+def decode_image(
+  encoded: tf.Tensor, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, what: str = 'image'
+) -> tf.Tensor:
   """Decodes one JPEG or PNG to uint8 [H, W, 3] after validating its header.
 
   Grey and RGBA images become RGB (channels=3), as in Model Garden's TfExampleDecoder.
@@ -129,8 +140,9 @@ def decode_image(encoded: tf.Tensor, max_image_pixels: int = DEFAULT_MAX_IMAGE_P
   return image
 
 
-def preprocess_image(image: tf.Tensor, input_image_size: Sequence[int],
-                     model_input_size: Sequence[int]) -> Tuple[tf.Tensor, tf.Tensor]:
+def preprocess_image(
+  image: tf.Tensor, input_image_size: Sequence[int], model_input_size: Sequence[int]
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """The eval parser's image steps: normalize, resize keeping aspect ratio, pad.
 
   Args:
@@ -145,42 +157,63 @@ def preprocess_image(image: tf.Tensor, input_image_size: Sequence[int],
   preprocess_ops = model_garden.load('preprocess_ops')
   image = preprocess_ops.normalize_image(image)
   image, image_info = preprocess_ops.resize_and_crop_image(
-      image, list(input_image_size), padded_size=list(model_input_size),
-      aug_scale_min=1.0, aug_scale_max=1.0, keep_aspect_ratio=True)
+    image,
+    list(input_image_size),
+    padded_size=list(model_input_size),
+    aug_scale_min=1.0,
+    aug_scale_max=1.0,
+    keep_aspect_ratio=True,
+  )
   return tf.ensure_shape(image, list(model_input_size) + [3]), image_info
 
 
-def _map_preprocess(fn, elems: tf.Tensor, model_input_size: Sequence[int]
-                    ) -> Tuple[tf.Tensor, tf.Tensor]:
+def _map_preprocess(
+  fn, elems: tf.Tensor, model_input_size: Sequence[int]
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """tf.map_fn of fn(elem) -> (image, image_info) over the batch."""
   return tf.map_fn(
-      fn, elems,
-      fn_output_signature=(tf.TensorSpec(list(model_input_size) + [3], tf.float32),
-                           tf.TensorSpec([4, 2], tf.float32)))
+    fn,
+    elems,
+    fn_output_signature=(
+      tf.TensorSpec(list(model_input_size) + [3], tf.float32),
+      tf.TensorSpec([4, 2], tf.float32),
+    ),
+  )
 
 
-def preprocess_image_batch(images: tf.Tensor, input_image_size: Sequence[int],
-                           model_input_size: Sequence[int],
-                           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                           what: str = 'images') -> Tuple[tf.Tensor, tf.Tensor]:
+def preprocess_image_batch(
+  images: tf.Tensor,
+  input_image_size: Sequence[int],
+  model_input_size: Sequence[int],
+  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+  what: str = 'images',
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """uint8 [B, H, W, 3] (one size for the batch) -> ([B, Hm, Wm, 3], image_info [B, 4, 2])."""
   shape = tf.shape(images)
   with tf.control_dependencies(check_image_size(shape[1], shape[2], max_image_pixels, what)):
     images = tf.identity(images)
   return _map_preprocess(
-      lambda image: preprocess_image(image, input_image_size, model_input_size),
-      images, model_input_size)
+    lambda image: preprocess_image(image, input_image_size, model_input_size),
+    images,
+    model_input_size,
+  )
 
 
-def preprocess_encoded_batch(encoded: tf.Tensor, input_image_size: Sequence[int],
-                             model_input_size: Sequence[int],
-                             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                             what: str = 'image_bytes') -> Tuple[tf.Tensor, tf.Tensor]:
+def preprocess_encoded_batch(
+  encoded: tf.Tensor,
+  input_image_size: Sequence[int],
+  model_input_size: Sequence[int],
+  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+  what: str = 'image_bytes',
+) -> Tuple[tf.Tensor, tf.Tensor]:
   """string [B] JPEG/PNG bytes, any sizes -> ([B, Hm, Wm, 3], image_info [B, 4, 2])."""
   return _map_preprocess(
-      lambda data: preprocess_image(decode_image(data, max_image_pixels, what),
-                                    input_image_size, model_input_size),
-      encoded, model_input_size)
+    lambda data: preprocess_image(
+      decode_image(data, max_image_pixels, what), input_image_size, model_input_size
+    ),
+    encoded,
+    model_input_size,
+  )
 
 
 def encoded_images_from_examples(serialized: tf.Tensor) -> tf.Tensor:
@@ -192,5 +225,6 @@ def encoded_images_from_examples(serialized: tf.Tensor) -> tf.Tensor:
   empty bytes and fails with the empty-bytes message.
   """
   features = tf.io.parse_example(
-      serialized, {'image/encoded': tf.io.FixedLenFeature([], tf.string, default_value='')})
+    serialized, {'image/encoded': tf.io.FixedLenFeature([], tf.string, default_value='')}
+  )
   return features['image/encoded']

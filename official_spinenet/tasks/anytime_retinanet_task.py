@@ -42,12 +42,14 @@ class _ExitDetector:
 class AnytimeRetinaNetTask(retinanet_task.RetinaNetTask):
   """RetinaNet with a head after every NAS-FPN repeat, trained with deep supervision."""
 
-  def __init__(self,
-               *args,
-               separate_heads: bool = False,
-               exit_weights: Optional[Sequence[float]] = None,
-               eval_exit: Optional[int] = None,
-               **kwargs):
+  def __init__(
+    self,
+    *args,
+    separate_heads: bool = False,
+    exit_weights: Optional[Sequence[float]] = None,
+    eval_exit: Optional[int] = None,
+    **kwargs,
+  ):
     """Configures the task (nothing is built yet).
 
     Args:
@@ -71,8 +73,9 @@ class AnytimeRetinaNetTask(retinanet_task.RetinaNetTask):
   def num_exits(self) -> int:
     """Exits of the built model (known once build_model has run)."""
     if self._num_exits is None:
-      raise RuntimeError('AnytimeRetinaNetTask: the number of exits is known once '
-                         'build_model() has run.')
+      raise RuntimeError(
+        'AnytimeRetinaNetTask: the number of exits is known once build_model() has run.'
+      )
     return self._num_exits
 
   @property
@@ -82,39 +85,50 @@ class AnytimeRetinaNetTask(retinanet_task.RetinaNetTask):
   def validate(self, mode: str) -> None:
     super().validate(mode)
     if self._decoder_fn is None:
-      raise ValueError('AnytimeRetinaNetTask needs a NAS-FPN decoder (e.g. '
-                       'AnytimeRetinaNetTask.decoder = @nasfpn); it has none.')
+      raise ValueError(
+        'AnytimeRetinaNetTask needs a NAS-FPN decoder (e.g. '
+        'AnytimeRetinaNetTask.decoder = @nasfpn); it has none.'
+      )
     if self.exit_weights is not None and any(w < 0 for w in self.exit_weights):
-      raise ValueError(f'AnytimeRetinaNetTask.exit_weights must be >= 0, got '
-                       f'{list(self.exit_weights)}.')
+      raise ValueError(
+        f'AnytimeRetinaNetTask.exit_weights must be >= 0, got {list(self.exit_weights)}.'
+      )
 
   def _check_exits(self, num_exits: int) -> None:
     if self.exit_weights is not None and len(self.exit_weights) != num_exits:
-      raise ValueError(f'AnytimeRetinaNetTask.exit_weights has {len(self.exit_weights)} '
-                       f'entries but the model has {num_exits} exits (one per NAS-FPN '
-                       'repeat).')
+      raise ValueError(
+        f'AnytimeRetinaNetTask.exit_weights has {len(self.exit_weights)} '
+        f'entries but the model has {num_exits} exits (one per NAS-FPN '
+        'repeat).'
+      )
     anytime_retinanet_model.resolve_exit_index(self.eval_exit, num_exits)
 
   def build_model(self) -> anytime_retinanet_model.AnytimeRetinaNetModel:
     model = super().build_model()  # a RetinaNetModel: its parts, built and called once
     if model.decoder is None or not hasattr(model.decoder, 'early_exit_model'):
-      raise ValueError('AnytimeRetinaNetTask.decoder must build a NAS-FPN (with '
-                       f'early_exit_model), got {model.decoder!r}.')
+      raise ValueError(
+        'AnytimeRetinaNetTask.decoder must build a NAS-FPN (with '
+        f'early_exit_model), got {model.decoder!r}.'
+      )
     self._check_exits(int(model.decoder.num_repeats))
     config = model.get_config()
     anytime = anytime_retinanet_model.AnytimeRetinaNetModel(
-        backbone=model.backbone, head=model.head, decoder=model.decoder,
-        num_scales=config['num_scales'], aspect_ratios=config['aspect_ratios'],
-        anchor_size=config['anchor_size'], separate_heads=self.separate_heads,
-        default_exit_index=self.eval_exit)
+      backbone=model.backbone,
+      head=model.head,
+      decoder=model.decoder,
+      num_scales=config['num_scales'],
+      aspect_ratios=config['aspect_ratios'],
+      anchor_size=config['anchor_size'],
+      separate_heads=self.separate_heads,
+      default_exit_index=self.eval_exit,
+    )
     height, width = self.image_size
     # Builds every exit's weights now (separate heads too).
     anytime(tf.zeros([1, height, width, 3]), training=False, all_exits=True)
     self._num_exits = anytime.num_exits
     return anytime
 
-  def build_losses(self, outputs: Sequence[Dict[str, Any]], labels,
-                   model) -> Dict[str, tf.Tensor]:
+  def build_losses(self, outputs: Sequence[Dict[str, Any]], labels, model) -> Dict[str, tf.Tensor]:
     """Deep supervision: the RetinaNet losses of every exit, summed with exit_weights.
 
     Args:
@@ -137,8 +151,9 @@ class AnytimeRetinaNetTask(retinanet_task.RetinaNetTask):
       if k == len(outputs):
         exit_losses = last
       else:
-        exit_losses = retinanet_losses.retinanet_loss(exit_outputs, labels, self.num_classes,
-                                                      **self._loss_args)
+        exit_losses = retinanet_losses.retinanet_loss(
+          exit_outputs, labels, self.num_classes, **self._loss_args
+        )
         exit_losses['model_loss'] = exit_losses['total_loss']
       for name in _EXIT_LOSSES:
         losses[f'exit_{k}/{name}'] = exit_losses[name]

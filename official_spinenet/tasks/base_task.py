@@ -26,6 +26,7 @@ class InputConfig:
     shuffle_buffer_size: examples in the shuffle buffer (training only).
     seed: optional shuffle seed (reproducible input order).
   """
+
   file_pattern: str = ''
   global_batch_size: int = 8
   aug_scale_min: float = 1.0
@@ -71,14 +72,13 @@ class Task(abc.ABC):
     """A new model with fresh weights (called inside the strategy scope)."""
 
   @abc.abstractmethod
-  def build_inputs(self, is_training: bool,
-                   input_context: Optional[tf.distribute.InputContext] = None
-                   ) -> tf.data.Dataset:
+  def build_inputs(
+    self, is_training: bool, input_context: Optional[tf.distribute.InputContext] = None
+  ) -> tf.data.Dataset:
     """(inputs, labels) batches of the per-replica batch size."""
 
   @abc.abstractmethod
-  def build_losses(self, outputs: Any, labels: Any, model: tf_keras.Model
-                   ) -> Dict[str, tf.Tensor]:
+  def build_losses(self, outputs: Any, labels: Any, model: tf_keras.Model) -> Dict[str, tf.Tensor]:
     """Losses of one replica's batch, keyed by `loss_names`.
 
     Under a strategy with N replicas the trainer *sums* gradients over replicas,
@@ -87,8 +87,7 @@ class Task(abc.ABC):
     """
 
   @abc.abstractmethod
-  def eval_outputs(self, model: tf_keras.Model, inputs: Any, labels: Any
-                   ) -> Dict[str, tf.Tensor]:
+  def eval_outputs(self, model: tf_keras.Model, inputs: Any, labels: Any) -> Dict[str, tf.Tensor]:
     """Tensors of one replica's eval batch that the evaluator needs (batch-major)."""
 
   @abc.abstractmethod

@@ -27,14 +27,16 @@ def _ordered(tensors: Mapping[str, tf.Tensor]):
   return collections.OrderedDict((k, tensors[k]) for k in sorted(tensors, key=int))
 
 
-def retinanet_loss(outputs: Mapping[str, Any],
-                   labels: Mapping[str, Any],
-                   num_classes: int,
-                   focal_loss_alpha: float = FOCAL_LOSS_ALPHA,
-                   focal_loss_gamma: float = FOCAL_LOSS_GAMMA,
-                   huber_loss_delta: float = HUBER_LOSS_DELTA,
-                   box_loss_weight: float = BOX_LOSS_WEIGHT,
-                   sum_positives_across_replicas: bool = True) -> Dict[str, tf.Tensor]:
+def retinanet_loss(
+  outputs: Mapping[str, Any],
+  labels: Mapping[str, Any],
+  num_classes: int,
+  focal_loss_alpha: float = FOCAL_LOSS_ALPHA,
+  focal_loss_gamma: float = FOCAL_LOSS_GAMMA,
+  huber_loss_delta: float = HUBER_LOSS_DELTA,
+  box_loss_weight: float = BOX_LOSS_WEIGHT,
+  sum_positives_across_replicas: bool = True,
+) -> Dict[str, tf.Tensor]:
   """RetinaNet detection loss for one (per-replica) batch.
 
   Args:
@@ -59,10 +61,9 @@ def retinanet_loss(outputs: Mapping[str, Any],
   focal_loss = model_garden.load('focal_loss')
   loss_utils = model_garden.load('loss_utils')
   cls_loss_fn = focal_loss.FocalLoss(
-      alpha=focal_loss_alpha, gamma=focal_loss_gamma,
-      reduction=tf_keras.losses.Reduction.SUM)
-  box_loss_fn = tf_keras.losses.Huber(
-      huber_loss_delta, reduction=tf_keras.losses.Reduction.SUM)
+    alpha=focal_loss_alpha, gamma=focal_loss_gamma, reduction=tf_keras.losses.Reduction.SUM
+  )
+  box_loss_fn = tf_keras.losses.Huber(huber_loss_delta, reduction=tf_keras.losses.Reduction.SUM)
 
   cls_weights = tf.cast(labels['cls_weights'], tf.float32)
   box_weights = tf.cast(labels['box_weights'], tf.float32)
@@ -77,12 +78,16 @@ def retinanet_loss(outputs: Mapping[str, Any],
 
   y_true_cls = loss_utils.multi_level_flatten(_ordered(labels['cls_targets']), last_dim=None)
   y_true_cls = tf.one_hot(tf.cast(y_true_cls, tf.int32), num_classes)
-  y_pred_cls = tf.cast(loss_utils.multi_level_flatten(
-      _ordered(outputs['cls_outputs']), last_dim=num_classes), tf.float32)
-  y_true_box = tf.cast(loss_utils.multi_level_flatten(
-      _ordered(labels['box_targets']), last_dim=4), tf.float32)
-  y_pred_box = tf.cast(loss_utils.multi_level_flatten(
-      _ordered(outputs['box_outputs']), last_dim=4), tf.float32)
+  y_pred_cls = tf.cast(
+    loss_utils.multi_level_flatten(_ordered(outputs['cls_outputs']), last_dim=num_classes),
+    tf.float32,
+  )
+  y_true_box = tf.cast(
+    loss_utils.multi_level_flatten(_ordered(labels['box_targets']), last_dim=4), tf.float32
+  )
+  y_pred_box = tf.cast(
+    loss_utils.multi_level_flatten(_ordered(outputs['box_outputs']), last_dim=4), tf.float32
+  )
 
   cls_loss = cls_loss_fn(y_true=y_true_cls, y_pred=y_pred_cls, sample_weight=cls_weights)
   box_loss = box_loss_fn(y_true=y_true_box, y_pred=y_pred_box, sample_weight=box_weights)

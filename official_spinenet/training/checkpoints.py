@@ -38,8 +38,10 @@ def _head_without_classifier(head: tf.Module) -> tf.Module:
   Restoring through it loads a checkpoint trained with another number of classes:
   the class predictor keeps its fresh (prior-probability) initialisation.
   """
-  parts = {name: getattr(head, name) for name in
-           ('_cls_convs', '_cls_norms', '_box_convs', '_box_norms', '_box_regressor')}
+  parts = {
+    name: getattr(head, name)
+    for name in ('_cls_convs', '_cls_norms', '_box_convs', '_box_norms', '_box_regressor')
+  }
   return tf.train.Checkpoint(**parts)
 
 
@@ -73,9 +75,10 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
   missing = sorted(set(parts) - available)
   if missing:
     raise ValueError(
-        f'{_SETTING} {path!r} has no {missing} (it holds {sorted(available)}). '
-        'Checkpoints of other codebases must first be converted with '
-        'spinenet-convert-checkpoint.')
+      f'{_SETTING} {path!r} has no {missing} (it holds {sorted(available)}). '
+      'Checkpoints of other codebases must first be converted with '
+      'spinenet-convert-checkpoint.'
+    )
   status = tf.train.Checkpoint(**parts).read(path)
   try:
     status.expect_partial().assert_existing_objects_matched()

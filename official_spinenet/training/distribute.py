@@ -16,8 +16,9 @@ STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 PRECISIONS = ('float32', 'float16', 'bfloat16')
 
 
-def build_strategy(name: str, num_gpus: int = 0, tpu: Optional[str] = None,
-                   devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
+def build_strategy(
+  name: str, num_gpus: int = 0, tpu: Optional[str] = None, devices: Optional[Sequence[str]] = None
+) -> tf.distribute.Strategy:
   """A strategy by name.
 
   Args:
@@ -47,8 +48,10 @@ def build_strategy(name: str, num_gpus: int = 0, tpu: Optional[str] = None,
     return tf.distribute.MirroredStrategy(devices=devices)
   if name == 'multi_worker_mirrored':
     if 'TF_CONFIG' not in os.environ:
-      raise ValueError('--strategy=multi_worker_mirrored needs the TF_CONFIG environment '
-                       'variable (cluster and task of each worker).')
+      raise ValueError(
+        '--strategy=multi_worker_mirrored needs the TF_CONFIG environment '
+        'variable (cluster and task of each worker).'
+      )
     try:
       json.loads(os.environ['TF_CONFIG'])
     except ValueError as e:
@@ -56,8 +59,7 @@ def build_strategy(name: str, num_gpus: int = 0, tpu: Optional[str] = None,
     return tf.distribute.MultiWorkerMirroredStrategy()
   if tpu is None:
     raise ValueError('--strategy=tpu needs --tpu (a TPU name, grpc:// address, or "local").')
-  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-      tpu='' if tpu == 'local' else tpu)
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu='' if tpu == 'local' else tpu)
   if tpu not in ('', 'local'):
     tf.config.experimental_connect_to_cluster(resolver)
   tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -69,7 +71,8 @@ def set_precision(precision: str) -> None:
   if precision not in PRECISIONS:
     raise ValueError(f'Unknown --mixed_precision {precision!r}; choose one of {PRECISIONS}.')
   tf_keras.mixed_precision.set_global_policy(
-      'float32' if precision == 'float32' else f'mixed_{precision}')
+    'float32' if precision == 'float32' else f'mixed_{precision}'
+  )
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -78,8 +81,11 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
     return True
   task_type, task_id = resolver.task_type, resolver.task_id
-  return task_type is None or task_type == 'chief' or (
-      task_type == 'worker' and task_id == 0 and 'chief' not in resolver.cluster_spec().jobs)
+  return (
+    task_type is None
+    or task_type == 'chief'
+    or (task_type == 'worker' and task_id == 0 and 'chief' not in resolver.cluster_spec().jobs)
+  )
 
 
 def worker_id(strategy: tf.distribute.Strategy) -> str:

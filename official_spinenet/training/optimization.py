@@ -21,26 +21,32 @@ DECAY_SCHEDULES = ('constant', 'step', 'cosine')
 WARMUP_START_FRACTION = 0.0667
 
 
-def scaled_learning_rate(base_learning_rate: float, global_batch_size: int,
-                         reference_batch_size: int = REFERENCE_BATCH_SIZE) -> float:
+def scaled_learning_rate(
+  base_learning_rate: float,
+  global_batch_size: int,
+  reference_batch_size: int = REFERENCE_BATCH_SIZE,
+) -> float:
   """The linear scaling rule: base_learning_rate * global_batch_size / reference."""
   if global_batch_size < 1 or reference_batch_size < 1:
-    raise ValueError('Batch sizes must be >= 1, got global_batch_size='
-                     f'{global_batch_size}, reference_batch_size={reference_batch_size}.')
+    raise ValueError(
+      'Batch sizes must be >= 1, got global_batch_size='
+      f'{global_batch_size}, reference_batch_size={reference_batch_size}.'
+    )
   return base_learning_rate * global_batch_size / reference_batch_size
 
 
-def build_learning_rate(base_learning_rate: float,
-                        global_batch_size: int,
-                        total_steps: int,
-                        reference_batch_size: int = REFERENCE_BATCH_SIZE,
-                        warmup_steps: int = 0,
-                        warmup_learning_rate: Optional[float] = None,
-                        decay: str = 'step',
-                        decay_boundaries: Sequence[float] = (),
-                        decay_factor: float = 0.1,
-                        cosine_alpha: float = 0.0
-                        ) -> Union[float, tf_keras.optimizers.schedules.LearningRateSchedule]:
+def build_learning_rate(
+  base_learning_rate: float,
+  global_batch_size: int,
+  total_steps: int,
+  reference_batch_size: int = REFERENCE_BATCH_SIZE,
+  warmup_steps: int = 0,
+  warmup_learning_rate: Optional[float] = None,
+  decay: str = 'step',
+  decay_boundaries: Sequence[float] = (),
+  decay_factor: float = 0.1,
+  cosine_alpha: float = 0.0,
+) -> Union[float, tf_keras.optimizers.schedules.LearningRateSchedule]:
   """A learning-rate schedule from the protocol's numbers.
 
   Args:
@@ -88,7 +94,8 @@ def build_learning_rate(base_learning_rate: float,
       schedule = peak
   elif decay == 'cosine':
     schedule = tf_keras.optimizers.schedules.CosineDecay(
-        peak, decay_steps=total_steps, alpha=cosine_alpha)
+      peak, decay_steps=total_steps, alpha=cosine_alpha
+    )
   else:
     schedule = peak
 
@@ -96,7 +103,8 @@ def build_learning_rate(base_learning_rate: float,
     if warmup_learning_rate is None:
       warmup_learning_rate = peak * WARMUP_START_FRACTION
     schedule = model_garden.load('lr_schedule').LinearWarmup(
-        schedule, warmup_steps, warmup_learning_rate)
+      schedule, warmup_steps, warmup_learning_rate
+    )
   return schedule
 
 
@@ -118,20 +126,24 @@ def boundary_steps(fractions: Sequence[float], total_steps: int) -> List[int]:
   where = 'learning_rate.decay_boundaries'
   for b in fractions:
     if isinstance(b, numbers.Integral) or not isinstance(b, numbers.Real):
-      raise ValueError(f'{where} are fractions of training in (0, 1] (e.g. [0.95, 0.98] for '
-                       f'epochs 475 and 490 of 500), not steps; got {list(fractions)}.')
+      raise ValueError(
+        f'{where} are fractions of training in (0, 1] (e.g. [0.95, 0.98] for '
+        f'epochs 475 and 490 of 500), not steps; got {list(fractions)}.'
+      )
     if not 0 < b <= 1:
-      raise ValueError(f'{where} must be fractions of training in (0, 1]; got '
-                       f'{list(fractions)}.')
+      raise ValueError(f'{where} must be fractions of training in (0, 1]; got {list(fractions)}.')
   steps = [int(round(b * total_steps)) for b in fractions]
   if any(s2 <= s1 for s1, s2 in zip(steps, steps[1:])) or any(s < 1 for s in steps):
-    raise ValueError(f'{where} must increase and fall on distinct steps >= 1; got '
-                     f'{list(fractions)} -> steps {steps} of {total_steps}.')
+    raise ValueError(
+      f'{where} must increase and fall on distinct steps >= 1; got '
+      f'{list(fractions)} -> steps {steps} of {total_steps}.'
+    )
   return steps
 
 
-def build_sgd_optimizer(learning_rate, momentum: float = 0.9, nesterov: bool = False,
-                        mixed_precision: str = 'float32') -> tf_keras.optimizers.Optimizer:
+def build_sgd_optimizer(
+  learning_rate, momentum: float = 0.9, nesterov: bool = False, mixed_precision: str = 'float32'
+) -> tf_keras.optimizers.Optimizer:
   """SGD with momentum; wrapped in dynamic loss scaling for float16.
 
   Args:
@@ -144,22 +156,28 @@ def build_sgd_optimizer(learning_rate, momentum: float = 0.9, nesterov: bool = F
     A tf_keras optimizer. Gradient clipping is done by the trainer on the
     all-reduced gradients, not here.
   """
-  optimizer = tf_keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                      nesterov=nesterov)
+  optimizer = tf_keras.optimizers.SGD(
+    learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
+  )
   if mixed_precision == 'float16':
     optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
   return optimizer
 
 
-def build_adam_optimizer(learning_rate, beta_1: float = 0.9, beta_2: float = 0.999,
-                         epsilon: float = 1e-7,
-                         mixed_precision: str = 'float32') -> tf_keras.optimizers.Optimizer:
+def build_adam_optimizer(
+  learning_rate,
+  beta_1: float = 0.9,
+  beta_2: float = 0.999,
+  epsilon: float = 1e-7,
+  mixed_precision: str = 'float32',
+) -> tf_keras.optimizers.Optimizer:
   """Adam (not the papers' protocol: for short schedules such as the CPU demo).
 
   Args and returns as build_sgd_optimizer; beta_1, beta_2, epsilon are Adam's.
   """
-  optimizer = tf_keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1,
-                                       beta_2=beta_2, epsilon=epsilon)
+  optimizer = tf_keras.optimizers.Adam(
+    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon
+  )
   if mixed_precision == 'float16':
     optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
   return optimizer

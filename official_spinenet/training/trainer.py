@@ -50,6 +50,7 @@ class TrainerConfig:
       'decoder', 'head', 'head_without_classifier', 'all'.
     continuous_eval_timeout: seconds continuous_eval waits for a new checkpoint.
   """
+
   train_steps: int = 1000
   steps_per_loop: int = 100
   checkpoint_interval: int = 1000
@@ -98,15 +99,16 @@ def _sum_over_replicas(tensors):
 class Trainer:
   """Owns the model, optimizer, checkpoints and loops of one task."""
 
-  def __init__(self,
-               task: base_task.Task,
-               strategy: tf.distribute.Strategy,
-               model_dir: str,
-               config: TrainerConfig,
-               learning_rate: Callable[..., Any],
-               optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (
-                   optimization.build_sgd_optimizer),
-               mixed_precision: str = 'float32'):
+  def __init__(
+    self,
+    task: base_task.Task,
+    strategy: tf.distribute.Strategy,
+    model_dir: str,
+    config: TrainerConfig,
+    learning_rate: Callable[..., Any],
+    optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (optimization.build_sgd_optimizer),
+    mixed_precision: str = 'float32',
+  ):
     """Builds the model and optimizer in the strategy's scope.
 
     Args:
@@ -130,22 +132,26 @@ class Trainer:
     for name, data in (('train_data', task.train_data), ('eval_data', task.eval_data)):
       if data is not None and data.global_batch_size % replicas:
         raise ValueError(
-            f'{name}.global_batch_size={data.global_batch_size} is not divisible by the '
-            f'{replicas} replicas of the strategy; pick a multiple of {replicas}.')
+          f'{name}.global_batch_size={data.global_batch_size} is not divisible by the '
+          f'{replicas} replicas of the strategy; pick a multiple of {replicas}.'
+        )
     with strategy.scope():
       self.model = task.build_model()
-      self.learning_rate = learning_rate(global_batch_size=task.train_data.global_batch_size,
-                                         total_steps=config.train_steps)
+      self.learning_rate = learning_rate(
+        global_batch_size=task.train_data.global_batch_size, total_steps=config.train_steps
+      )
       self.optimizer = optimizer(self.learning_rate, mixed_precision=mixed_precision)
       self.optimizer.build(self.model.trainable_variables)
       items = task.checkpoint_items(self.model)
       self.checkpoint = tf.train.Checkpoint(optimizer=self.optimizer, **items)
     self._items = items
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint,
-        checkpoints.worker_checkpoint_dir(model_dir, self.chief, distribute.worker_id(strategy)),
-        max_to_keep=config.max_checkpoints, step_counter=self.optimizer.iterations,
-        checkpoint_interval=config.checkpoint_interval)
+      self.checkpoint,
+      checkpoints.worker_checkpoint_dir(model_dir, self.chief, distribute.worker_id(strategy)),
+      max_to_keep=config.max_checkpoints,
+      step_counter=self.optimizer.iterations,
+      checkpoint_interval=config.checkpoint_interval,
+    )
     self._train_loop_fn = None
     self._eval_step_fn = None
     self._writers = {}
@@ -156,8 +162,11 @@ class Trainer:
 
   def _writer(self, name: str):
     if name not in self._writers:
-      self._writers[name] = (tf.summary.create_file_writer(os.path.join(self.model_dir, name))
-                             if self.chief else tf.summary.create_noop_writer())
+      self._writers[name] = (
+        tf.summary.create_file_writer(os.path.join(self.model_dir, name))
+        if self.chief
+        else tf.summary.create_noop_writer()
+      )
     return self._writers[name]
 
   def restore(self) -> str:
@@ -172,8 +181,9 @@ class Trainer:
       logging.info('Resumed from %s at step %d.', latest, self.global_step)
       return latest
     if self.config.init_checkpoint:
-      checkpoints.restore_modules(self.config.init_checkpoint, self._items,
-                                  self.config.init_checkpoint_modules)
+      checkpoints.restore_modules(
+        self.config.init_checkpoint, self._items, self.config.init_checkpoint_modules
+      )
       return f'init:{self.config.init_checkpoint}'
     return ''
 
@@ -232,7 +242,8 @@ class Trainer:
     if self._train_loop_fn is None:
       self._train_loop_fn = self.build_train_loop()
       dataset = self.strategy.distribute_datasets_from_function(
-          lambda ctx: self.task.build_inputs(True, ctx))
+        lambda ctx: self.task.build_inputs(True, ctx)
+      )
       self._train_iterator = iter(dataset)
     batch = self.task.train_data.global_batch_size
     start_step, start_time = self.global_step, time.time()
@@ -247,15 +258,23 @@ class Trainer:
       step = self.global_step
       if not math.isfinite(losses['total_loss']):
         raise FloatingPointError(
-            f'The training loss became {losses["total_loss"]} by step {step}; lower the '
-            'learning rate, lengthen the warm-up or set gradient_clip_norm.')
+          f'The training loss became {losses["total_loss"]} by step {step}; lower the '
+          'learning rate, lengthen the warm-up or set gradient_clip_norm.'
+        )
       learning_rate = float(optimization.current_learning_rate(self.optimizer))
       steps_per_sec = num_steps / elapsed
       done = step - start_step
       eta = (config.train_steps - step) * (time.time() - start_time) / max(done, 1)
-      logging.info('step %d/%d | loss %.4f | lr %.5f | %.2f steps/s | %.1f examples/s | ETA %s',
-                   step, config.train_steps, losses['total_loss'], learning_rate,
-                   steps_per_sec, steps_per_sec * batch, _format_duration(eta))
+      logging.info(
+        'step %d/%d | loss %.4f | lr %.5f | %.2f steps/s | %.1f examples/s | ETA %s',
+        step,
+        config.train_steps,
+        losses['total_loss'],
+        learning_rate,
+        steps_per_sec,
+        steps_per_sec * batch,
+        _format_duration(eta),
+      )
       with self._writer('train').as_default(step=step):
         for name, value in losses.items():
           tf.summary.scalar(name, value)
@@ -279,11 +298,14 @@ class Trainer:
       raise ValueError('The task has no eval_data.')
     if self._eval_step_fn is None:
       self._eval_step_fn = tf.function(
-          lambda inputs, labels: self.strategy.run(
-              self.task.eval_outputs, args=(self.model, inputs, labels)),
-          reduce_retracing=True)
+        lambda inputs, labels: self.strategy.run(
+          self.task.eval_outputs, args=(self.model, inputs, labels)
+        ),
+        reduce_retracing=True,
+      )
     dataset = self.strategy.distribute_datasets_from_function(
-        lambda ctx: self.task.build_inputs(False, ctx))
+      lambda ctx: self.task.build_inputs(False, ctx)
+    )
     evaluator = self.task.build_evaluator()
     num_steps = num_steps if num_steps is not None else self.config.eval_steps
     start = time.time()
@@ -294,16 +316,22 @@ class Trainer:
       evaluator.update({k: _to_numpy(self.strategy, v) for k, v in outputs.items()})
     metrics = {k: float(v) for k, v in evaluator.result().items()}
     step = self.global_step
-    logging.info('eval at step %d (%.1f s): %s', step, time.time() - start,
-                 ', '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '/' not in k))
+    logging.info(
+      'eval at step %d (%.1f s): %s',
+      step,
+      time.time() - start,
+      ', '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '/' not in k),
+    )
     with self._writer('eval').as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(name, value)
     self._writer('eval').flush()
     if self.chief:
       record = dict(sorted({'step': step, **metrics}.items()))
-      for path in (os.path.join(self.model_dir, 'eval', f'metrics-{step}.json'),
-                   os.path.join(self.model_dir, 'metrics.json')):
+      for path in (
+        os.path.join(self.model_dir, 'eval', f'metrics-{step}.json'),
+        os.path.join(self.model_dir, 'metrics.json'),
+      ):
         files.write_json_atomically(record, path, indent=2)
     return metrics
 
@@ -311,7 +339,8 @@ class Trainer:
     """Evaluates each new checkpoint of the model dir until the last training step."""
     metrics = {}
     for path in tf.train.checkpoints_iterator(
-        self.model_dir, timeout=self.config.continuous_eval_timeout):
+      self.model_dir, timeout=self.config.continuous_eval_timeout
+    ):
       self.checkpoint.read(path).expect_partial()
       metrics = self.evaluate()
       if self.global_step >= self.config.train_steps:
@@ -319,16 +348,17 @@ class Trainer:
     return metrics
 
 
-def run_experiment(task: base_task.Task,
-                   mode: str,
-                   model_dir: str,
-                   strategy: tf.distribute.Strategy,
-                   config: TrainerConfig,
-                   learning_rate: Callable[..., Any],
-                   optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (
-                       optimization.build_sgd_optimizer),
-                   mixed_precision: str = 'float32',
-                   operative_config: Optional[Callable[[], str]] = None) -> Dict[str, float]:
+def run_experiment(
+  task: base_task.Task,
+  mode: str,
+  model_dir: str,
+  strategy: tf.distribute.Strategy,
+  config: TrainerConfig,
+  learning_rate: Callable[..., Any],
+  optimizer: Callable[..., tf_keras.optimizers.Optimizer] = (optimization.build_sgd_optimizer),
+  mixed_precision: str = 'float32',
+  operative_config: Optional[Callable[[], str]] = None,
+) -> Dict[str, float]:
   """Train, evaluate, or both, as `spinenet-train --mode` asks.
 
   Args:
@@ -345,8 +375,10 @@ def run_experiment(task: base_task.Task,
   if mode not in MODES:
     raise ValueError(f'Unknown --mode {mode!r}; choose one of {MODES}.')
   if mode != 'train' and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    raise ValueError(f'--mode={mode} is not supported with multi_worker_mirrored: run the '
-                     'workers with --mode=train and a separate --mode=continuous_eval job.')
+    raise ValueError(
+      f'--mode={mode} is not supported with multi_worker_mirrored: run the '
+      'workers with --mode=train and a separate --mode=continuous_eval job.'
+    )
   task.validate(mode)
   tf.io.gfile.makedirs(model_dir)
   trainer = Trainer(task, strategy, model_dir, config, learning_rate, optimizer, mixed_precision)

@@ -17,15 +17,19 @@ def resolve_checkpoint(path: str, flag: str = '--checkpoint') -> str:
       `<prefix>.index` exists (the message names the path and the flag).
   """
   if not path:
-    raise ValueError(f'No checkpoint given: pass {flag} (a checkpoint prefix such as '
-                     'model_dir/ckpt-1500, or a model dir).')
+    raise ValueError(
+      f'No checkpoint given: pass {flag} (a checkpoint prefix such as '
+      'model_dir/ckpt-1500, or a model dir).'
+    )
   if path.endswith('.index'):
-    path = path[:-len('.index')]
+    path = path[: -len('.index')]
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
-      raise ValueError(f'{flag}: no checkpoint in directory {path!r} (no "checkpoint" file '
-                       'naming a ckpt-N). Train first, or pass a prefix.')
+      raise ValueError(
+        f'{flag}: no checkpoint in directory {path!r} (no "checkpoint" file '
+        'naming a ckpt-N). Train first, or pass a prefix.'
+      )
     path = latest
   if not tf.io.gfile.exists(path + '.index'):
     raise ValueError(f'{flag}: no checkpoint at {path!r} (no {path}.index).')

@@ -13,42 +13,71 @@ from absl import app
 from absl import flags
 
 
-def define_gin_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                     purpose: str = 'the task') -> None:
+def define_gin_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, purpose: str = 'the task'
+) -> None:
   """--gin_file (repeatable) and --gin_param (repeatable)."""
   flags.DEFINE_multi_string(
-      'gin_file', [], f'Gin files describing {purpose}, applied in order; a path, or one '
-      'relative to the packaged gin_configs/ (e.g. retinanet/spinenet49_640.gin).',
-      flag_values=flag_values)
+    'gin_file',
+    [],
+    f'Gin files describing {purpose}, applied in order; a path, or one '
+    'relative to the packaged gin_configs/ (e.g. retinanet/spinenet49_640.gin).',
+    flag_values=flag_values,
+  )
   flags.DEFINE_multi_string(
-      'gin_param', [], 'Gin bindings applied after the files, e.g. '
-      '"TrainerConfig.train_steps = 100".', flag_values=flag_values)
+    'gin_param',
+    [],
+    'Gin bindings applied after the files, e.g. "TrainerConfig.train_steps = 100".',
+    flag_values=flag_values,
+  )
 
 
-def define_checkpoint_flag(flag_values: flags.FlagValues = flags.FLAGS,
-                           help_prefix: str = '') -> None:
+def define_checkpoint_flag(
+  flag_values: flags.FlagValues = flags.FLAGS, help_prefix: str = ''
+) -> None:
   """--checkpoint: a checkpoint prefix or a model dir."""
   flags.DEFINE_string(
-      'checkpoint', None, f'{help_prefix}A checkpoint prefix (model_dir/ckpt-N) or a model '
-      'dir (its newest checkpoint).', flag_values=flag_values)
+    'checkpoint',
+    None,
+    f'{help_prefix}A checkpoint prefix (model_dir/ckpt-N) or a model dir (its newest checkpoint).',
+    flag_values=flag_values,
+  )
 
 
-def define_nms_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                     help_prefix: str = '', pre_nms_top_k: bool = False) -> None:
+def define_nms_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, help_prefix: str = '', pre_nms_top_k: bool = False
+) -> None:
   """--score_threshold, --max_detections, --nms_iou_threshold [, --pre_nms_top_k].
 
   All default to None: the task's evaluation settings.
   """
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_float('score_threshold', None, f'{help_prefix}Drop detections scoring below '
-                     'this (default: the task\'s pre_nms_score_threshold).', **fv)
-  flags.DEFINE_integer('max_detections', None, f'{help_prefix}Detections per image '
-                       '(default: the task\'s max_num_detections).', **fv)
-  flags.DEFINE_float('nms_iou_threshold', None, f'{help_prefix}NMS IoU threshold '
-                     '(default: the task\'s nms_iou_threshold).', **fv)
+  flags.DEFINE_float(
+    'score_threshold',
+    None,
+    f'{help_prefix}Drop detections scoring below '
+    'this (default: the task\'s pre_nms_score_threshold).',
+    **fv,
+  )
+  flags.DEFINE_integer(
+    'max_detections',
+    None,
+    f'{help_prefix}Detections per image (default: the task\'s max_num_detections).',
+    **fv,
+  )
+  flags.DEFINE_float(
+    'nms_iou_threshold',
+    None,
+    f'{help_prefix}NMS IoU threshold (default: the task\'s nms_iou_threshold).',
+    **fv,
+  )
   if pre_nms_top_k:
-    flags.DEFINE_integer('pre_nms_top_k', None, f'{help_prefix}Candidates per class before '
-                         'NMS (default: the task\'s pre_nms_top_k).', **fv)
+    flags.DEFINE_integer(
+      'pre_nms_top_k',
+      None,
+      f'{help_prefix}Candidates per class before NMS (default: the task\'s pre_nms_top_k).',
+      **fv,
+    )
 
 
 def nms_options(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
@@ -57,13 +86,17 @@ def nms_options(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
   return {n: flag_values[n].value for n in names if n in flag_values}
 
 
-def define_category_names_flag(flag_values: flags.FlagValues = flags.FLAGS,
-                               purpose: str = 'Class names') -> None:
+def define_category_names_flag(
+  flag_values: flags.FlagValues = flags.FLAGS, purpose: str = 'Class names'
+) -> None:
   """--category_names_json: a COCO annotation file, {"id": "name"} or a list of names."""
   flags.DEFINE_string(
-      'category_names_json', None, f'{purpose}: a COCO annotation file, a JSON '
-      '{"id": "name"}, ["name of id 1", ...], or an export\'s assets.extra/export_config.json.',
-      flag_values=flag_values)
+    'category_names_json',
+    None,
+    f'{purpose}: a COCO annotation file, a JSON '
+    '{"id": "name"}, ["name of id 1", ...], or an export\'s assets.extra/export_config.json.',
+    flag_values=flag_values,
+  )
 
 
 def no_positional_arguments(argv: Sequence[str]) -> None:
@@ -73,8 +106,9 @@ def no_positional_arguments(argv: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def usage_errors(errors: Tuple[Type[BaseException], ...] = (ValueError, FileExistsError)
-                 ) -> Iterator[None]:
+def usage_errors(
+  errors: Tuple[Type[BaseException], ...] = (ValueError, FileExistsError),
+) -> Iterator[None]:
   """Re-raises the library's input errors as app.UsageError (message, usage, exit 1)."""
   try:
     yield

@@ -33,8 +33,7 @@ def parse_image_size(value: ImageSize, what: str = 'image_size') -> Tuple[int, i
   except (TypeError, ValueError):
     sizes = []
   if len(sizes) not in (1, 2) or min(sizes) < 1:
-    raise ValueError(f'{what} must be one positive int (square) or height,width; '
-                     f'got {value!r}.')
+    raise ValueError(f'{what} must be one positive int (square) or height,width; got {value!r}.')
   return (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
 
 

@@ -11,9 +11,14 @@ def _cell(value: Any, digits: int) -> str:
   return str(value)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
-                 markdown: bool = False, digits: int = 3,
-                 left_columns: Optional[int] = 1) -> str:
+def format_table(
+  header: Sequence[str],
+  rows: Sequence[Sequence[Any]],
+  *,
+  markdown: bool = False,
+  digits: int = 3,
+  left_columns: Optional[int] = 1,
+) -> str:
   """A table of `rows` under `header`.
 
   Args:
@@ -40,8 +45,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
   widths = [max(len(r[i]) for r in [list(header)] + cells) for i in range(len(header))]
 
   def line(row):
-    return '  '.join(c.ljust(w) if i < num_left else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return '  '.join(
+      c.ljust(w) if i < num_left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+    ).rstrip()
 
   out = [line(header), '-' * (sum(widths) + 2 * (len(widths) - 1))]
   out += [line(row) for row in cells]

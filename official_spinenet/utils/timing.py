@@ -47,4 +47,4 @@ def matmul_gflops(size: int = 2048, runs: int = 5) -> float:
   a = tf.random.normal([size, size])
   b = tf.random.normal([size, size])
   seconds = median_seconds(lambda: tf.linalg.matmul(a, b), runs, warmup=2)
-  return 2.0 * size ** 3 / seconds / 1e9
+  return 2.0 * size**3 / seconds / 1e9

@@ -33,15 +33,15 @@ BlockSpec = spinenet_specs.BlockSpec
 
 # Fill colours per block type; light so the black block numbers stay legible.
 BLOCK_COLORS = {
-    spinenet_specs.BOTTLENECK: '#a6cee3',
-    spinenet_specs.RESIDUAL: '#fdbf6f',
-    spinenet_specs.MBCONV: '#b2df8a',
+  spinenet_specs.BOTTLENECK: '#a6cee3',
+  spinenet_specs.RESIDUAL: '#fdbf6f',
+  spinenet_specs.MBCONV: '#b2df8a',
 }
 # Edge colours per resampling direction (parent level -> block level).
 EDGE_COLORS = {
-    'down': '#1f5fa8',   # to a coarser level: strided conv / pooling.
-    'up': '#2e8b3a',     # to a finer level: nearest-neighbour upsampling.
-    'same': '#666666',   # same level: 1x1 conv only.
+  'down': '#1f5fa8',  # to a coarser level: strided conv / pooling.
+  'up': '#2e8b3a',  # to a finer level: nearest-neighbour upsampling.
+  'same': '#666666',  # same level: 1x1 conv only.
 }
 MERGE_COLOR = '#7b3294'
 OUTPUT_EDGE_COLOR = '#d62728'
@@ -55,6 +55,7 @@ _BLOCK_HALF_HEIGHT = 0.13
 @dataclasses.dataclass(frozen=True)
 class Architecture:
   """A published architecture: its block specs and the stem that precedes them."""
+
   block_specs: Tuple
   stem_levels: Tuple[int, ...]
   stem_block_fn: str
@@ -62,10 +63,12 @@ class Architecture:
 
 
 ARCHITECTURES = {
-    'spinenet': Architecture(spinenet_specs.SPINENET_BLOCK_SPECS, (2, 2),
-                             spinenet_specs.BOTTLENECK, 'SpineNet-49'),
-    'spinenet_mobile': Architecture(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS, (1, 2),
-                                    spinenet_specs.MBCONV, 'SpineNet-Mobile-49'),
+  'spinenet': Architecture(
+    spinenet_specs.SPINENET_BLOCK_SPECS, (2, 2), spinenet_specs.BOTTLENECK, 'SpineNet-49'
+  ),
+  'spinenet_mobile': Architecture(
+    spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS, (1, 2), spinenet_specs.MBCONV, 'SpineNet-Mobile-49'
+  ),
 }
 
 
@@ -91,11 +94,14 @@ def _graph(block_specs: Sequence, stem_levels: Sequence[int], stem_block_fn: Ste
   their channel counts differ only by the block type's expansion: that is what the
   merge rule compares here, as the backbones compare channels.
   """
+
   def node_of(level: int, block_fn: str) -> topology.Node:
     return topology.Node(level, spinenet_specs.block_output_channels(block_fn, 1))
 
-  stem = [node_of(level, fn) for level, fn in
-          zip(stem_levels, _stem_block_fns(stem_block_fn, len(stem_levels)))]
+  stem = [
+    node_of(level, fn)
+    for level, fn in zip(stem_levels, _stem_block_fns(stem_block_fn, len(stem_levels)))
+  ]
   return _as_specs(block_specs), stem, lambda spec: node_of(spec.level, spec.block_fn)
 
 
@@ -112,9 +118,11 @@ def block_levels(block_specs: Sequence, stem_levels: Sequence[int]) -> List[int]
   return list(stem_levels) + [s.level for s in _as_specs(block_specs)]
 
 
-def zero_out_degree_merges(block_specs: Sequence, stem_levels: Sequence[int],
-                           stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK
-                           ) -> List[Tuple[int, int]]:
+def zero_out_degree_merges(
+  block_specs: Sequence,
+  stem_levels: Sequence[int],
+  stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK,
+) -> List[Tuple[int, int]]:
   """Finds the blocks that the backbone sums, unresampled, into a later output block.
 
   The backbone keeps every block useful: when an output block is built, each earlier
@@ -135,9 +143,13 @@ def zero_out_degree_merges(block_specs: Sequence, stem_levels: Sequence[int],
   return [(source, len(stem) + i) for i, absorbed in enumerate(merges) for source in absorbed]
 
 
-def unused_blocks(block_specs: Sequence, stem_levels: Sequence[int],
-                  min_level: int = 3, max_level: int = 7,
-                  stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK) -> List[int]:
+def unused_blocks(
+  block_specs: Sequence,
+  stem_levels: Sequence[int],
+  min_level: int = 3,
+  max_level: int = 7,
+  stem_block_fn: StemBlockFns = spinenet_specs.BOTTLENECK,
+) -> List[int]:
   """Network indices of blocks that no endpoint in [min_level, max_level] needs.
 
   A block is used if an output block of an endpoint level depends on it, through
@@ -172,17 +184,16 @@ def edge_kind(parent_level: int, level: int) -> str:
 # direction of travel, i.e. downward for a left-to-right arrow): an
 # arrow takes the one that best clears blocks, labels and the arrows routed before.
 _CANDIDATE_RADS = (0.0, 0.12, -0.12, 0.22, -0.22, 0.32, -0.32, 0.45, -0.45)
-_CLEARANCE = 0.26       # inches an arrow should keep from a block centre.
-_CROWDING = 0.07        # inches under which two arrows count as overlapping.
+_CLEARANCE = 0.26  # inches an arrow should keep from a block centre.
+_CROWDING = 0.07  # inches under which two arrows count as overlapping.
 
 
-def _arc_points(start: np.ndarray, end: np.ndarray, rad: float,
-                num: int = 24) -> np.ndarray:
+def _arc_points(start: np.ndarray, end: np.ndarray, rad: float, num: int = 24) -> np.ndarray:
   """Samples the quadratic Bezier that matplotlib's arc3 draws, ends excluded."""
   delta = end - start
   control = (start + end) / 2 + rad * np.array([delta[1], -delta[0]])
   t = np.linspace(0.1, 0.9, num)[:, None]
-  return (1 - t) ** 2 * start + 2 * t * (1 - t) * control + t ** 2 * end
+  return (1 - t) ** 2 * start + 2 * t * (1 - t) * control + t**2 * end
 
 
 def _min_distances(points: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -192,9 +203,12 @@ def _min_distances(points: np.ndarray, others: np.ndarray) -> np.ndarray:
   return np.linalg.norm(points[:, None] - others[None], axis=-1).min(axis=1)
 
 
-def _route_edges(edges: Sequence[Tuple[int, int]], centers: np.ndarray,
-                 labels: np.ndarray, bounds: Tuple[float, float, float, float]
-                 ) -> Dict[Tuple[int, int], float]:
+def _route_edges(
+  edges: Sequence[Tuple[int, int]],
+  centers: np.ndarray,
+  labels: np.ndarray,
+  bounds: Tuple[float, float, float, float],
+) -> Dict[Tuple[int, int], float]:
   """Picks a curvature per edge so arrows avoid blocks and each other.
 
   A greedy search: short edges are routed first (they have little room), each
@@ -221,10 +235,13 @@ def _route_edges(edges: Sequence[Tuple[int, int]], centers: np.ndarray,
       block_gap = np.clip(_CLEARANCE - _min_distances(points, others), 0, None)
       label_gap = np.clip(0.15 - _min_distances(points, labels), 0, None)
       crowded = (_min_distances(points, placed) < _CROWDING).mean()
-      outside = ((points[:, 0] < bounds[0]) | (points[:, 1] < bounds[1]) |
-                 (points[:, 0] > bounds[2]) | (points[:, 1] > bounds[3])).mean()
-      cost = (40 * block_gap.max() + 20 * label_gap.max() + 4 * crowded +
-              10 * outside + abs(rad))
+      outside = (
+        (points[:, 0] < bounds[0])
+        | (points[:, 1] < bounds[1])
+        | (points[:, 0] > bounds[2])
+        | (points[:, 1] > bounds[3])
+      ).mean()
+      cost = 40 * block_gap.max() + 20 * label_gap.max() + 4 * crowded + 10 * outside + abs(rad)
       if best is None or cost < best[0]:
         best = (cost, rad, points)
     rads[(source, target)] = best[1]
@@ -235,28 +252,39 @@ def _route_edges(edges: Sequence[Tuple[int, int]], centers: np.ndarray,
 def _block_patch(block_fn: str, transform) -> patches.Patch:
   """A shape centred on (0, 0) in inches, one per block type."""
   face = BLOCK_COLORS.get(block_fn, '#dddddd')
-  common = dict(facecolor=face, edgecolor='black', linewidth=1.0, transform=transform,
-                zorder=3)
+  common = dict(facecolor=face, edgecolor='black', linewidth=1.0, transform=transform, zorder=3)
   if block_fn == spinenet_specs.RESIDUAL:
-    return patches.Ellipse((0, 0), 2 * _BLOCK_HALF_HEIGHT + 0.02,
-                           2 * _BLOCK_HALF_HEIGHT + 0.02, **common)
+    return patches.Ellipse(
+      (0, 0), 2 * _BLOCK_HALF_HEIGHT + 0.02, 2 * _BLOCK_HALF_HEIGHT + 0.02, **common
+    )
   if block_fn == spinenet_specs.MBCONV:
-    return patches.RegularPolygon((0, 0), 6, radius=_BLOCK_HALF_HEIGHT + 0.03,
-                                  orientation=0.5236, **common)
+    return patches.RegularPolygon(
+      (0, 0), 6, radius=_BLOCK_HALF_HEIGHT + 0.03, orientation=0.5236, **common
+    )
   return patches.FancyBboxPatch(
-      (-_BLOCK_HALF_WIDTH, -_BLOCK_HALF_HEIGHT), 2 * _BLOCK_HALF_WIDTH,
-      2 * _BLOCK_HALF_HEIGHT, boxstyle='round,pad=0,rounding_size=0.03', **common)
+    (-_BLOCK_HALF_WIDTH, -_BLOCK_HALF_HEIGHT),
+    2 * _BLOCK_HALF_WIDTH,
+    2 * _BLOCK_HALF_HEIGHT,
+    boxstyle='round,pad=0,rounding_size=0.03',
+    **common,
+  )
 
 
-def _draw_blocks(fig: Figure, ax, levels: Sequence[int], block_fns: Sequence[str],
-                 outputs: Set[int], unused: Set[int], min_level: int,
-                 max_level: int) -> List[patches.Patch]:
+def _draw_blocks(
+  fig: Figure,
+  ax,
+  levels: Sequence[int],
+  block_fns: Sequence[str],
+  outputs: Set[int],
+  unused: Set[int],
+  min_level: int,
+  max_level: int,
+) -> List[patches.Patch]:
   """Draws one shape per block; returns them so arrows can be clipped to them."""
   drawn = []
   for n, (level, block_fn) in enumerate(zip(levels, block_fns)):
     # Inches around the data point: shapes keep their size at any axis scale.
-    transform = fig.dpi_scale_trans + transforms.ScaledTranslation(n, level,
-                                                                   ax.transData)
+    transform = fig.dpi_scale_trans + transforms.ScaledTranslation(n, level, ax.transData)
     patch = _block_patch(block_fn, transform)
     is_endpoint = n in outputs and min_level <= level <= max_level
     if n in unused:
@@ -266,54 +294,103 @@ def _draw_blocks(fig: Figure, ax, levels: Sequence[int], block_fns: Sequence[str
       patch.set_edgecolor(OUTPUT_EDGE_COLOR)
       patch.set_linewidth(3.0 if is_endpoint else 1.5)
     ax.add_artist(patch)
-    ax.text(n, level, str(n), ha='center', va='center', fontsize=7, zorder=4,
-            alpha=UNUSED_ALPHA if n in unused else 1.0)
+    ax.text(
+      n,
+      level,
+      str(n),
+      ha='center',
+      va='center',
+      fontsize=7,
+      zorder=4,
+      alpha=UNUSED_ALPHA if n in unused else 1.0,
+    )
     if n in outputs:
-      ax.annotate(f'P{level}', (n, level), xytext=(0, 13), textcoords='offset points',
-                  ha='center', va='bottom', fontsize=9, fontweight='bold',
-                  color=OUTPUT_EDGE_COLOR, zorder=5,
-                  alpha=UNUSED_ALPHA if n in unused else 1.0)
+      ax.annotate(
+        f'P{level}',
+        (n, level),
+        xytext=(0, 13),
+        textcoords='offset points',
+        ha='center',
+        va='bottom',
+        fontsize=9,
+        fontweight='bold',
+        color=OUTPUT_EDGE_COLOR,
+        zorder=5,
+        alpha=UNUSED_ALPHA if n in unused else 1.0,
+      )
     drawn.append(patch)
   return drawn
 
 
-def _draw_arrow(ax, start: int, end: int, levels: Sequence[int],
-                drawn: Sequence[patches.Patch], rad: float, color: str,
-                linestyle: str, faded: bool) -> None:
-  ax.add_patch(patches.FancyArrowPatch(
-      (start, levels[start]), (end, levels[end]),
-      connectionstyle=f'arc3,rad={rad}', arrowstyle='-|>', mutation_scale=9,
-      color=color, linewidth=1.0, linestyle=linestyle,
-      alpha=UNUSED_ALPHA if faded else 0.85, patchA=drawn[start], patchB=drawn[end],
-      shrinkA=1, shrinkB=1, zorder=2))
+def _draw_arrow(
+  ax,
+  start: int,
+  end: int,
+  levels: Sequence[int],
+  drawn: Sequence[patches.Patch],
+  rad: float,
+  color: str,
+  linestyle: str,
+  faded: bool,
+) -> None:
+  ax.add_patch(
+    patches.FancyArrowPatch(
+      (start, levels[start]),
+      (end, levels[end]),
+      connectionstyle=f'arc3,rad={rad}',
+      arrowstyle='-|>',
+      mutation_scale=9,
+      color=color,
+      linewidth=1.0,
+      linestyle=linestyle,
+      alpha=UNUSED_ALPHA if faded else 0.85,
+      patchA=drawn[start],
+      patchB=drawn[end],
+      shrinkA=1,
+      shrinkB=1,
+      zorder=2,
+    )
+  )
 
 
-def _draw_edges(fig: Figure, ax, specs: Sequence[BlockSpec], levels: Sequence[int],
-                num_stem: int, merges: Sequence[Tuple[int, int]],
-                drawn: Sequence[patches.Patch], outputs: Set[int],
-                unused: Set[int]) -> None:
+def _draw_edges(
+  fig: Figure,
+  ax,
+  specs: Sequence[BlockSpec],
+  levels: Sequence[int],
+  num_stem: int,
+  merges: Sequence[Tuple[int, int]],
+  drawn: Sequence[patches.Patch],
+  outputs: Set[int],
+  unused: Set[int],
+) -> None:
   """Draws the parent connections (solid) and zero-out-degree merges (dashed)."""
   # Route in inches: arc3 bends in display space, where the level rows and the
   # block columns have different scales.
-  centers = ax.transData.transform(
-      np.array([(n, level) for n, level in enumerate(levels)], float)) / fig.dpi
+  centers = (
+    ax.transData.transform(np.array([(n, level) for n, level in enumerate(levels)], float))
+    / fig.dpi
+  )
   labels = np.array([centers[n] + (0, 0.25) for n in sorted(outputs)]).reshape(-1, 2)
   bounds = tuple(ax.bbox.extents / fig.dpi)
-  parent_edges = [(parent, num_stem + i) for i, spec in enumerate(specs)
-                  for parent in spec.input_offsets]
-  rads = _route_edges(sorted(set(parent_edges)) + list(merges), centers, labels,
-                      bounds)
+  parent_edges = [
+    (parent, num_stem + i) for i, spec in enumerate(specs) for parent in spec.input_offsets
+  ]
+  rads = _route_edges(sorted(set(parent_edges)) + list(merges), centers, labels, bounds)
   for parent, n in parent_edges:
     kind = edge_kind(levels[parent], levels[n])
-    _draw_arrow(ax, parent, n, levels, drawn, rads[(parent, n)], EDGE_COLORS[kind],
-                '-', n in unused)
+    _draw_arrow(
+      ax, parent, n, levels, drawn, rads[(parent, n)], EDGE_COLORS[kind], '-', n in unused
+    )
   for source, target in merges:
-    _draw_arrow(ax, source, target, levels, drawn, rads[(source, target)],
-                MERGE_COLOR, '--', target in unused)
+    _draw_arrow(
+      ax, source, target, levels, drawn, rads[(source, target)], MERGE_COLOR, '--', target in unused
+    )
 
 
-def _style_axes(ax, num_blocks: int, num_stem: int, levels: Sequence[int],
-                title: Optional[str]) -> None:
+def _style_axes(
+  ax, num_blocks: int, num_stem: int, levels: Sequence[int], title: Optional[str]
+) -> None:
   low, high = min(1, min(levels)), max(7, max(levels))
   ax.set_xlim(-0.7, num_blocks - 0.3)
   ax.set_ylim(low - 0.6, high + 0.75)
@@ -326,8 +403,9 @@ def _style_axes(ax, num_blocks: int, num_stem: int, levels: Sequence[int],
     ax.axhline(l, color='#eeeeee', linewidth=0.8, zorder=0)
   # Shade the stem so it is clear where the searched blocks start.
   ax.axvspan(-0.5, num_stem - 0.5, color='#f2f2f2', zorder=0)
-  ax.text((num_stem - 1) / 2, high + 0.45, 'stem', ha='center', va='center',
-          fontsize=9, color='#555555')
+  ax.text(
+    (num_stem - 1) / 2, high + 0.45, 'stem', ha='center', va='center', fontsize=9, color='#555555'
+  )
   for side in ('top', 'right'):
     ax.spines[side].set_visible(False)
   if title:
@@ -335,30 +413,67 @@ def _style_axes(ax, num_blocks: int, num_stem: int, levels: Sequence[int],
 
 
 def _legend_handles(show_unused: bool, show_merges: bool) -> List[Line2D]:
-  markers = {spinenet_specs.BOTTLENECK: 's', spinenet_specs.RESIDUAL: 'o',
-             spinenet_specs.MBCONV: 'h'}
-  handles = [Line2D([], [], linestyle='', marker=markers[fn], markersize=10,
-                    markerfacecolor=BLOCK_COLORS[fn], markeredgecolor='black', label=fn)
-             for fn in spinenet_specs.BLOCK_TYPES]
-  handles.append(Line2D([], [], linestyle='', marker='s', markersize=10,
-                        markerfacecolor='white', markeredgecolor=OUTPUT_EDGE_COLOR,
-                        markeredgewidth=2.5, label='output (P_L)'))
+  markers = {
+    spinenet_specs.BOTTLENECK: 's',
+    spinenet_specs.RESIDUAL: 'o',
+    spinenet_specs.MBCONV: 'h',
+  }
+  handles = [
+    Line2D(
+      [],
+      [],
+      linestyle='',
+      marker=markers[fn],
+      markersize=10,
+      markerfacecolor=BLOCK_COLORS[fn],
+      markeredgecolor='black',
+      label=fn,
+    )
+    for fn in spinenet_specs.BLOCK_TYPES
+  ]
+  handles.append(
+    Line2D(
+      [],
+      [],
+      linestyle='',
+      marker='s',
+      markersize=10,
+      markerfacecolor='white',
+      markeredgecolor=OUTPUT_EDGE_COLOR,
+      markeredgewidth=2.5,
+      label='output (P_L)',
+    )
+  )
   if show_unused:
-    handles.append(Line2D([], [], linestyle='', marker='s', markersize=10,
-                          markerfacecolor='#cccccc', markeredgecolor='black',
-                          alpha=UNUSED_ALPHA, label='unused (feeds no endpoint)'))
+    handles.append(
+      Line2D(
+        [],
+        [],
+        linestyle='',
+        marker='s',
+        markersize=10,
+        markerfacecolor='#cccccc',
+        markeredgecolor='black',
+        alpha=UNUSED_ALPHA,
+        label='unused (feeds no endpoint)',
+      )
+    )
   labels = {'down': 'downsampling', 'up': 'upsampling', 'same': 'same level'}
   handles += [Line2D([], [], color=EDGE_COLORS[k], label=labels[k]) for k in labels]
   if show_merges:
-    handles.append(Line2D([], [], color=MERGE_COLOR, linestyle='--',
-                          label='zero-out-degree merge'))
+    handles.append(Line2D([], [], color=MERGE_COLOR, linestyle='--', label='zero-out-degree merge'))
   return handles
 
 
-def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
-                      stem_block_fn: StemBlockFns, output_path_prefix: str,
-                      title: Optional[str] = None, min_level: int = 3,
-                      max_level: int = 7) -> List[str]:
+def draw_architecture(
+  block_specs: Sequence,
+  stem_levels: Sequence[int],
+  stem_block_fn: StemBlockFns,
+  output_path_prefix: str,
+  title: Optional[str] = None,
+  min_level: int = 3,
+  max_level: int = 7,
+) -> List[str]:
   """Draws a scale-permuted network and writes `<prefix>.png` and `<prefix>.svg`.
 
   Args:
@@ -388,13 +503,19 @@ def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
   FigureCanvasAgg(fig)
   ax = fig.add_axes((0.06, 0.16, 0.92, 0.76))
   _style_axes(ax, len(levels), num_stem, levels, title)
-  drawn = _draw_blocks(fig, ax, levels, block_fns, outputs, unused, min_level,
-                       max_level)
+  drawn = _draw_blocks(fig, ax, levels, block_fns, outputs, unused, min_level, max_level)
   _draw_edges(fig, ax, specs, levels, num_stem, merges, drawn, outputs, unused)
   handles = _legend_handles(bool(unused), bool(merges))
-  fig.legend(handles=handles, loc='lower center', bbox_to_anchor=(0.5, 0.0),
-             ncol=len(handles), frameon=False, fontsize=8.5, handlelength=2.2,
-             columnspacing=1.2)
+  fig.legend(
+    handles=handles,
+    loc='lower center',
+    bbox_to_anchor=(0.5, 0.0),
+    ncol=len(handles),
+    frameon=False,
+    fontsize=8.5,
+    handlelength=2.2,
+    columnspacing=1.2,
+  )
 
   paths = [f'{output_path_prefix}.png', f'{output_path_prefix}.svg']
   # A fixed hash salt and no date keep the SVG byte-identical across runs, so a
@@ -407,9 +528,14 @@ def draw_architecture(block_specs: Sequence, stem_levels: Sequence[int],
   return paths
 
 
-def draw_published(family: str, output_path_prefix: str,
-                   block_specs_json: Optional[str] = None, title: Optional[str] = None,
-                   min_level: int = 3, max_level: int = 7) -> List[str]:
+def draw_published(
+  family: str,
+  output_path_prefix: str,
+  block_specs_json: Optional[str] = None,
+  title: Optional[str] = None,
+  min_level: int = 3,
+  max_level: int = 7,
+) -> List[str]:
   """Draws a family's published architecture, or specs from a file on its stem.
 
   Args:
@@ -425,14 +551,20 @@ def draw_published(family: str, output_path_prefix: str,
     The written paths: [png, svg].
   """
   if family not in ARCHITECTURES:
-    raise ValueError(f'Unknown architecture family {family!r}; choose one of '
-                     f'{sorted(ARCHITECTURES)}.')
+    raise ValueError(
+      f'Unknown architecture family {family!r}; choose one of {sorted(ARCHITECTURES)}.'
+    )
   preset = ARCHITECTURES[family]
   specs, default_title = preset.block_specs, preset.title
   if block_specs_json:
     specs = spinenet_specs.load_block_specs(block_specs_json)
     default_title = os.path.splitext(os.path.basename(block_specs_json))[0]
-  return draw_architecture(specs, preset.stem_levels, preset.stem_block_fn,
-                           output_path_prefix,
-                           title=default_title if title is None else title,
-                           min_level=min_level, max_level=max_level)
+  return draw_architecture(
+    specs,
+    preset.stem_levels,
+    preset.stem_block_fn,
+    output_path_prefix,
+    title=default_title if title is None else title,
+    min_level=min_level,
+    max_level=max_level,
+  )

@@ -39,13 +39,21 @@ from official_spinenet.workflows import demo
 from official_spinenet.workflows import train
 
 GIN_FILE = 'demo/nasfpn_anytime_shapes.gin'
-TABLE_HEADER = ('exit', 'NAS-FPN repeats run', 'AP', 'AP50', 'latency ms (median)',
-                'latency vs last exit', 'multiply-adds (M)')
+TABLE_HEADER = (
+  'exit',
+  'NAS-FPN repeats run',
+  'AP',
+  'AP50',
+  'latency ms (median)',
+  'latency vs last exit',
+  'multiply-adds (M)',
+)
 
 
 @dataclasses.dataclass
 class TradeoffOptions:
   """What `run_tradeoff` measures and where it writes (the tool's flags)."""
+
   output_dir: str = '/tmp/anytime_tradeoff'
   model_dir: Optional[str] = None  # a trained run to measure instead of training one
   train_steps: Optional[int] = None  # default: the gin file's
@@ -67,8 +75,9 @@ def evaluate_exit(task, model, exit_index: int) -> Dict[str, float]:
   return {k: float(v) for k, v in evaluator.result().items()}
 
 
-def time_exits(model, image: tf.Tensor, num_exits: int, runs: int,
-               warmup_runs: int) -> Dict[int, List[float]]:
+def time_exits(
+  model, image: tf.Tensor, num_exits: int, runs: int, warmup_runs: int
+) -> Dict[int, List[float]]:
   """Seconds per `detect` call of each exit at batch 1; exits interleaved per round."""
   functions = {}
   for k in range(1, num_exits + 1):
@@ -78,7 +87,7 @@ def time_exits(model, image: tf.Tensor, num_exits: int, runs: int,
   times = {k: [] for k in functions}
   for run in range(runs):
     order = list(functions)
-    order = order[run % num_exits:] + order[:run % num_exits]  # rotate who goes first
+    order = order[run % num_exits :] + order[: run % num_exits]  # rotate who goes first
     for k in order:
       times[k] += timing.time_calls(functions[k], runs=1, warmup=0)[0]
   return times
@@ -87,25 +96,41 @@ def time_exits(model, image: tf.Tensor, num_exits: int, runs: int,
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
   """The Markdown table of the exits (latency also relative to the last exit)."""
   last = rows[-1]
-  cells = [(r['exit'], f"{r['exit']} of {last['exit']}", r['AP'], r['AP50'],
-            f"{r['latency_ms']:.1f}", f"{r['latency_ms'] / last['latency_ms']:.2f}x",
-            f"{r['multiply_adds'] / 1e6:.0f}") for r in rows]
+  cells = [
+    (
+      r['exit'],
+      f"{r['exit']} of {last['exit']}",
+      r['AP'],
+      r['AP50'],
+      f"{r['latency_ms']:.1f}",
+      f"{r['latency_ms'] / last['latency_ms']:.2f}x",
+      f"{r['multiply_adds'] / 1e6:.0f}",
+    )
+    for r in rows
+  ]
   return tables.format_table(TABLE_HEADER, cells, markdown=True, left_columns=0)
 
 
 def plot(rows: Sequence[Dict[str, Any]], path: str, title: str) -> None:
   """AP and AP50 against latency, one point per exit, as a PNG (written atomically)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   latency = [r['latency_ms'] for r in rows]
   fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
   for key, style in (('AP50', 's--'), ('AP', 'o-')):
     values = [r[key] for r in rows]
     ax.plot(latency, values, style, label=key)
     for r, v in zip(rows, values):
-      ax.annotate(f"exit {r['exit']}", (r['latency_ms'], v), textcoords='offset points',
-                  xytext=(4, -11 if key == 'AP' else 5), fontsize=8)
+      ax.annotate(
+        f"exit {r['exit']}",
+        (r['latency_ms'], v),
+        textcoords='offset points',
+        xytext=(4, -11 if key == 'AP' else 5),
+        fontsize=8,
+      )
   ax.set_xlabel('CPU latency at batch 1, forward + post-processing (ms, median)')
   ax.set_ylabel('COCO AP on the shapes val split')
   ax.set_title(title, fontsize=10)
@@ -119,8 +144,11 @@ def plot(rows: Sequence[Dict[str, Any]], path: str, title: str) -> None:
 
 def markdown(table: str, setup: Dict[str, Any]) -> str:
   """docs/anytime_tradeoff.md: what was measured, how, the table and the plot."""
-  trained = (f"trained here for {setup['step']} steps in {setup['train_minutes']:.1f} min"
-             if setup['train_minutes'] is not None else f"step {setup['step']}")
+  trained = (
+    f"trained here for {setup['step']} steps in {setup['train_minutes']:.1f} min"
+    if setup['train_minutes'] is not None
+    else f"step {setup['step']}"
+  )
   command = ' '.join(['python tools/anytime_tradeoff.py'] + setup['flags'])
   load = ', '.join(f'{l:.1f}' for l in setup['load_average'])
   return f"""# Anytime detection: AP vs latency per exit
@@ -167,26 +195,35 @@ def _measure_exits(task, model, options: TradeoffOptions) -> List[Dict[str, Any]
   rows = []
   for k in range(1, model.num_exits + 1):
     metrics = evaluate_exit(task, model, k)
-    rows.append({
-        'exit': k, 'AP': metrics['AP'], 'AP50': metrics['AP50'], 'AP75': metrics['AP75'],
+    rows.append(
+      {
+        'exit': k,
+        'AP': metrics['AP'],
+        'AP50': metrics['AP50'],
+        'AP75': metrics['AP75'],
         'latency_ms': 1000 * statistics.median(times[k]),
         'latency_p10_ms': 1000 * float(np.percentile(times[k], 10)),
         'latency_p90_ms': 1000 * float(np.percentile(times[k], 90)),
-        'multiply_adds': model_stats.count_multiply_adds(model.exit_model(k),
-                                                         [1, height, width, 3]),
-    })
+        'multiply_adds': model_stats.count_multiply_adds(
+          model.exit_model(k), [1, height, width, 3]
+        ),
+      }
+    )
     logging.info('exit %d: %s', k, rows[-1])
   return rows
 
 
-def _write_outputs(options: TradeoffOptions, rows, table: str, setup: Dict[str, Any],
-                   title: str) -> None:
-  files.write_json_atomically({'setup': setup, 'rows': rows},
-                              os.path.join(options.output_dir, 'anytime_tradeoff.json'))
+def _write_outputs(
+  options: TradeoffOptions, rows, table: str, setup: Dict[str, Any], title: str
+) -> None:
+  files.write_json_atomically(
+    {'setup': setup, 'rows': rows}, os.path.join(options.output_dir, 'anytime_tradeoff.json')
+  )
   if options.docs_dir:
     plot(rows, os.path.join(options.docs_dir, 'anytime_tradeoff.png'), title)
-    files.atomic_write(os.path.join(options.docs_dir, 'anytime_tradeoff.md'),
-                       markdown(table, setup))
+    files.atomic_write(
+      os.path.join(options.docs_dir, 'anytime_tradeoff.md'), markdown(table, setup)
+    )
 
 
 def run_tradeoff(options: TradeoffOptions) -> Tuple[str, Dict[str, Any]]:
@@ -195,9 +232,13 @@ def run_tradeoff(options: TradeoffOptions) -> Tuple[str, Dict[str, Any]]:
   Returns:
     (the Markdown table, the setup: checkpoint, step, flags, machine, ...).
   """
-  paths = shapes.ensure_shapes_dataset(os.path.join(options.output_dir, 'data'),
-                                       options.num_train, options.num_val,
-                                       image_size=demo.DEMO_IMAGE_SIZE, seed=0)
+  paths = shapes.ensure_shapes_dataset(
+    os.path.join(options.output_dir, 'data'),
+    options.num_train,
+    options.num_val,
+    image_size=demo.DEMO_IMAGE_SIZE,
+    seed=0,
+  )
   params = demo.shapes_data_params(paths) + list(options.gin_params)
   if options.train_steps:
     params.append(f'TRAIN_STEPS = {options.train_steps}')
@@ -207,22 +248,31 @@ def run_tradeoff(options: TradeoffOptions) -> Tuple[str, Dict[str, Any]]:
   model = task.build_model()
   checkpoint = checkpoint_paths.resolve_checkpoint(model_dir, '--model_dir')
   tf.train.Checkpoint(**task.checkpoint_items(model)).read(
-      checkpoint).expect_partial().assert_existing_objects_matched()
+    checkpoint
+  ).expect_partial().assert_existing_objects_matched()
   step = int(checkpoint.rsplit('-', 1)[-1])
   logging.info('Measuring %s (step %d), %d exits.', checkpoint, step, model.num_exits)
   rows = _measure_exits(task, model, options)
   setup = {
-      'checkpoint': checkpoint, 'step': step, 'gin_file': gin_file,
-      'flags': ([f'--train_steps={options.train_steps}'] if options.train_steps else []) + [
-          f'--latency_runs={options.latency_runs}'] + [
-              f'--gin_param="{p}"' for p in options.gin_params],
-      'train_minutes': train_minutes, 'num_val_images': paths['val']['num_images'],
-      'image_size': list(task.image_size), 'separate_heads': model.separate_heads,
-      'params': model_stats.count_params(model), 'latency_runs': options.latency_runs,
-      'cpus': os.cpu_count(), 'load_average': os.getloadavg(),
+    'checkpoint': checkpoint,
+    'step': step,
+    'gin_file': gin_file,
+    'flags': ([f'--train_steps={options.train_steps}'] if options.train_steps else [])
+    + [f'--latency_runs={options.latency_runs}']
+    + [f'--gin_param="{p}"' for p in options.gin_params],
+    'train_minutes': train_minutes,
+    'num_val_images': paths['val']['num_images'],
+    'image_size': list(task.image_size),
+    'separate_heads': model.separate_heads,
+    'params': model_stats.count_params(model),
+    'latency_runs': options.latency_runs,
+    'cpus': os.cpu_count(),
+    'load_average': os.getloadavg(),
   }
   table = format_table(rows)
-  title = (f'Anytime NAS-FPN RetinaNet, shapes demo ({model.num_exits} exits, '
-           f'{"separate" if model.separate_heads else "shared"} head, step {step})')
+  title = (
+    f'Anytime NAS-FPN RetinaNet, shapes demo ({model.num_exits} exits, '
+    f'{"separate" if model.separate_heads else "shared"} head, step {step})'
+  )
   _write_outputs(options, rows, table, setup, title)
   return table, setup

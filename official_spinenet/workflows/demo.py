@@ -37,6 +37,7 @@ class DemoResult:
     model_dir: checkpoints and metrics.json.
     num_val: held-out images evaluated.
   """
+
   metrics: Dict[str, float]
   model_dir: str
   num_val: int
@@ -46,13 +47,16 @@ def shapes_data_params(paths: Mapping[str, Mapping[str, Any]]) -> List[str]:
   """The gin bindings of the data macros for a shapes dataset (`make_shapes_dataset`)."""
   params = [f"TRAIN_FILE_PATTERN = '{paths['train']['tfrecord_pattern']}'"]
   if 'val' in paths:
-    params += [f"EVAL_FILE_PATTERN = '{paths['val']['tfrecord_pattern']}'",
-               f"ANNOTATION_FILE = '{paths['val']['annotation_file']}'"]
+    params += [
+      f"EVAL_FILE_PATTERN = '{paths['val']['tfrecord_pattern']}'",
+      f"ANNOTATION_FILE = '{paths['val']['annotation_file']}'",
+    ]
   return params
 
 
-def run_demo(output_dir: str, num_train: int = 1000, num_val: int = 200,
-             gin_params: Sequence[str] = ()) -> DemoResult:
+def run_demo(
+  output_dir: str, num_train: int = 1000, num_val: int = 200, gin_params: Sequence[str] = ()
+) -> DemoResult:
   """Makes (or reuses) the shapes data, then trains and evaluates the demo model.
 
   Args:
@@ -64,11 +68,13 @@ def run_demo(output_dir: str, num_train: int = 1000, num_val: int = 200,
   Returns:
     The metrics and where they are.
   """
-  paths = shapes.ensure_shapes_dataset(os.path.join(output_dir, 'data'), num_train, num_val,
-                                       image_size=DEMO_IMAGE_SIZE, seed=0)
+  paths = shapes.ensure_shapes_dataset(
+    os.path.join(output_dir, 'data'), num_train, num_val, image_size=DEMO_IMAGE_SIZE, seed=0
+  )
   model_dir = os.path.join(output_dir, 'model')
-  metrics = train.launch([DEMO_GIN_FILE], shapes_data_params(paths) + list(gin_params),
-                         model_dir, mode='train_and_eval')
+  metrics = train.launch(
+    [DEMO_GIN_FILE], shapes_data_params(paths) + list(gin_params), model_dir, mode='train_and_eval'
+  )
   return DemoResult(metrics=metrics, model_dir=model_dir, num_val=num_val)
 
 
@@ -100,6 +106,5 @@ def time_demo_command(output_dir: str, gin_params: Sequence[str] = ()) -> Dict[s
   minutes = (time.perf_counter() - start) / 60
   metrics: Optional[Dict[str, Any]] = None
   if not returncode:
-    metrics = files.read_json(os.path.join(output_dir, 'model', 'metrics.json'),
-                              'Demo metrics')
+    metrics = files.read_json(os.path.join(output_dir, 'model', 'metrics.json'), 'Demo metrics')
   return {'returncode': returncode, 'minutes': minutes, 'metrics': metrics}

@@ -30,19 +30,24 @@ OPERATIVE_CONFIG_FILE = 'operative_config.gin'
 def _check_category_ids(names: Dict[int, str], num_classes: int) -> None:
   unknown = sorted(set(names) - set(range(1, num_classes)))
   if unknown:
-    raise ValueError(f'Category names for class ids {unknown[:10]} that the model does not '
-                     f'predict (it has ids 1..{num_classes - 1}).')
+    raise ValueError(
+      f'Category names for class ids {unknown[:10]} that the model does not '
+      f'predict (it has ids 1..{num_classes - 1}).'
+    )
 
 
 def _check_exit_index(task, exit_index: Optional[int]) -> None:
   if exit_index is None:
     return
   if not isinstance(task, anytime_retinanet_task.AnytimeRetinaNetTask):
-    raise ValueError(f'--exit_index={exit_index} needs an anytime NAS-FPN model '
-                     f'(AnytimeRetinaNetTask); the gin config builds a {type(task).__name__}.')
+    raise ValueError(
+      f'--exit_index={exit_index} needs an anytime NAS-FPN model '
+      f'(AnytimeRetinaNetTask); the gin config builds a {type(task).__name__}.'
+    )
   if isinstance(exit_index, bool) or not isinstance(exit_index, int) or exit_index == 0:
-    raise ValueError(f'--exit_index must be a non-zero int (1-based, negative from the end), '
-                     f'got {exit_index!r}.')
+    raise ValueError(
+      f'--exit_index must be a non-zero int (1-based, negative from the end), got {exit_index!r}.'
+    )
 
 
 def _check_export_dir(export_dir: str, overwrite: bool) -> None:
@@ -51,21 +56,23 @@ def _check_export_dir(export_dir: str, overwrite: bool) -> None:
   export_lib.check_export_dir(export_dir, overwrite, how_to_overwrite='--overwrite')
 
 
-def export_from_checkpoint(gin_files: Sequence[str],
-                           gin_params: Sequence[str],
-                           checkpoint: str,
-                           export_dir: str,
-                           *,
-                           score_threshold: Optional[float] = None,
-                           max_detections: Optional[int] = None,
-                           nms_iou_threshold: Optional[float] = None,
-                           pre_nms_top_k: Optional[int] = None,
-                           apply_nms: bool = True,
-                           batch_size: Optional[int] = None,
-                           max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
-                           category_names: client_lib.CategoryNamesSource = None,
-                           overwrite: bool = False,
-                           exit_index: Optional[int] = None) -> str:
+def export_from_checkpoint(
+  gin_files: Sequence[str],
+  gin_params: Sequence[str],
+  checkpoint: str,
+  export_dir: str,
+  *,
+  score_threshold: Optional[float] = None,
+  max_detections: Optional[int] = None,
+  nms_iou_threshold: Optional[float] = None,
+  pre_nms_top_k: Optional[int] = None,
+  apply_nms: bool = True,
+  batch_size: Optional[int] = None,
+  max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
+  category_names: client_lib.CategoryNamesSource = None,
+  overwrite: bool = False,
+  exit_index: Optional[int] = None,
+) -> str:
   """gin + checkpoint -> SavedModel.
 
   Args:
@@ -93,9 +100,13 @@ def export_from_checkpoint(gin_files: Sequence[str],
   task = loading.build_task(gin_files, gin_params)
   checkpoint_path = checkpoint_paths.resolve_checkpoint(checkpoint)
   options = dict(
-      **loading.task_nms_options(task, score_threshold, max_detections, nms_iou_threshold,
-                                 pre_nms_top_k),
-      apply_nms=apply_nms, max_image_pixels=max_image_pixels, batch_size=batch_size)
+    **loading.task_nms_options(
+      task, score_threshold, max_detections, nms_iou_threshold, pre_nms_top_k
+    ),
+    apply_nms=apply_nms,
+    max_image_pixels=max_image_pixels,
+    batch_size=batch_size,
+  )
   export_lib.ExportConfig(input_image_size=tuple(task.image_size), **options).validate()
   _check_export_dir(export_dir, overwrite)
   names = client_lib.load_category_names(category_names)
@@ -108,6 +119,11 @@ def export_from_checkpoint(gin_files: Sequence[str],
     loaded.model.default_exit_index = exit_index
     loaded.operative_config = f'# exit_index: {exit_index}\n' + loaded.operative_config
   return export_lib.export_saved_model(
-      loaded.model, export_dir, tuple(task.image_size), **options,
-      extra_assets={OPERATIVE_CONFIG_FILE: loaded.operative_config},
-      category_names=names or None, overwrite=overwrite)
+    loaded.model,
+    export_dir,
+    tuple(task.image_size),
+    **options,
+    extra_assets={OPERATIVE_CONFIG_FILE: loaded.operative_config},
+    category_names=names or None,
+    overwrite=overwrite,
+  )

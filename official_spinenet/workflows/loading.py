@@ -34,6 +34,7 @@ class LoadedModel:
     operative_config: gin's operative config after the model was built, with a header
       naming the checkpoint, gin files and bindings.
   """
+
   task: Any
   model: Any
   checkpoint_path: str
@@ -67,7 +68,8 @@ def restore_weights(checkpoint_path: str, items: Mapping[str, tf.Module]) -> str
   try:
     reader = tf.train.load_checkpoint(checkpoint_path)
     graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
-        reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+      reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH')
+    )
   except (ValueError, tf.errors.OpError) as e:
     raise ValueError(f'Cannot read checkpoint {checkpoint_path!r}: {_short(e)}') from e
   in_checkpoint = {child.local_name for child in graph.nodes[0].children}
@@ -78,15 +80,17 @@ def restore_weights(checkpoint_path: str, items: Mapping[str, tf.Module]) -> str
     found = 'parts'
   else:
     raise ValueError(
-        f'Checkpoint {checkpoint_path!r} holds {sorted(in_checkpoint)}: neither a whole '
-        f"'model' (spinenet-train) nor all of {sorted(parts)} (spinenet-convert-checkpoint).")
+      f'Checkpoint {checkpoint_path!r} holds {sorted(in_checkpoint)}: neither a whole '
+      f"'model' (spinenet-train) nor all of {sorted(parts)} (spinenet-convert-checkpoint)."
+    )
   try:
     status = tf.train.Checkpoint(**parts).read(checkpoint_path).expect_partial()
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(
-        f'Checkpoint {checkpoint_path!r} does not fit the model built from the gin config '
-        f'(another backbone, width, head or number of classes?): {_short(e)}') from e
+      f'Checkpoint {checkpoint_path!r} does not fit the model built from the gin config '
+      f'(another backbone, width, head or number of classes?): {_short(e)}'
+    ) from e
   return found
 
 
@@ -106,10 +110,13 @@ def build_task(gin_files: Sequence[str], gin_params: Sequence[str] = ()):
   return task
 
 
-def task_nms_options(task, score_threshold: Optional[float] = None,
-                     max_detections: Optional[int] = None,
-                     nms_iou_threshold: Optional[float] = None,
-                     pre_nms_top_k: Optional[int] = None) -> Dict[str, Any]:
+def task_nms_options(
+  task,
+  score_threshold: Optional[float] = None,
+  max_detections: Optional[int] = None,
+  nms_iou_threshold: Optional[float] = None,
+  pre_nms_top_k: Optional[int] = None,
+) -> Dict[str, Any]:
   """The NMS options, each None replaced by the task's evaluation setting.
 
   Returns:
@@ -117,34 +124,38 @@ def task_nms_options(task, score_threshold: Optional[float] = None,
     (the names export_lib and tflite_export take).
   """
   nms = task.nms_settings
-  given = {'score_threshold': (score_threshold, 'pre_nms_score_threshold'),
-           'max_detections': (max_detections, 'max_num_detections'),
-           'nms_iou_threshold': (nms_iou_threshold, 'nms_iou_threshold'),
-           'pre_nms_top_k': (pre_nms_top_k, 'pre_nms_top_k')}
-  return {name: nms[setting] if value is None else value
-          for name, (value, setting) in given.items()}
+  given = {
+    'score_threshold': (score_threshold, 'pre_nms_score_threshold'),
+    'max_detections': (max_detections, 'max_num_detections'),
+    'nms_iou_threshold': (nms_iou_threshold, 'nms_iou_threshold'),
+    'pre_nms_top_k': (pre_nms_top_k, 'pre_nms_top_k'),
+  }
+  return {
+    name: nms[setting] if value is None else value for name, (value, setting) in given.items()
+  }
 
 
-def _operative_config(checkpoint_path: str, gin_files: Sequence[str],
-                      gin_params: Sequence[str]) -> str:
-  header = [f'# Exported from checkpoint {checkpoint_path}',
-            f'# gin files: {", ".join(gin_files)}']
+def _operative_config(
+  checkpoint_path: str, gin_files: Sequence[str], gin_params: Sequence[str]
+) -> str:
+  header = [f'# Exported from checkpoint {checkpoint_path}', f'# gin files: {", ".join(gin_files)}']
   header += [f'# gin param: {p}' for p in gin_params]
   return '\n'.join(header) + '\n\n' + configurables.operative_config_str()
 
 
-def build_and_restore(task, checkpoint_path: str, gin_files: Sequence[str],
-                      gin_params: Sequence[str]) -> LoadedModel:
+def build_and_restore(
+  task, checkpoint_path: str, gin_files: Sequence[str], gin_params: Sequence[str]
+) -> LoadedModel:
   """Builds the task's model (gin already parsed) and reads checkpoint_path into it."""
   model = task.build_model()
   found = restore_weights(checkpoint_path, task.checkpoint_items(model))
   logging.info('Restored the model from %s (%s).', checkpoint_path, found)
-  return LoadedModel(task, model, checkpoint_path,
-                     _operative_config(checkpoint_path, gin_files, gin_params))
+  return LoadedModel(
+    task, model, checkpoint_path, _operative_config(checkpoint_path, gin_files, gin_params)
+  )
 
 
-def load_model(gin_files: Sequence[str], gin_params: Sequence[str],
-               checkpoint: str) -> LoadedModel:
+def load_model(gin_files: Sequence[str], gin_params: Sequence[str], checkpoint: str) -> LoadedModel:
   """Builds the gin config's model and restores the checkpoint's weights into it.
 
   Args:
@@ -160,5 +171,6 @@ def load_model(gin_files: Sequence[str], gin_params: Sequence[str],
       fit the model.
   """
   task = build_task(gin_files, gin_params)
-  return build_and_restore(task, checkpoint_paths.resolve_checkpoint(checkpoint),
-                           gin_files, gin_params)
+  return build_and_restore(
+    task, checkpoint_paths.resolve_checkpoint(checkpoint), gin_files, gin_params
+  )

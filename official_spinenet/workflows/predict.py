@@ -49,25 +49,30 @@ class Predictor:
     category_names: class id -> name (may be empty).
     description: where the model came from (for images.json and logs).
   """
+
   detect: Detect
   category_names: Dict[int, str]
   description: str
 
 
-def _detect_fn(signature: Callable[..., Dict[str, tf.Tensor]],
-               fixed_batch_size: Optional[int]) -> Detect:
+def _detect_fn(
+  signature: Callable[..., Dict[str, tf.Tensor]], fixed_batch_size: Optional[int]
+) -> Detect:
   """Wraps a string [B] -> outputs function; pads a short batch to a fixed batch size."""
+
   def detect(encoded: Sequence[bytes]) -> List[client_lib.ImageDetections]:
     encoded = list(encoded)
     count = len(encoded)
     if fixed_batch_size:
       if count > fixed_batch_size:
-        raise ValueError(f'The export takes batches of {fixed_batch_size} images, got '
-                         f'{count}; use --batch_size={fixed_batch_size}.')
+        raise ValueError(
+          f'The export takes batches of {fixed_batch_size} images, got '
+          f'{count}; use --batch_size={fixed_batch_size}.'
+        )
       encoded += [encoded[-1]] * (fixed_batch_size - count)
     outputs = signature(tf.constant(encoded, dtype=tf.string))
-    return client_lib.detections_from_outputs(
-        {k: v.numpy() for k, v in outputs.items()})[:count]
+    return client_lib.detections_from_outputs({k: v.numpy() for k, v in outputs.items()})[:count]
+
   return detect
 
 
@@ -82,55 +87,64 @@ def saved_model_predictor(export_dir: str) -> Predictor:
     raise ValueError(f'--saved_model {export_dir!r} holds no SavedModel (saved_model.pb).')
   loaded = tf.saved_model.load(export_dir)
   if export_lib.DEFAULT_SIGNATURE not in loaded.signatures:
-    raise ValueError(f'The SavedModel in {export_dir} has no {export_lib.DEFAULT_SIGNATURE!r} '
-                     f'signature (it has {sorted(loaded.signatures)}); export it with '
-                     'spinenet-export.')
+    raise ValueError(
+      f'The SavedModel in {export_dir} has no {export_lib.DEFAULT_SIGNATURE!r} '
+      f'signature (it has {sorted(loaded.signatures)}); export it with '
+      'spinenet-export.'
+    )
   signature = loaded.signatures[export_lib.DEFAULT_SIGNATURE]
   if 'detection_boxes' not in signature.structured_outputs:
-    raise ValueError(f'The SavedModel in {export_dir} returns '
-                     f'{sorted(signature.structured_outputs)}, not detections (exported with '
-                     'apply_nms=False?); export it again with NMS.')
+    raise ValueError(
+      f'The SavedModel in {export_dir} returns '
+      f'{sorted(signature.structured_outputs)}, not detections (exported with '
+      'apply_nms=False?); export it again with NMS.'
+    )
   input_name = export_lib.SIGNATURE_INPUTS[export_lib.DEFAULT_SIGNATURE][0]
-  config_path = os.path.join(export_dir, export_lib.EXTRA_ASSETS_DIR,
-                             export_lib.EXPORT_CONFIG_FILE)
+  config_path = os.path.join(export_dir, export_lib.EXTRA_ASSETS_DIR, export_lib.EXPORT_CONFIG_FILE)
   config = export_lib.read_export_config(export_dir) if os.path.exists(config_path) else {}
   names = client_lib.load_category_names(config.get('category_names'))
   batch_size = config.get('options', {}).get('batch_size')
 
   def call(encoded):
     return signature(**{input_name: encoded})
+
   # The loaded object owns the variables the signature reads: keep it alive.
   call.loaded = loaded
   return Predictor(_detect_fn(call, batch_size), names, f'SavedModel {export_dir}')
 
 
-def checkpoint_predictor(gin_files: Sequence[str], gin_params: Sequence[str],
-                         checkpoint: str, *,
-                         score_threshold: Optional[float] = None,
-                         max_detections: Optional[int] = None,
-                         nms_iou_threshold: Optional[float] = None,
-                         max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS
-                         ) -> Predictor:
+def checkpoint_predictor(
+  gin_files: Sequence[str],
+  gin_params: Sequence[str],
+  checkpoint: str,
+  *,
+  score_threshold: Optional[float] = None,
+  max_detections: Optional[int] = None,
+  nms_iou_threshold: Optional[float] = None,
+  max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
+) -> Predictor:
   """The gin config's model with checkpoint weights, run through the serving module.
 
   The NMS options default to the task's evaluation settings, as in spinenet-export.
   """
   loaded = loading.load_model(gin_files, gin_params, checkpoint)
   config = export_lib.ExportConfig(
-      input_image_size=tuple(loaded.task.image_size),
-      **loading.task_nms_options(loaded.task, score_threshold, max_detections,
-                                 nms_iou_threshold),
-      max_image_pixels=int(max_image_pixels))
+    input_image_size=tuple(loaded.task.image_size),
+    **loading.task_nms_options(loaded.task, score_threshold, max_detections, nms_iou_threshold),
+    max_image_pixels=int(max_image_pixels),
+  )
   module = export_lib.DetectionServingModule(loaded.model, config)
-  serve = tf.function(module.serve_image_bytes, autograph=False,
-                      input_signature=[tf.TensorSpec([None], tf.string)])
-  return Predictor(_detect_fn(serve, None), {},
-                   f'checkpoint {loaded.checkpoint_path} ({", ".join(gin_files)})')
+  serve = tf.function(
+    module.serve_image_bytes, autograph=False, input_signature=[tf.TensorSpec([None], tf.string)]
+  )
+  return Predictor(
+    _detect_fn(serve, None), {}, f'checkpoint {loaded.checkpoint_path} ({", ".join(gin_files)})'
+  )
 
 
-def assign_image_ids(paths: Sequence[str],
-                     annotations: Optional[coco_tfrecord.CocoInstances] = None
-                     ) -> Dict[str, int]:
+def assign_image_ids(
+  paths: Sequence[str], annotations: Optional[coco_tfrecord.CocoInstances] = None
+) -> Dict[str, int]:
   """Image id per path: 1, 2, ... in order, or the annotation file's id of its file name.
 
   A path matches an annotation `file_name` when it ends with it (file names with
@@ -158,26 +172,34 @@ def assign_image_ids(paths: Sequence[str],
     else:
       missing.append(path)
   if missing:
-    raise ValueError(f'{len(missing)} image(s) have no unique entry in --annotation_file '
-                     f'{annotation_file} (matched by file_name): {missing[:5]}')
+    raise ValueError(
+      f'{len(missing)} image(s) have no unique entry in --annotation_file '
+      f'{annotation_file} (matched by file_name): {missing[:5]}'
+    )
   seen = {}
   for path, image_id in ids.items():
     if image_id in seen:
-      raise ValueError(f'{seen[image_id]} and {path} both match image id {image_id} of '
-                       f'{annotation_file}.')
+      raise ValueError(
+        f'{seen[image_id]} and {path} both match image id {image_id} of {annotation_file}.'
+      )
     seen[image_id] = path
   return ids
 
 
-def coco_results(image_id: int, detections: client_lib.ImageDetections
-                 ) -> List[Dict[str, Any]]:
+def coco_results(image_id: int, detections: client_lib.ImageDetections) -> List[Dict[str, Any]]:
   """COCO results entries (bbox = [x, y, width, height] pixels) of one image."""
   results = []
-  for (ymin, xmin, ymax, xmax), score, cls in zip(detections.boxes, detections.scores,
-                                                  detections.classes):
-    results.append({'image_id': int(image_id), 'category_id': int(cls),
-                    'bbox': [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
-                    'score': float(score)})
+  for (ymin, xmin, ymax, xmax), score, cls in zip(
+    detections.boxes, detections.scores, detections.classes
+  ):
+    results.append(
+      {
+        'image_id': int(image_id),
+        'category_id': int(cls),
+        'bbox': [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
+        'score': float(score),
+      }
+    )
   return results
 
 
@@ -197,23 +219,32 @@ def _detect_batch(predictor: Predictor, paths: Sequence[str], encoded: Sequence[
   return results
 
 
-def _image_entry(image_id: int, path: str,
-                 detections: client_lib.ImageDetections) -> Dict[str, Any]:
-  return {'id': image_id, 'file_name': os.path.basename(path), 'path': path,
-          'height': int(detections.image_size[0]), 'width': int(detections.image_size[1]),
-          'num_detections': int(len(detections.scores)), 'drawing': None}
+def _image_entry(
+  image_id: int, path: str, detections: client_lib.ImageDetections
+) -> Dict[str, Any]:
+  return {
+    'id': image_id,
+    'file_name': os.path.basename(path),
+    'path': path,
+    'height': int(detections.image_size[0]),
+    'width': int(detections.image_size[1]),
+    'num_detections': int(len(detections.scores)),
+    'drawing': None,
+  }
 
 
-def run_predict(predictor: Predictor,
-                images: Sequence[str],
-                output_dir: str,
-                *,
-                annotation_file: Optional[str] = None,
-                category_names: Optional[Dict[int, str]] = None,
-                batch_size: int = 8,
-                draw: bool = True,
-                draw_min_score: float = 0.3,
-                show_progress: bool = True) -> Dict[str, Any]:
+def run_predict(
+  predictor: Predictor,
+  images: Sequence[str],
+  output_dir: str,
+  *,
+  annotation_file: Optional[str] = None,
+  category_names: Optional[Dict[int, str]] = None,
+  batch_size: int = 8,
+  draw: bool = True,
+  draw_min_score: float = 0.3,
+  show_progress: bool = True,
+) -> Dict[str, Any]:
   """Runs the predictor over the images and writes detections.json, images.json, PNGs.
 
   Args:
@@ -238,8 +269,7 @@ def run_predict(predictor: Predictor,
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   paths = client_lib.find_images(images)
-  annotations = (coco_tfrecord.load_coco_instances(annotation_file) if annotation_file
-                 else None)
+  annotations = coco_tfrecord.load_coco_instances(annotation_file) if annotation_file else None
   ids = assign_image_ids(paths, annotations)
   names = dict(predictor.category_names)
   if annotations is not None:
@@ -254,7 +284,8 @@ def run_predict(predictor: Predictor,
   for batch_paths in client_lib.batches(paths, batch_size):
     encoded = client_lib.read_files(batch_paths)
     for (path, detections, error), data in zip(
-        _detect_batch(predictor, batch_paths, encoded), encoded):
+      _detect_batch(predictor, batch_paths, encoded), encoded
+    ):
       if error is not None:
         logging.warning('%s failed: %s', path, error)
         failed.append({'path': path, 'error': error})
@@ -263,48 +294,70 @@ def run_predict(predictor: Predictor,
       entries.append(_image_entry(ids[path], path, detections))
       if draw:
         entries[-1]['drawing'] = drawings[path]
-        drawing.save_drawing(data, detections.above(draw_min_score), names,
-                             os.path.join(output_dir, drawings[path]))
+        drawing.save_drawing(
+          data, detections.above(draw_min_score), names, os.path.join(output_dir, drawings[path])
+        )
     progress.update(len(batch_paths))
   progress.close()
 
   detections_file = os.path.join(output_dir, DETECTIONS_FILE)
   images_file = os.path.join(output_dir, IMAGES_FILE)
   files.write_json_atomically(results, detections_file)
-  files.write_json_atomically({
+  files.write_json_atomically(
+    {
       'images': entries,
       'categories': [{'id': i, 'name': n} for i, n in sorted(names.items())],
-      'failed': failed, 'model': predictor.description,
-      'annotation_file': annotation_file, 'draw_min_score': draw_min_score if draw else None,
-  }, images_file)
-  return {'images': entries, 'failed': failed, 'num_detections': len(results),
-          'detections_file': detections_file, 'images_file': images_file}
+      'failed': failed,
+      'model': predictor.description,
+      'annotation_file': annotation_file,
+      'draw_min_score': draw_min_score if draw else None,
+    },
+    images_file,
+  )
+  return {
+    'images': entries,
+    'failed': failed,
+    'num_detections': len(results),
+    'detections_file': detections_file,
+    'images_file': images_file,
+  }
 
 
-def _check_model_source(saved_model, gin_files, gin_params, checkpoint,
-                        nms_options: Dict[str, Any]) -> None:
+def _check_model_source(
+  saved_model, gin_files, gin_params, checkpoint, nms_options: Dict[str, Any]
+) -> None:
   """A SavedModel alone, or gin files and a checkpoint (with options)."""
   if not saved_model:
     if not (gin_files and checkpoint):
       raise ValueError('Give --saved_model, or --gin_file and --checkpoint.')
     return
-  checkpoint_only = {'gin_file': gin_files, 'gin_param': gin_params,
-                     'checkpoint': checkpoint, **nms_options}
+  checkpoint_only = {
+    'gin_file': gin_files,
+    'gin_param': gin_params,
+    'checkpoint': checkpoint,
+    **nms_options,
+  }
   given = ['--' + k for k, v in checkpoint_only.items() if v not in (None, [], ())]
   if given:
-    raise ValueError(f'--saved_model runs the export as it is; do not combine it with '
-                     f'{", ".join(given)} (NMS options are fixed at export time).')
+    raise ValueError(
+      f'--saved_model runs the export as it is; do not combine it with '
+      f'{", ".join(given)} (NMS options are fixed at export time).'
+    )
 
 
-def predict(images: Sequence[str], output_dir: str, *,
-            saved_model: Optional[str] = None,
-            gin_files: Sequence[str] = (),
-            gin_params: Sequence[str] = (),
-            checkpoint: Optional[str] = None,
-            nms_options: Optional[Dict[str, Any]] = None,
-            category_names: client_lib.CategoryNamesSource = None,
-            annotation_file: Optional[str] = None,
-            **run_options) -> Dict[str, Any]:
+def predict(
+  images: Sequence[str],
+  output_dir: str,
+  *,
+  saved_model: Optional[str] = None,
+  gin_files: Sequence[str] = (),
+  gin_params: Sequence[str] = (),
+  checkpoint: Optional[str] = None,
+  nms_options: Optional[Dict[str, Any]] = None,
+  category_names: client_lib.CategoryNamesSource = None,
+  annotation_file: Optional[str] = None,
+  **run_options,
+) -> Dict[str, Any]:
   """What spinenet-predict runs: cheap checks, then the predictor, then run_predict.
 
   Images, class names and the annotation file are checked before the model loads.
@@ -332,7 +385,12 @@ def predict(images: Sequence[str], output_dir: str, *,
   if saved_model:
     predictor = saved_model_predictor(saved_model)
   else:
-    predictor = checkpoint_predictor(gin_files, gin_params, checkpoint,
-                                     **(nms_options or {}))
-  return run_predict(predictor, paths, output_dir, annotation_file=annotation_file,
-                     category_names=names, **run_options)
+    predictor = checkpoint_predictor(gin_files, gin_params, checkpoint, **(nms_options or {}))
+  return run_predict(
+    predictor,
+    paths,
+    output_dir,
+    annotation_file=annotation_file,
+    category_names=names,
+    **run_options,
+  )

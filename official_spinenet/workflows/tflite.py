@@ -17,8 +17,9 @@ from official_spinenet.utils import checkpoint_paths
 from official_spinenet.workflows import loading
 
 
-def _check_representative_data(task, quantization: str,
-                               representative_data: Optional[str]) -> Optional[str]:
+def _check_representative_data(
+  task, quantization: str, representative_data: Optional[str]
+) -> Optional[str]:
   """The calibration TFRecord pattern (int8: default the training files), checked."""
   if quantization != 'int8':
     if representative_data:
@@ -26,24 +27,31 @@ def _check_representative_data(task, quantization: str,
     return None
   representative_data = representative_data or task.train_data.file_pattern
   if not representative_data:
-    raise ValueError('--quantization=int8 needs --representative_data (a TFRecord pattern) '
-                     'or TRAIN_FILE_PATTERN in the gin config.')
+    raise ValueError(
+      '--quantization=int8 needs --representative_data (a TFRecord pattern) '
+      'or TRAIN_FILE_PATTERN in the gin config.'
+    )
   retinanet_input.list_files(representative_data)  # ValueError when nothing matches
   return representative_data
 
 
-def export_tflite_from_checkpoint(gin_files: Sequence[str], gin_params: Sequence[str],
-                                  checkpoint: str, output: str, *,
-                                  quantization: str = 'float',
-                                  representative_data: Optional[str] = None,
-                                  score_threshold: Optional[float] = None,
-                                  max_detections: Optional[int] = None,
-                                  nms_iou_threshold: Optional[float] = None,
-                                  use_regular_nms: bool = True,
-                                  normalized_coordinates: bool = False,
-                                  num_calibration_images: int = 100,
-                                  category_names: client_lib.CategoryNamesSource = None,
-                                  overwrite: bool = False) -> str:
+def export_tflite_from_checkpoint(
+  gin_files: Sequence[str],
+  gin_params: Sequence[str],
+  checkpoint: str,
+  output: str,
+  *,
+  quantization: str = 'float',
+  representative_data: Optional[str] = None,
+  score_threshold: Optional[float] = None,
+  max_detections: Optional[int] = None,
+  nms_iou_threshold: Optional[float] = None,
+  use_regular_nms: bool = True,
+  normalized_coordinates: bool = False,
+  num_calibration_images: int = 100,
+  category_names: client_lib.CategoryNamesSource = None,
+  overwrite: bool = False,
+) -> str:
   """gin + checkpoint -> .tflite (+ .json); returns the .tflite path.
 
   Cheap checks (gin, checkpoint path, options, output, data pattern, category names)
@@ -58,15 +66,24 @@ def export_tflite_from_checkpoint(gin_files: Sequence[str], gin_params: Sequence
   nms = loading.task_nms_options(task, score_threshold, max_detections, nms_iou_threshold)
   del nms['pre_nms_top_k']  # the TFLite op keeps detections_per_class instead
   config = tflite_export.TFLiteConfig(
-      input_image_size=tuple(task.image_size), quantization=quantization, **nms,
-      use_regular_nms=use_regular_nms, normalized_coordinates=normalized_coordinates,
-      num_calibration_images=num_calibration_images)
+    input_image_size=tuple(task.image_size),
+    quantization=quantization,
+    **nms,
+    use_regular_nms=use_regular_nms,
+    normalized_coordinates=normalized_coordinates,
+    num_calibration_images=num_calibration_images,
+  )
   config.validate()
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f'--output {output} exists; pass --overwrite to replace it.')
   representative_data = _check_representative_data(task, quantization, representative_data)
   names = client_lib.load_category_names(category_names)
   loaded = loading.build_and_restore(task, checkpoint_path, gin_files, gin_params)
-  return tflite_export.export_tflite(loaded.model, output, config,
-                                     representative_data=representative_data,
-                                     category_names=names, overwrite=overwrite)
+  return tflite_export.export_tflite(
+    loaded.model,
+    output,
+    config,
+    representative_data=representative_data,
+    category_names=names,
+    overwrite=overwrite,
+  )

@@ -19,9 +19,16 @@ from official_spinenet.training import distribute
 from official_spinenet.training import trainer
 
 
-def launch(gin_files: Sequence[str], gin_params: Sequence[str], model_dir: str,
-           mode: str = 'train_and_eval', strategy: str = 'one_device', num_gpus: int = 0,
-           tpu: Optional[str] = None, mixed_precision: str = 'float32') -> Dict[str, float]:
+def launch(
+  gin_files: Sequence[str],
+  gin_params: Sequence[str],
+  model_dir: str,
+  mode: str = 'train_and_eval',
+  strategy: str = 'one_device',
+  num_gpus: int = 0,
+  tpu: Optional[str] = None,
+  mixed_precision: str = 'float32',
+) -> Dict[str, float]:
   """Parses gin, validates, creates the strategy and runs the experiment.
 
   Args:
@@ -52,9 +59,16 @@ def launch(gin_files: Sequence[str], gin_params: Sequence[str], model_dir: str,
   tf_strategy = distribute.build_strategy(strategy, num_gpus=num_gpus, tpu=tpu)
   logging.info('Strategy %s with %d replica(s).', strategy, tf_strategy.num_replicas_in_sync)
   return trainer.run_experiment(
-      task, mode, model_dir, tf_strategy, experiment['config'],
-      learning_rate=experiment['learning_rate'], optimizer=experiment['optimizer'],
-      mixed_precision=mixed_precision, operative_config=configurables.operative_config_str)
+    task,
+    mode,
+    model_dir,
+    tf_strategy,
+    experiment['config'],
+    learning_rate=experiment['learning_rate'],
+    optimizer=experiment['optimizer'],
+    mixed_precision=mixed_precision,
+    operative_config=configurables.operative_config_str,
+  )
 
 
 def summary(results: Dict[str, float]) -> str:

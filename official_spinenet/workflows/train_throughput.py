@@ -41,6 +41,7 @@ class Throughput:
     images_per_second: batch size x steps / seconds.
     params: trainable parameters of the model.
   """
+
   seconds: float
   images_per_second: float
   params: int
@@ -49,13 +50,25 @@ class Throughput:
 def one_batch(batch_size: int) -> Batch:
   """One (images, labels) batch of 640 px shapes images, as both trainers consume it."""
   with tempfile.TemporaryDirectory() as tmp:
-    data = shapes.make_shapes_dataset(tmp, num_train=batch_size, num_val=1,
-                                      image_size=IMAGE_SIZE, seed=0, num_shards=1,
-                                      show_progress=False)
+    data = shapes.make_shapes_dataset(
+      tmp,
+      num_train=batch_size,
+      num_val=1,
+      image_size=IMAGE_SIZE,
+      seed=0,
+      num_shards=1,
+      show_progress=False,
+    )
     dataset = retinanet_input.build_retinanet_dataset(
-        data['train']['tfrecord_pattern'], is_training=True, global_batch_size=batch_size,
-        image_size=(IMAGE_SIZE, IMAGE_SIZE), min_level=3, max_level=7, anchor_size=3.0,
-        aug_rand_hflip=False)
+      data['train']['tfrecord_pattern'],
+      is_training=True,
+      global_batch_size=batch_size,
+      image_size=(IMAGE_SIZE, IMAGE_SIZE),
+      min_level=3,
+      max_level=7,
+      anchor_size=3.0,
+      aug_rand_hflip=False,
+    )
     return next(iter(dataset))
 
 
@@ -65,22 +78,31 @@ def _params(model: tf_keras.Model) -> int:
 
 def time_ours(batch: Batch, steps: int, repeats: int) -> Throughput:
   """Our RetinaNet-SpineNet-49 through the trainer's compiled loop, on `batch` repeated."""
-  configurables.parse_gin([GIN_FILE], [
-      'spinenet.use_sync_bn = False', 'RetinaNetHead.use_sync_bn = False',
-      f'TRAIN_BATCH_SIZE = {batch[0].shape[0]}'])
+  configurables.parse_gin(
+    [GIN_FILE],
+    [
+      'spinenet.use_sync_bn = False',
+      'RetinaNetHead.use_sync_bn = False',
+      f'TRAIN_BATCH_SIZE = {batch[0].shape[0]}',
+    ],
+  )
   experiment = configurables.build_experiment()
   task = experiment['task']
-  task.build_inputs = lambda is_training, input_context=None: (
-      tf.data.Dataset.from_tensors(batch).repeat())
+  task.build_inputs = lambda is_training, input_context=None: tf.data.Dataset.from_tensors(
+    batch
+  ).repeat()
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   with tempfile.TemporaryDirectory() as model_dir:
-    trainer = trainer_lib.Trainer(task, strategy, model_dir, experiment['config'],
-                                  experiment['learning_rate'])
+    trainer = trainer_lib.Trainer(
+      task, strategy, model_dir, experiment['config'], experiment['learning_rate']
+    )
     loop = trainer.build_train_loop()
-    iterator = iter(strategy.distribute_datasets_from_function(
-        lambda ctx: task.build_inputs(True, ctx)))
+    iterator = iter(
+      strategy.distribute_datasets_from_function(lambda ctx: task.build_inputs(True, ctx))
+    )
     seconds = timing.median_seconds(
-        lambda: loop(iterator, tf.constant(steps))['total_loss'], repeats, warmup=1)
+      lambda: loop(iterator, tf.constant(steps))['total_loss'], repeats, warmup=1
+    )
   return Throughput(seconds, batch[0].shape[0] * steps / seconds, _params(trainer.model))
 
 

@@ -7,10 +7,12 @@ import tf_keras
 # family -> (module, builder function); imported lazily so a tool that needs one
 # family does not build the graph code of the other.
 BACKBONES = {
-    'spinenet': ('official_spinenet.modeling.backbones.spinenet', 'build_spinenet'),
-    'spinenet_mobile': ('official_spinenet.modeling.backbones.spinenet_mobile',
-                        'build_spinenet_mobile'),
-    'resnet': ('official_spinenet.modeling.backbones.resnet', 'build_resnet'),
+  'spinenet': ('official_spinenet.modeling.backbones.spinenet', 'build_spinenet'),
+  'spinenet_mobile': (
+    'official_spinenet.modeling.backbones.spinenet_mobile',
+    'build_spinenet_mobile',
+  ),
+  'resnet': ('official_spinenet.modeling.backbones.resnet', 'build_resnet'),
 }
 
 

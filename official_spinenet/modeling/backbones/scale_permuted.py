@@ -62,8 +62,8 @@ def feature_width(input_width: Optional[int], level: int, max_block_level: int) 
   2^max_block_level stands in for it (as the reference implementation does).
   """
   if input_width is None:
-    input_width = 2 ** max_block_level
-  return int(math.ceil(input_width / 2 ** level))
+    input_width = 2**max_block_level
+  return int(math.ceil(input_width / 2**level))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,7 @@ class Feature:
     block_fn: block type.
     width: nominal spatial width (`feature_width`).
   """
+
   level: int
   block_fn: str
   width: int
@@ -106,6 +107,7 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
     norm_momentum: BN momentum.
     norm_epsilon: BN epsilon.
   """
+
   NAME: ClassVar[str]
   DEFAULT_BLOCK_SPECS: ClassVar[Sequence]
   FILTER_SIZE_MAP: ClassVar[Mapping[int, int]]
@@ -121,10 +123,8 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
       **kwargs: passed to tf_keras.Model.
     """
     input_shape = input_shape_from_specs(arguments['input_specs'])
-    specs = spinenet_specs.BlockSpec.resolve(arguments['block_specs'],
-                                             self.DEFAULT_BLOCK_SPECS)
-    self._store_config(arguments, input_specs=input_shape,
-                       block_specs=[s.to_dict() for s in specs])
+    specs = spinenet_specs.BlockSpec.resolve(arguments['block_specs'], self.DEFAULT_BLOCK_SPECS)
+    self._store_config(arguments, input_specs=input_shape, block_specs=[s.to_dict() for s in specs])
     self._specs = specs
     self._min_level, self._max_level = arguments['min_level'], arguments['max_level']
     self._max_block_level = max([self._max_level] + [s.level for s in specs])
@@ -133,29 +133,39 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
     self._factory = conv_norm_act.LayerFactory.from_arguments(arguments)
 
     inputs = tf_keras.Input(shape=input_shape[1:], batch_size=input_shape[0])
-    outputs = self._build_blocks(self._build_stem(inputs), input_shape[2],
-                                 arguments['init_stochastic_depth_rate'])
+    outputs = self._build_blocks(
+      self._build_stem(inputs), input_shape[2], arguments['init_stochastic_depth_rate']
+    )
     # A 1x1 conv, BN and activation per level to a common endpoint width.
     endpoints = {
-        str(level): self._factory.conv_norm_act(outputs[level],
-                                                arguments['endpoints_num_filters'], 1)
-        for level in range(self._min_level, self._max_level + 1)}
+      str(level): self._factory.conv_norm_act(outputs[level], arguments['endpoints_num_filters'], 1)
+      for level in range(self._min_level, self._max_level + 1)
+    }
     self._output_specs = {level: x.shape for level, x in endpoints.items()}
     super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
 
   def _check_arguments(self, input_shape: Sequence[Optional[int]]) -> None:
     """Clear errors for specs, levels, input size and width this family cannot build."""
     spinenet_specs.validate_block_specs(
-        self._specs, len(self.STEM_BLOCKS), self._min_level, self._max_level,
-        allowed_block_fns=self.BLOCK_FNS, max_block_level=self._max_block_level)
+      self._specs,
+      len(self.STEM_BLOCKS),
+      self._min_level,
+      self._max_level,
+      allowed_block_fns=self.BLOCK_FNS,
+      max_block_level=self._max_block_level,
+    )
     if self._max_block_level > max(self.FILTER_SIZE_MAP):
-      raise ValueError(f'{self.NAME} has block widths for levels up to '
-                       f'{max(self.FILTER_SIZE_MAP)}; got level {self._max_block_level}.')
+      raise ValueError(
+        f'{self.NAME} has block widths for levels up to '
+        f'{max(self.FILTER_SIZE_MAP)}; got level {self._max_block_level}.'
+      )
     spinenet_specs.validate_input_size(input_shape, self._max_block_level, self.NAME)
     narrowest = min(self.FILTER_SIZE_MAP.values())
     if self._filter_size_scale <= 0 or int(narrowest * self._filter_size_scale) < 1:
-      raise ValueError(f'filter_size_scale {self._filter_size_scale} leaves a block without '
-                       f'channels; it must be >= {1.0 / narrowest}.')
+      raise ValueError(
+        f'filter_size_scale {self._filter_size_scale} leaves a block without '
+        f'channels; it must be >= {1.0 / narrowest}.'
+      )
 
   def _filters(self, level: int) -> int:
     """Block width at `level` (a bottleneck outputs 4x this)."""
@@ -163,17 +173,21 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
 
   def _node(self, level: int, block_fn: str) -> topology.Node:
     """A block's level and output channels, for the merge rule."""
-    return topology.Node(level, spinenet_specs.block_output_channels(block_fn,
-                                                                     self._filters(level)))
+    return topology.Node(
+      level, spinenet_specs.block_output_channels(block_fn, self._filters(level))
+    )
 
-  def _build_blocks(self, stem: Sequence[tf.Tensor], input_width: Optional[int],
-                    init_drop_rate: float) -> Dict[int, tf.Tensor]:
+  def _build_blocks(
+    self, stem: Sequence[tf.Tensor], input_width: Optional[int], init_drop_rate: float
+  ) -> Dict[int, tf.Tensor]:
     """Walks the block specs after the stem; returns {level: output block}."""
     width = lambda level: feature_width(input_width, level, self._max_block_level)
     features = [Feature(level, block_fn, width(level)) for level, block_fn in self.STEM_BLOCKS]
     merges = topology.merge_unconsumed(
-        self._specs, [self._node(f.level, f.block_fn) for f in features],
-        lambda spec: self._node(spec.level, spec.block_fn))
+      self._specs,
+      [self._node(f.level, f.block_fn) for f in features],
+      lambda spec: self._node(spec.level, spec.block_fn),
+    )
     net = list(stem)
     outputs = {}
     for i, spec in enumerate(self._specs):
@@ -182,8 +196,9 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
       # Unconsumed blocks of the output block's level and channels join unresampled.
       parents += [net[j] for j in merges[i]]
       x = self._factory.activation_layer()(self._sum(parents))
-      x = self._block(x, spec, stochastic_depth.get_stochastic_depth_rate(
-          init_drop_rate, i + 1, len(self._specs)))
+      x = self._block(
+        x, spec, stochastic_depth.get_stochastic_depth_rate(init_drop_rate, i + 1, len(self._specs))
+      )
       net.append(x)
       features.append(target)
       if spec.is_output:
@@ -204,8 +219,9 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
     """The sum of a block's inputs (before the activation): one Add over all."""
     return tf_keras.layers.Add()(list(parents))
 
-  def _block(self, x: tf.Tensor, spec: spinenet_specs.BlockSpec,
-             drop_rate: Optional[float]) -> tf.Tensor:
+  def _block(
+    self, x: tf.Tensor, spec: spinenet_specs.BlockSpec, drop_rate: Optional[float]
+  ) -> tf.Tensor:
     """The block of `spec` on its summed inputs, with stochastic depth `drop_rate`."""
     raise NotImplementedError
 

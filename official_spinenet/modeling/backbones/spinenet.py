@@ -36,19 +36,33 @@ class SpineNet(scale_permuted.ScalePermutedBackbone):
   Output: dict str(level) -> [B, H / 2^level, W / 2^level, endpoints_num_filters]
   for level in [min_level, max_level].
   """
+
   NAME = 'SpineNet'
   DEFAULT_BLOCK_SPECS = spinenet_specs.SPINENET_BLOCK_SPECS
   FILTER_SIZE_MAP = spinenet_specs.SPINENET_FILTER_SIZE_MAP
   BLOCK_FNS = tuple(blocks.RESIDUAL_BLOCKS)
   STEM_BLOCKS = ((STEM_LEVEL, spinenet_specs.BOTTLENECK),) * NUM_STEM_BLOCKS
 
-  def __init__(self, input_specs: scale_permuted.InputSpecLike = None, min_level: int = 3,
-               max_level: int = 7, block_specs=None, endpoints_num_filters: int = 256,
-               resample_alpha: float = 0.5, block_repeats: int = 1,
-               filter_size_scale: float = 1.0, init_stochastic_depth_rate: float = 0.0,
-               kernel_initializer='VarianceScaling', kernel_regularizer=None,
-               bias_regularizer=None, activation: str = 'relu', use_sync_bn: bool = False,
-               norm_momentum: float = 0.99, norm_epsilon: float = 0.001, **kwargs):
+  def __init__(
+    self,
+    input_specs: scale_permuted.InputSpecLike = None,
+    min_level: int = 3,
+    max_level: int = 7,
+    block_specs=None,
+    endpoints_num_filters: int = 256,
+    resample_alpha: float = 0.5,
+    block_repeats: int = 1,
+    filter_size_scale: float = 1.0,
+    init_stochastic_depth_rate: float = 0.0,
+    kernel_initializer='VarianceScaling',
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    **kwargs,
+  ):
     """Builds SpineNet; block_specs None means SpineNet-49.
 
     The arguments SpineNet shares with every scale-permuted backbone are documented
@@ -70,22 +84,41 @@ class SpineNet(scale_permuted.ScalePermutedBackbone):
     x = tf_keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same')(x)
     net = []
     for _ in range(NUM_STEM_BLOCKS):
-      x = blocks.block_group(x, spinenet_specs.BOTTLENECK, self._filters(STEM_LEVEL),
-                             self._block_repeats, **f.layer_kwargs())
+      x = blocks.block_group(
+        x,
+        spinenet_specs.BOTTLENECK,
+        self._filters(STEM_LEVEL),
+        self._block_repeats,
+        **f.layer_kwargs(),
+      )
       net.append(x)
     return net
 
-  def _resample(self, x: tf.Tensor, parent: scale_permuted.Feature,
-                target: scale_permuted.Feature) -> tf.Tensor:
+  def _resample(
+    self, x: tf.Tensor, parent: scale_permuted.Feature, target: scale_permuted.Feature
+  ) -> tf.Tensor:
     return resample.resample_with_alpha(
-        x, parent.width, parent.block_fn, target.width, self._filters(target.level),
-        target.block_fn, self._resample_alpha, self._factory)
+      x,
+      parent.width,
+      parent.block_fn,
+      target.width,
+      self._filters(target.level),
+      target.block_fn,
+      self._resample_alpha,
+      self._factory,
+    )
 
-  def _block(self, x: tf.Tensor, spec: spinenet_specs.BlockSpec,
-             drop_rate: Optional[float]) -> tf.Tensor:
-    return blocks.block_group(x, spec.block_fn, self._filters(spec.level), self._block_repeats,
-                              stochastic_depth_drop_rate=drop_rate,
-                              **self._factory.layer_kwargs())
+  def _block(
+    self, x: tf.Tensor, spec: spinenet_specs.BlockSpec, drop_rate: Optional[float]
+  ) -> tf.Tensor:
+    return blocks.block_group(
+      x,
+      spec.block_fn,
+      self._filters(spec.level),
+      self._block_repeats,
+      stochastic_depth_drop_rate=drop_rate,
+      **self._factory.layer_kwargs(),
+    )
 
 
 def build_spinenet(model_id: str = '49', **kwargs) -> SpineNet:
@@ -95,11 +128,12 @@ def build_spinenet(model_id: str = '49', **kwargs) -> SpineNet:
   block_repeats (Table 2); any of them, and every other SpineNet argument, may be
   given in kwargs to override it.
   """
-  scaling = spinenet_specs.lookup_model_id(model_id, spinenet_specs.SPINENET_SCALING,
-                                           'SpineNet')
-  args = dict(endpoints_num_filters=scaling.endpoints_num_filters,
-              filter_size_scale=scaling.filter_size_scale,
-              resample_alpha=scaling.resample_alpha,
-              block_repeats=scaling.block_repeats)
+  scaling = spinenet_specs.lookup_model_id(model_id, spinenet_specs.SPINENET_SCALING, 'SpineNet')
+  args = dict(
+    endpoints_num_filters=scaling.endpoints_num_filters,
+    filter_size_scale=scaling.filter_size_scale,
+    resample_alpha=scaling.resample_alpha,
+    block_repeats=scaling.block_repeats,
+  )
   args.update(kwargs)
   return SpineNet(**args)

@@ -41,19 +41,33 @@ class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
   Output: dict str(level) -> [B, H / 2^level, W / 2^level, endpoints_num_filters]
   for level in [min_level, max_level].
   """
+
   NAME = 'SpineNetMobile'
   DEFAULT_BLOCK_SPECS = spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS
   FILTER_SIZE_MAP = spinenet_specs.SPINENET_MOBILE_FILTER_SIZE_MAP
   BLOCK_FNS = (spinenet_specs.MBCONV,)
   STEM_BLOCKS = tuple((level, spinenet_specs.MBCONV) for level in STEM_LEVELS)
 
-  def __init__(self, input_specs: scale_permuted.InputSpecLike = None, min_level: int = 3,
-               max_level: int = 7, block_specs=None, endpoints_num_filters: int = 48,
-               se_ratio: Optional[float] = 0.2, expand_ratio: float = 6,
-               filter_size_scale: float = 1.0, init_stochastic_depth_rate: float = 0.0,
-               kernel_initializer='VarianceScaling', kernel_regularizer=None,
-               bias_regularizer=None, activation: str = 'relu', use_sync_bn: bool = False,
-               norm_momentum: float = 0.99, norm_epsilon: float = 0.001, **kwargs):
+  def __init__(
+    self,
+    input_specs: scale_permuted.InputSpecLike = None,
+    min_level: int = 3,
+    max_level: int = 7,
+    block_specs=None,
+    endpoints_num_filters: int = 48,
+    se_ratio: Optional[float] = 0.2,
+    expand_ratio: float = 6,
+    filter_size_scale: float = 1.0,
+    init_stochastic_depth_rate: float = 0.0,
+    kernel_initializer='VarianceScaling',
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    **kwargs,
+  ):
     """Builds SpineNet-Mobile from 'mbconv' block specs (None: SpineNet-Mobile-49).
 
     The arguments shared with every scale-permuted backbone are documented on
@@ -75,10 +89,15 @@ class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
   def _mbconv(self, x, in_filters, out_filters, strides, drop_rate=None):
     """One inverted bottleneck, ended like the reference's block group."""
     x = mobile_blocks.InvertedBottleneckBlock(
-        in_filters=in_filters, out_filters=out_filters, strides=strides,
-        stochastic_depth_drop_rate=drop_rate, se_ratio=self._se_ratio,
-        expand_ratio=self._expand_ratio, se_gating_activation=SE_GATING_ACTIVATION,
-        **self._factory.layer_kwargs())(x)
+      in_filters=in_filters,
+      out_filters=out_filters,
+      strides=strides,
+      stochastic_depth_drop_rate=drop_rate,
+      se_ratio=self._se_ratio,
+      expand_ratio=self._expand_ratio,
+      se_gating_activation=SE_GATING_ACTIVATION,
+      **self._factory.layer_kwargs(),
+    )(x)
     return graph_layout.pad_depth(x, graph_layout.BLOCK_GROUP_END_DEPTH)
 
   def _build_stem(self, inputs: tf.Tensor) -> List[tf.Tensor]:
@@ -90,10 +109,12 @@ class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
       net.append(x)
     return net
 
-  def _resample(self, x: tf.Tensor, parent: scale_permuted.Feature,
-                target: scale_permuted.Feature) -> tf.Tensor:
-    return mobile_resample.resample_depthwise(x, parent.width, target.width,
-                                              self._filters(target.level), self._factory)
+  def _resample(
+    self, x: tf.Tensor, parent: scale_permuted.Feature, target: scale_permuted.Feature
+  ) -> tf.Tensor:
+    return mobile_resample.resample_depthwise(
+      x, parent.width, target.width, self._filters(target.level), self._factory
+    )
 
   def _sum(self, parents):
     # Pairwise sums, in order: the published checkpoints' graph layout.
@@ -102,8 +123,9 @@ class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
       x = tf_keras.layers.Add()([x, parent])
     return x
 
-  def _block(self, x: tf.Tensor, spec: spinenet_specs.BlockSpec,
-             drop_rate: Optional[float]) -> tf.Tensor:
+  def _block(
+    self, x: tf.Tensor, spec: spinenet_specs.BlockSpec, drop_rate: Optional[float]
+  ) -> tf.Tensor:
     filters = self._filters(spec.level)
     return self._mbconv(x, filters, filters, 1, drop_rate)
 
@@ -116,8 +138,10 @@ def build_spinenet_mobile(model_id: str = '49', **kwargs) -> SpineNetMobile:
   given in kwargs to override it.
   """
   scaling = spinenet_specs.lookup_model_id(
-      model_id, spinenet_specs.SPINENET_MOBILE_SCALING, 'SpineNet-Mobile')
-  args = dict(endpoints_num_filters=scaling.endpoints_num_filters,
-              filter_size_scale=scaling.filter_size_scale)
+    model_id, spinenet_specs.SPINENET_MOBILE_SCALING, 'SpineNet-Mobile'
+  )
+  args = dict(
+    endpoints_num_filters=scaling.endpoints_num_filters, filter_size_scale=scaling.filter_size_scale
+  )
   args.update(kwargs)
   return SpineNetMobile(**args)

@@ -66,5 +66,6 @@ def merge(binary_op: str, nodes: Sequence[tf.Tensor], levels: Sequence[int]) -> 
     coarse = graph_layout.pad_depth(coarse, ATTENTION_COARSE_DEPTH - 1)
     fine = graph_layout.pad_depth(fine, ATTENTION_FINE_DEPTH - 1)
     return GlobalAttention()([coarse, fine])
-  raise ValueError(f'Unknown binary_op {binary_op!r}; choose one of '
-                   f'{list(nasfpn_specs.BINARY_OPS)}.')
+  raise ValueError(
+    f'Unknown binary_op {binary_op!r}; choose one of {list(nasfpn_specs.BINARY_OPS)}.'
+  )

@@ -53,15 +53,18 @@ REFERENCE_MERGE_FILTERS = 256
 
 def default_kernel_initializer() -> tf_keras.initializers.Initializer:
   """He normal over fan-out, untruncated: the reference's NAS-FPN conv initializer."""
-  return tf_keras.initializers.VarianceScaling(scale=2.0, mode='fan_out',
-                                               distribution='untruncated_normal')
+  return tf_keras.initializers.VarianceScaling(
+    scale=2.0, mode='fan_out', distribution='untruncated_normal'
+  )
 
 
 def _input_shapes(input_specs) -> Dict[str, List[Optional[int]]]:
   """{str(level): [B, H, W, C]} from a dict of TensorShapes, shape lists or InputSpecs."""
   if not (isinstance(input_specs, Mapping) or hasattr(input_specs, 'items')):
-    raise ValueError('NASFPN input_specs must be a dict str(level) -> shape [B, H, W, C] '
-                     f'(e.g. backbone.output_specs), got {input_specs!r}.')
+    raise ValueError(
+      'NASFPN input_specs must be a dict str(level) -> shape [B, H, W, C] '
+      f'(e.g. backbone.output_specs), got {input_specs!r}.'
+    )
   shapes = {}
   for key, spec in input_specs.items():
     try:
@@ -72,14 +75,20 @@ def _input_shapes(input_specs) -> Dict[str, List[Optional[int]]]:
       spec = spec.shape
     shape = tf.TensorShape(spec).as_list() if spec is not None else None
     if shape is None or len(shape) != 4 or shape[-1] is None:
-      raise ValueError(f'NASFPN input_specs[{key!r}] must be [batch, height, width, '
-                       f'channels] with known channels, got {spec}.')
+      raise ValueError(
+        f'NASFPN input_specs[{key!r}] must be [batch, height, width, '
+        f'channels] with known channels, got {spec}.'
+      )
     shapes[str(level)] = shape
   return dict(sorted(shapes.items(), key=lambda item: int(item[0])))
 
 
-def check_feature_sizes(shapes: Mapping[str, Sequence[Optional[int]]], min_level: int,
-                        max_level: int, name: str = 'NASFPN') -> None:
+def check_feature_sizes(
+  shapes: Mapping[str, Sequence[Optional[int]]],
+  min_level: int,
+  max_level: int,
+  name: str = 'NASFPN',
+) -> None:
   """Raises a clear ValueError if the features cannot come from a valid image size.
 
   A level-l map of side s comes from an image of side s * 2^l; every level of the
@@ -93,41 +102,51 @@ def check_feature_sizes(shapes: Mapping[str, Sequence[Optional[int]]], min_level
     max_level: highest pyramid level.
     name: how the message names the model.
   """
-  stride = 2 ** max_level
+  stride = 2**max_level
   for axis, index in (('height', 1), ('width', 2)):
     image_sizes = {}
     for key, shape in shapes.items():
       level, size = int(key), shape[index]
       if size is None or not min_level <= level <= max_level:
         continue
-      image_size = size * 2 ** level
+      image_size = size * 2**level
       if image_size % stride:
         raise ValueError(
-            f'{name}: the level-{level} input {axis} {size} comes from an image {axis} of '
-            f'{image_size}, which is not divisible by 2^max_level = {stride}; resize or '
-            f'pad the image to a multiple of {stride} (e.g. '
-            f'{-(-image_size // stride) * stride}).')
+          f'{name}: the level-{level} input {axis} {size} comes from an image {axis} of '
+          f'{image_size}, which is not divisible by 2^max_level = {stride}; resize or '
+          f'pad the image to a multiple of {stride} (e.g. '
+          f'{-(-image_size // stride) * stride}).'
+        )
       image_sizes[level] = image_size
     if len(set(image_sizes.values())) > 1:
-      raise ValueError(f'{name}: the input levels imply different image {axis}s: ' + ', '.join(
-          f'level {l}: {size}' for l, size in sorted(image_sizes.items())) + '.')
+      raise ValueError(
+        f'{name}: the input levels imply different image {axis}s: '
+        + ', '.join(f'level {l}: {size}' for l, size in sorted(image_sizes.items()))
+        + '.'
+      )
 
 
-def _check_arguments(shapes: Mapping[str, Sequence[Optional[int]]],
-                     specs: Sequence[nasfpn_specs.CellSpec], config: Mapping[str, Any]) -> None:
+def _check_arguments(
+  shapes: Mapping[str, Sequence[Optional[int]]],
+  specs: Sequence[nasfpn_specs.CellSpec],
+  config: Mapping[str, Any],
+) -> None:
   """Clear errors for what NASFPN cannot build (config: its constructor arguments)."""
   min_level, max_level = config['min_level'], config['max_level']
   nasfpn_specs.validate_cell_specs(specs, min_level, max_level)
   merge_filters = config['merge_filters']
-  for key, value in (('num_filters', config['num_filters']),
-                     ('num_repeats', config['num_repeats']),
-                     ('merge_filters', 1 if merge_filters is None else merge_filters)):
+  for key, value in (
+    ('num_filters', config['num_filters']),
+    ('num_repeats', config['num_repeats']),
+    ('merge_filters', 1 if merge_filters is None else merge_filters),
+  ):
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'NASFPN {key} must be a positive int, got {value!r}.')
   if str(min_level) not in shapes:
     raise ValueError(
-        f'NASFPN needs the backbone features of min_level {min_level}; got levels '
-        f'{list(shapes)}. (Higher levels it lacks come by max pooling.)')
+      f'NASFPN needs the backbone features of min_level {min_level}; got levels '
+      f'{list(shapes)}. (Higher levels it lacks come by max pooling.)'
+    )
   check_feature_sizes(shapes, min_level, max_level)
   dropblock.DropBlock(config['dropblock_drop_rate'], config['dropblock_size'])
 
@@ -145,26 +164,28 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
   (the pyramid after each repeat; the last is the default output).
   """
 
-  def __init__(self,
-               input_specs: Mapping[str, Any],
-               min_level: int = 3,
-               max_level: int = 7,
-               cell_specs=None,
-               num_filters: int = 256,
-               num_repeats: int = 5,
-               use_separable_conv: bool = False,
-               merge_filters: Optional[int] = REFERENCE_MERGE_FILTERS,
-               activation: str = 'relu',
-               use_sync_bn: bool = False,
-               norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001,
-               kernel_initializer=None,
-               kernel_regularizer=None,
-               bias_regularizer=None,
-               dropblock_drop_rate: float = 0.0,
-               dropblock_size: int = 3,
-               return_all_repeats: bool = False,
-               **kwargs):
+  def __init__(
+    self,
+    input_specs: Mapping[str, Any],
+    min_level: int = 3,
+    max_level: int = 7,
+    cell_specs=None,
+    num_filters: int = 256,
+    num_repeats: int = 5,
+    use_separable_conv: bool = False,
+    merge_filters: Optional[int] = REFERENCE_MERGE_FILTERS,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    kernel_initializer=None,
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    dropblock_drop_rate: float = 0.0,
+    dropblock_size: int = 3,
+    return_all_repeats: bool = False,
+    **kwargs,
+  ):
     """Builds NAS-FPN.
 
     Args:
@@ -201,8 +222,7 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     """
     shapes = _input_shapes(input_specs)
     specs = nasfpn_specs.resolve_cell_specs(cell_specs)
-    self._store_config(locals(), input_specs=shapes,
-                       cell_specs=[s.to_dict() for s in specs])
+    self._store_config(locals(), input_specs=shapes, cell_specs=[s.to_dict() for s in specs])
     _check_arguments(shapes, specs, self._config_dict)
     self._specs = specs
     self._levels = list(range(min_level, max_level + 1))
@@ -213,8 +233,11 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     self._use_separable_conv = use_separable_conv
     self._dropblock_args = dict(drop_rate=dropblock_drop_rate, block_size=dropblock_size)
     self._factory = conv_norm_act.LayerFactory.from_arguments(
-        locals(), kernel_initializer=(default_kernel_initializer() if kernel_initializer is None
-                                      else kernel_initializer))
+      locals(),
+      kernel_initializer=(
+        default_kernel_initializer() if kernel_initializer is None else kernel_initializer
+      ),
+    )
     inputs, pyramids = self._build_repeats(shapes, num_repeats)
     self._output_specs = {level: x.shape for level, x in pyramids[-1].items()}
     super().__init__(inputs=inputs, outputs=pyramids[-1], **kwargs)
@@ -223,18 +246,24 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     self._repeat_graph = tracking.Untracked((inputs, pyramids))
     self._early_exit_models = tracking.Untracked({})
     self._all_repeats_model = tracking.Untracked(
-        tf_keras.Model(inputs, pyramids) if return_all_repeats else None)
+      tf_keras.Model(inputs, pyramids) if return_all_repeats else None
+    )
 
   def _conv(self, filters: int, kernel_size: int) -> tf_keras.layers.Layer:
     """A conv with bias (as the reference), separable if configured."""
     f = self._factory
     if self._use_separable_conv:
       return tf_keras.layers.SeparableConv2D(
-          filters=filters, kernel_size=kernel_size, padding='same',
-          depthwise_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
-          pointwise_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
-          bias_initializer='zeros', depthwise_regularizer=f.kernel_regularizer,
-          pointwise_regularizer=f.kernel_regularizer, bias_regularizer=f.bias_regularizer)
+        filters=filters,
+        kernel_size=kernel_size,
+        padding='same',
+        depthwise_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
+        pointwise_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
+        bias_initializer='zeros',
+        depthwise_regularizer=f.kernel_regularizer,
+        pointwise_regularizer=f.kernel_regularizer,
+        bias_regularizer=f.bias_regularizer,
+      )
     return f.conv(filters, kernel_size, use_bias=True, bias_initializer='zeros')
 
   def _resample(self, x: tf.Tensor, level: int, target_level: int, filters: int) -> tf.Tensor:
@@ -267,16 +296,18 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
         feats.append(self._resample(feats[-1], level - 1, level, self._num_filters))
     return feats
 
-  def _build_repeats(self, shapes: Mapping[str, Sequence[Optional[int]]], num_repeats: int
-                     ) -> Tuple[Dict[str, tf.Tensor], List[Dict[str, tf.Tensor]]]:
+  def _build_repeats(
+    self, shapes: Mapping[str, Sequence[Optional[int]]], num_repeats: int
+  ) -> Tuple[Dict[str, tf.Tensor], List[Dict[str, tf.Tensor]]]:
     """The graph: the input pyramid, then the pyramid network num_repeats times.
 
     Returns:
       The inputs {str(level): [B, H_l, W_l, C_l]} and the output pyramid of every
       repeat, {str(level): [B, H_l, W_l, num_filters]} each.
     """
-    inputs = {key: tf_keras.Input(shape=shape[1:], batch_size=shape[0])
-              for key, shape in shapes.items()}
+    inputs = {
+      key: tf_keras.Input(shape=shape[1:], batch_size=shape[0]) for key, shape in shapes.items()
+    }
     feats = self._build_input_pyramid(inputs)
     pyramids = []
     for _ in range(num_repeats):
@@ -289,14 +320,17 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     f = self._factory
     nodes, levels = list(feats), list(self._levels)
     for spec, absorbed in zip(self._specs, self._merges):
-      inputs = [self._resample(nodes[i], levels[i], spec.level, self._merge_filters)
-                for i in spec.input_offsets]
+      inputs = [
+        self._resample(nodes[i], levels[i], spec.level, self._merge_filters)
+        for i in spec.input_offsets
+      ]
       x = merging_cells.merge(spec.binary_op, inputs, [levels[i] for i in spec.input_offsets])
       # Nodes no cell consumed would be wasted; the output cell of their level
       # absorbs them (Sec. 3.1).
       for j in absorbed:
         x = tf_keras.layers.Add()(
-            [x, self._resample(nodes[j], levels[j], spec.level, self._merge_filters)])
+          [x, self._resample(nodes[j], levels[j], spec.level, self._merge_filters)]
+        )
       x = f.norm()(self._conv(self._num_filters, 3)(f.activation_layer()(x)))
       if self._dropblock_args['drop_rate']:
         x = dropblock.DropBlock(**self._dropblock_args)(x)
@@ -309,8 +343,11 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
   def _check_inputs(self, inputs) -> None:
     """Static check of the feature sizes (Keras itself names missing levels)."""
     if isinstance(inputs, Mapping):
-      check_feature_sizes({key: x.shape.as_list() for key, x in inputs.items()
-                           if x.shape.rank == 4}, self._levels[0], self._levels[-1])
+      check_feature_sizes(
+        {key: x.shape.as_list() for key, x in inputs.items() if x.shape.rank == 4},
+        self._levels[0],
+        self._levels[-1],
+      )
 
   def call(self, inputs, training=None, mask=None):
     self._check_inputs(inputs)

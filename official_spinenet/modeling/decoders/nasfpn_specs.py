@@ -27,18 +27,23 @@ BINARY_OPS = (SUM, GLOBAL_ATTENTION)
 # are P3..P7 of the input pyramid. Two intermediate cells, then the output cells of
 # P3, P4, P5, P7 and P6.
 NASFPN_CELL_SPECS = (
-    (4, GLOBAL_ATTENTION, (1, 3), False),
-    (4, SUM, (1, 5), False),
-    (3, SUM, (0, 6), True),
-    (4, SUM, (6, 7), True),
-    (5, GLOBAL_ATTENTION, (7, 8), True),
-    (7, GLOBAL_ATTENTION, (6, 9), True),
-    (6, GLOBAL_ATTENTION, (9, 10), True),
+  (4, GLOBAL_ATTENTION, (1, 3), False),
+  (4, SUM, (1, 5), False),
+  (3, SUM, (0, 6), True),
+  (4, SUM, (6, 7), True),
+  (5, GLOBAL_ATTENTION, (7, 8), True),
+  (7, GLOBAL_ATTENTION, (6, 9), True),
+  (6, GLOBAL_ATTENTION, (9, 10), True),
 )
 
 
-class CellSpec(topology.SpecBase, node='cell', input_name='input', op_field='binary_op',
-               op_aliases={'attention': GLOBAL_ATTENTION}):
+class CellSpec(
+  topology.SpecBase,
+  node='cell',
+  input_name='input',
+  op_field='binary_op',
+  op_aliases={'attention': GLOBAL_ATTENTION},
+):
   """One merging cell (`topology.SpecBase`).
 
   Its op is `binary_op`: 'sum' or 'global_attention' (Sec. 3.1, Fig. 4); `from_any`
@@ -76,22 +81,33 @@ def validate_cell_specs(specs: Sequence[CellSpec], min_level: int, max_level: in
   topology.check_level_order(min_level, max_level)
   num_levels = max_level - min_level + 1
   if len(specs) < num_levels:
-    raise ValueError(f'{len(specs)} cell specs cannot give {num_levels} output levels '
-                     f'[{min_level}, {max_level}]: the last {num_levels} cells are the '
-                     'output cells, one per level.')
+    raise ValueError(
+      f'{len(specs)} cell specs cannot give {num_levels} output levels '
+      f'[{min_level}, {max_level}]: the last {num_levels} cells are the '
+      'output cells, one per level.'
+    )
   first_output = len(specs) - num_levels
   for i, spec in enumerate(specs):
     if spec.input_offsets[0] == spec.input_offsets[1]:
-      raise ValueError(f'Cell spec {i} takes node {spec.input_offsets[0]} twice; a '
-                       'merging cell combines two different nodes.')
+      raise ValueError(
+        f'Cell spec {i} takes node {spec.input_offsets[0]} twice; a '
+        'merging cell combines two different nodes.'
+      )
     if spec.is_output != (i >= first_output):
       raise ValueError(
-          f'Cell spec {i} has is_output={spec.is_output}, but the output cells must be '
-          f'exactly the last {num_levels} cells (specs {first_output}..{len(specs) - 1}), '
-          'one per pyramid level.')
-  CellSpec.validate_graph(specs, num_levels, f'{num_levels} input levels',
-                          (min_level, max_level), BINARY_OPS, (min_level, max_level),
-                          'the pyramid levels')
+        f'Cell spec {i} has is_output={spec.is_output}, but the output cells must be '
+        f'exactly the last {num_levels} cells (specs {first_output}..{len(specs) - 1}), '
+        'one per pyramid level.'
+      )
+  CellSpec.validate_graph(
+    specs,
+    num_levels,
+    f'{num_levels} input levels',
+    (min_level, max_level),
+    BINARY_OPS,
+    (min_level, max_level),
+    'the pyramid levels',
+  )
 
 
 def cell_specs_to_json(specs: Sequence) -> str:

@@ -51,16 +51,27 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
   [B, H_l, W_l, num_classes * num_anchors_per_location] and
   [B, H_l, W_l, num_params_per_anchor * num_anchors_per_location].
   """
+
   CONFIG_INCLUDES_BASE = True
 
-  def __init__(self, min_level: int = 3, max_level: int = 7, num_classes: int = 91,
-               num_anchors_per_location: int = 9, num_convs: int = 4, num_filters: int = 256,
-               use_separable_conv: bool = False, activation: str = 'relu',
-               use_sync_bn: bool = False, norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001,
-               kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
-               bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
-               num_params_per_anchor: int = 4, **kwargs):
+  def __init__(
+    self,
+    min_level: int = 3,
+    max_level: int = 7,
+    num_classes: int = 91,
+    num_anchors_per_location: int = 9,
+    num_convs: int = 4,
+    num_filters: int = 256,
+    use_separable_conv: bool = False,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    kernel_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
+    bias_regularizer: Optional[tf_keras.regularizers.Regularizer] = None,
+    num_params_per_anchor: int = 4,
+    **kwargs,
+  ):
     """Initializes the head.
 
     Args:
@@ -83,15 +94,18 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
     super().__init__(**kwargs)
     self._store_config(locals())
     topology.check_level_order(min_level, max_level)
-    for key, value, lower in (('num_classes', num_classes, 1),
-                              ('num_anchors_per_location', num_anchors_per_location, 1),
-                              ('num_convs', num_convs, 0), ('num_filters', num_filters, 1),
-                              ('num_params_per_anchor', num_params_per_anchor, 1)):
+    for key, value, lower in (
+      ('num_classes', num_classes, 1),
+      ('num_anchors_per_location', num_anchors_per_location, 1),
+      ('num_convs', num_convs, 0),
+      ('num_filters', num_filters, 1),
+      ('num_params_per_anchor', num_params_per_anchor, 1),
+    ):
       if not isinstance(value, int) or value < lower:
         raise ValueError(f'{key} must be an int >= {lower}, got {value!r}.')
     self._factory = conv_norm_act.LayerFactory.from_arguments(
-        locals(),
-        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=HEAD_KERNEL_STDDEV))
+      locals(), kernel_initializer=tf_keras.initializers.RandomNormal(stddev=HEAD_KERNEL_STDDEV)
+    )
     self._activation_fn = self._factory.activation_fn()
 
   @property
@@ -102,32 +116,41 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
     filters = self._config_dict['num_filters']
     if self._config_dict['use_separable_conv']:
       return tf_keras.layers.SeparableConv2D(
-          filters=filters, kernel_size=3, padding='same',
-          bias_initializer='zeros',
-          bias_regularizer=self._config_dict['bias_regularizer'], name=name)
-    return self._factory.conv(filters, 3, use_bias=True, bias_initializer='zeros',
-                              name=name)
+        filters=filters,
+        kernel_size=3,
+        padding='same',
+        bias_initializer='zeros',
+        bias_regularizer=self._config_dict['bias_regularizer'],
+        name=name,
+      )
+    return self._factory.conv(filters, 3, use_bias=True, bias_initializer='zeros', name=name)
 
   def _predictor(self, filters: int, bias_value: float, name: str) -> tf_keras.layers.Layer:
     bias_initializer = tf_keras.initializers.Constant(bias_value)
     regularizer = self._config_dict['kernel_regularizer']
     if self._config_dict['use_separable_conv']:
-      init = lambda: tf_keras.initializers.RandomNormal(
-          stddev=SEPARABLE_PREDICTOR_KERNEL_STDDEV)
+      init = lambda: tf_keras.initializers.RandomNormal(stddev=SEPARABLE_PREDICTOR_KERNEL_STDDEV)
       return tf_keras.layers.SeparableConv2D(
-          filters=filters, kernel_size=3, padding='same',
-          depthwise_initializer=init(), pointwise_initializer=init(),
-          depthwise_regularizer=regularizer, pointwise_regularizer=regularizer,
-          bias_initializer=bias_initializer,
-          bias_regularizer=self._config_dict['bias_regularizer'], name=name)
+        filters=filters,
+        kernel_size=3,
+        padding='same',
+        depthwise_initializer=init(),
+        pointwise_initializer=init(),
+        depthwise_regularizer=regularizer,
+        pointwise_regularizer=regularizer,
+        bias_initializer=bias_initializer,
+        bias_regularizer=self._config_dict['bias_regularizer'],
+        name=name,
+      )
     factory = dataclasses.replace(
-        self._factory,
-        kernel_initializer=tf_keras.initializers.RandomNormal(stddev=PREDICTOR_KERNEL_STDDEV))
-    return factory.conv(filters, 3, use_bias=True, bias_initializer=bias_initializer,
-                        name=name)
+      self._factory,
+      kernel_initializer=tf_keras.initializers.RandomNormal(stddev=PREDICTOR_KERNEL_STDDEV),
+    )
+    return factory.conv(filters, 3, use_bias=True, bias_initializer=bias_initializer, name=name)
 
-  def _build_tower(self, net_name: str, predictor_name: str, predictor_filters: int,
-                   bias_value: float):
+  def _build_tower(
+    self, net_name: str, predictor_name: str, predictor_filters: int, bias_value: float
+  ):
     """Shared convs, per-level norms, then the shared predictor (Model Garden order)."""
     convs, norms = [], []
     for level in self.levels:
@@ -144,9 +167,11 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
     anchors = self._config_dict['num_anchors_per_location']
     prior_bias = -math.log((1.0 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
     self._cls_convs, self._cls_norms, self._classifier = self._build_tower(
-        'classnet', 'scores', self._config_dict['num_classes'] * anchors, prior_bias)
+      'classnet', 'scores', self._config_dict['num_classes'] * anchors, prior_bias
+    )
     self._box_convs, self._box_norms, self._box_regressor = self._build_tower(
-        'boxnet', 'boxes', self._config_dict['num_params_per_anchor'] * anchors, 0.0)
+      'boxnet', 'boxes', self._config_dict['num_params_per_anchor'] * anchors, 0.0
+    )
     super().build(input_shape)
 
   def _apply_tower(self, x, convs, norms, training):
@@ -154,8 +179,9 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
       x = self._activation_fn(norm(conv(x), training=training))
     return x
 
-  def call(self, features: Mapping[str, tf.Tensor], training=None
-           ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+  def call(
+    self, features: Mapping[str, tf.Tensor], training=None
+  ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     """Runs both towers and predictors on every level.
 
     Args:
@@ -168,13 +194,17 @@ class RetinaNetHead(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
     """
     missing = [str(level) for level in self.levels if str(level) not in features]
     if missing:
-      raise ValueError(f'RetinaNetHead needs features for levels {list(map(str, self.levels))}; '
-                       f'missing {missing} (got {sorted(features)}).')
+      raise ValueError(
+        f'RetinaNetHead needs features for levels {list(map(str, self.levels))}; '
+        f'missing {missing} (got {sorted(features)}).'
+      )
     scores, boxes = {}, {}
     for i, level in enumerate(self.levels):
       x = features[str(level)]
       scores[str(level)] = self._classifier(
-          self._apply_tower(x, self._cls_convs, self._cls_norms[i], training))
+        self._apply_tower(x, self._cls_convs, self._cls_norms[i], training)
+      )
       boxes[str(level)] = self._box_regressor(
-          self._apply_tower(x, self._box_convs, self._box_norms[i], training))
+        self._apply_tower(x, self._box_convs, self._box_norms[i], training)
+      )
     return scores, boxes

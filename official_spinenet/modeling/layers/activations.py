@@ -31,15 +31,15 @@ def hard_sigmoid_rounded(x: tf.Tensor) -> tf.Tensor:
 
 
 _ACTIVATIONS = {
-    'relu': tf.nn.relu,
-    'relu6': tf.nn.relu6,
-    'swish': tf.nn.swish,
-    'silu': tf.nn.swish,
-    'hard_swish': hard_swish,
-    'sigmoid': tf.nn.sigmoid,
-    'hard_sigmoid': hard_sigmoid,
-    'hard_sigmoid_rounded': hard_sigmoid_rounded,
-    'linear': tf.identity,
+  'relu': tf.nn.relu,
+  'relu6': tf.nn.relu6,
+  'swish': tf.nn.swish,
+  'silu': tf.nn.swish,
+  'hard_swish': hard_swish,
+  'sigmoid': tf.nn.sigmoid,
+  'hard_sigmoid': hard_sigmoid,
+  'hard_sigmoid_rounded': hard_sigmoid_rounded,
+  'linear': tf.identity,
 }
 
 ACTIVATION_NAMES = tuple(sorted(_ACTIVATIONS))
@@ -57,4 +57,3 @@ def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
   if key not in _ACTIVATIONS:
     raise ValueError(f'Unknown activation {name!r}; choose one of {list(ACTIVATION_NAMES)}.')
   return _ACTIVATIONS[key]
-

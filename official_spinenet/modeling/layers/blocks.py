@@ -26,15 +26,26 @@ BOTTLENECK_EXPANSION = 4
 
 class _ResidualBase(constructor_config.ConstructorConfig, tf_keras.layers.Layer):
   """Shared constructor, config and shortcut of the residual blocks."""
+
   CONFIG_INCLUDES_BASE = True
 
-  def __init__(self, filters: int, strides: int = 1, use_projection: bool = False,
-               stochastic_depth_drop_rate: Optional[float] = None,
-               kernel_initializer='VarianceScaling', kernel_regularizer=None,
-               bias_regularizer=None, activation: str = 'relu',
-               use_sync_bn: bool = False, norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001, dropblock_drop_rate: Optional[float] = None,
-               dropblock_size: int = 3, **kwargs):
+  def __init__(
+    self,
+    filters: int,
+    strides: int = 1,
+    use_projection: bool = False,
+    stochastic_depth_drop_rate: Optional[float] = None,
+    kernel_initializer='VarianceScaling',
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    dropblock_drop_rate: Optional[float] = None,
+    dropblock_size: int = 3,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self._store_config(locals())
     self._filters = filters
@@ -61,8 +72,9 @@ class _ResidualBase(constructor_config.ConstructorConfig, tf_keras.layers.Layer)
     self._stochastic_depth = stochastic_depth.StochasticDepth(drop_rate) if drop_rate else None
     # Built only when on: no new checkpoint object when off.
     if self._dropblock_drop_rate:
-      self._dropblock = dropblock.DropBlock(self._dropblock_drop_rate,
-                                            self._config_dict['dropblock_size'])
+      self._dropblock = dropblock.DropBlock(
+        self._dropblock_drop_rate, self._config_dict['dropblock_size']
+      )
     # `_conv1`, `_norm1`, `_conv2`, ...: the checkpoints' names, in their order.
     for i, (filters, kernel_size, strides) in enumerate(self._conv_shapes(), 1):
       setattr(self, f'_conv{i}', f.conv(filters, kernel_size, strides))
@@ -104,8 +116,7 @@ class BottleneckBlock(_ResidualBase):
     return self._filters * BOTTLENECK_EXPANSION
 
   def _conv_shapes(self):
-    return ((self._filters, 1, 1), (self._filters, 3, self._strides),
-            (self.output_filters, 1, 1))
+    return ((self._filters, 1, 1), (self._filters, 3, self._strides), (self.output_filters, 1, 1))
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -131,9 +142,15 @@ def block_output_filters(block_fn: str, filters: int) -> int:
   return filters * BOTTLENECK_EXPANSION if block_fn == 'bottleneck' else filters
 
 
-def block_group(inputs: tf.Tensor, block_fn: str, filters: int, block_repeats: int,
-                strides: int = 1, stochastic_depth_drop_rate: Optional[float] = None,
-                **block_kwargs) -> tf.Tensor:
+def block_group(
+  inputs: tf.Tensor,
+  block_fn: str,
+  filters: int,
+  block_repeats: int,
+  strides: int = 1,
+  stochastic_depth_drop_rate: Optional[float] = None,
+  **block_kwargs,
+) -> tf.Tensor:
   """Block repeat (SpineNet Sec. 4.1): `block_repeats` blocks in sequence.
 
   SpineNet-96/143/190 deepen SpineNet-49 by repeating every block 2/3/4 times. The
@@ -155,12 +172,16 @@ def block_group(inputs: tf.Tensor, block_fn: str, filters: int, block_repeats: i
   if block_repeats < 1:
     raise ValueError(f'block_repeats must be >= 1, got {block_repeats}.')
   block_cls = RESIDUAL_BLOCKS[block_fn]
-  use_projection = not (inputs.shape[-1] == block_output_filters(block_fn, filters)
-                        and strides == 1)
+  use_projection = not (
+    inputs.shape[-1] == block_output_filters(block_fn, filters) and strides == 1
+  )
   x = inputs
   for i in range(block_repeats):
-    x = block_cls(filters=filters, strides=strides if i == 0 else 1,
-                  use_projection=use_projection if i == 0 else False,
-                  stochastic_depth_drop_rate=stochastic_depth_drop_rate,
-                  **block_kwargs)(x)
+    x = block_cls(
+      filters=filters,
+      strides=strides if i == 0 else 1,
+      use_projection=use_projection if i == 0 else False,
+      stochastic_depth_drop_rate=stochastic_depth_drop_rate,
+      **block_kwargs,
+    )(x)
   return graph_layout.pad_depth(x, graph_layout.BLOCK_GROUP_END_DEPTH)

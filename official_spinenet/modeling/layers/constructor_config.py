@@ -68,9 +68,9 @@ REGULARIZER: Serializer = (serialize_regularizer, deserialize_regularizer)
 LAYER: Serializer = (serialize_layer, deserialize_layer)
 # The Keras objects among the `conv_norm_act.LayerFactory` settings most classes take.
 FACTORY_SERIALIZERS = {
-    'kernel_initializer': INITIALIZER,
-    'kernel_regularizer': REGULARIZER,
-    'bias_regularizer': REGULARIZER,
+  'kernel_initializer': INITIALIZER,
+  'kernel_regularizer': REGULARIZER,
+  'bias_regularizer': REGULARIZER,
 }
 
 
@@ -78,8 +78,11 @@ FACTORY_SERIALIZERS = {
 def _parameter_names(cls: type) -> frozenset:
   """The named parameters of cls.__init__ (not self, *args or **kwargs)."""
   named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-  return frozenset(p.name for p in inspect.signature(cls.__init__).parameters.values()
-                   if p.kind in named and p.name != 'self')
+  return frozenset(
+    p.name
+    for p in inspect.signature(cls.__init__).parameters.values()
+    if p.kind in named and p.name != 'self'
+  )
 
 
 class ConstructorConfig:
@@ -95,6 +98,7 @@ class ConstructorConfig:
     CONFIG_INCLUDES_BASE: get_config starts from the Keras base config (name,
       trainable, dtype): True for layers. Models return their arguments only.
   """
+
   CONFIG_SERIALIZERS: ClassVar[Mapping[str, Serializer]] = FACTORY_SERIALIZERS
   CONFIG_INCLUDES_BASE: ClassVar[bool] = False
 

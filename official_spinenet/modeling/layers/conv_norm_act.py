@@ -39,6 +39,7 @@ class LayerFactory:
     kernel_regularizer: regularizer for conv kernels (L2 weight decay).
     bias_regularizer: regularizer for conv biases.
   """
+
   activation: str = 'relu'
   use_sync_bn: bool = False
   norm_momentum: float = 0.99
@@ -58,33 +59,57 @@ class LayerFactory:
       arguments: e.g. a layer constructor's `locals()`; other keys are ignored.
       **overrides: field values that replace or add to those in arguments.
     """
-    settings = {field.name: arguments[field.name] for field in dataclasses.fields(cls)
-                if field.name in arguments}
+    settings = {
+      field.name: arguments[field.name]
+      for field in dataclasses.fields(cls)
+      if field.name in arguments
+    }
     return cls(**{**settings, **overrides})
 
-  def conv(self, filters: int, kernel_size: int, strides: int = 1,
-           use_bias: bool = False, name: Optional[str] = None,
-           **kwargs: Any) -> tf_keras.layers.Conv2D:
+  def conv(
+    self,
+    filters: int,
+    kernel_size: int,
+    strides: int = 1,
+    use_bias: bool = False,
+    name: Optional[str] = None,
+    **kwargs: Any,
+  ) -> tf_keras.layers.Conv2D:
     return tf_keras.layers.Conv2D(
-        filters=filters, kernel_size=kernel_size, strides=strides, padding='same',
-        use_bias=use_bias,
-        kernel_initializer=clone_initializer(self.kernel_initializer),
-        kernel_regularizer=self.kernel_regularizer,
-        bias_regularizer=self.bias_regularizer, name=name, **kwargs)
+      filters=filters,
+      kernel_size=kernel_size,
+      strides=strides,
+      padding='same',
+      use_bias=use_bias,
+      kernel_initializer=clone_initializer(self.kernel_initializer),
+      kernel_regularizer=self.kernel_regularizer,
+      bias_regularizer=self.bias_regularizer,
+      name=name,
+      **kwargs,
+    )
 
-  def depthwise_conv(self, kernel_size: int, strides: int = 1,
-                     regularize: bool = False,
-                     name: Optional[str] = None) -> tf_keras.layers.DepthwiseConv2D:
+  def depthwise_conv(
+    self, kernel_size: int, strides: int = 1, regularize: bool = False, name: Optional[str] = None
+  ) -> tf_keras.layers.DepthwiseConv2D:
     return tf_keras.layers.DepthwiseConv2D(
-        kernel_size=kernel_size, strides=strides, padding='same', use_bias=False,
-        depthwise_initializer=clone_initializer(self.kernel_initializer),
-        depthwise_regularizer=self.kernel_regularizer if regularize else None,
-        bias_regularizer=self.bias_regularizer, name=name)
+      kernel_size=kernel_size,
+      strides=strides,
+      padding='same',
+      use_bias=False,
+      depthwise_initializer=clone_initializer(self.kernel_initializer),
+      depthwise_regularizer=self.kernel_regularizer if regularize else None,
+      bias_regularizer=self.bias_regularizer,
+      name=name,
+    )
 
   def norm(self, name: Optional[str] = None) -> tf_keras.layers.BatchNormalization:
     return tf_keras.layers.BatchNormalization(
-        axis=-1, momentum=self.norm_momentum, epsilon=self.norm_epsilon,
-        synchronized=self.use_sync_bn, name=name)
+      axis=-1,
+      momentum=self.norm_momentum,
+      epsilon=self.norm_epsilon,
+      synchronized=self.use_sync_bn,
+      name=name,
+    )
 
   def activation_fn(self, name: Optional[str] = None):
     """The activation as a plain function (for use inside a layer's call)."""
@@ -94,8 +119,14 @@ class LayerFactory:
     """The activation as a Keras layer (for functional graphs)."""
     return tf_keras.layers.Activation(self.activation_fn(name))
 
-  def conv_norm_act(self, x: tf.Tensor, filters: int, kernel_size: int,
-                    strides: int = 1, use_activation: bool = True) -> tf.Tensor:
+  def conv_norm_act(
+    self,
+    x: tf.Tensor,
+    filters: int,
+    kernel_size: int,
+    strides: int = 1,
+    use_activation: bool = True,
+  ) -> tf.Tensor:
     """Applies conv -> BN [-> activation] to a functional-graph tensor.
 
     Args:
@@ -116,8 +147,12 @@ class LayerFactory:
 
   def layer_kwargs(self) -> dict:
     """The settings as keyword arguments of our blocks' constructors."""
-    return dict(activation=self.activation, use_sync_bn=self.use_sync_bn,
-                norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon,
-                kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.kernel_regularizer,
-                bias_regularizer=self.bias_regularizer)
+    return dict(
+      activation=self.activation,
+      use_sync_bn=self.use_sync_bn,
+      norm_momentum=self.norm_momentum,
+      norm_epsilon=self.norm_epsilon,
+      kernel_initializer=self.kernel_initializer,
+      kernel_regularizer=self.kernel_regularizer,
+      bias_regularizer=self.bias_regularizer,
+    )

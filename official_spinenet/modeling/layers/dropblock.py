@@ -50,8 +50,9 @@ def _grow_blocks(centres: tf.Tensor, block: Union[int, tf.Tensor]) -> tf.Tensor:
   if isinstance(block, int):
     return tf.nn.max_pool2d(centres, ksize=block, strides=1, padding='SAME')
   # MaxPoolV2 takes the window size as a tensor (maps of dynamic size).
-  return tf.raw_ops.MaxPoolV2(input=centres, ksize=tf.stack([1, block, block, 1]),
-                              strides=[1, 1, 1, 1], padding='SAME')
+  return tf.raw_ops.MaxPoolV2(
+    input=centres, ksize=tf.stack([1, block, block, 1]), strides=[1, 1, 1, 1], padding='SAME'
+  )
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -86,10 +87,15 @@ class DropBlock(tf_keras.layers.Layer):
       return inputs
     block, height, width = _block_and_size(inputs, self._block_size)
     to_float = lambda v: tf.cast(v, tf.float32)
-    gamma = (self._drop_rate * to_float(height * width) / to_float(block * block) /
-             to_float((height - block + 1) * (width - block + 1)))
-    valid = tf.logical_and(_valid_centres(height, block)[:, None],
-                           _valid_centres(width, block)[None, :])
+    gamma = (
+      self._drop_rate
+      * to_float(height * width)
+      / to_float(block * block)
+      / to_float((height - block + 1) * (width - block + 1))
+    )
+    valid = tf.logical_and(
+      _valid_centres(height, block)[:, None], _valid_centres(width, block)[None, :]
+    )
     noise = tf.random.uniform(tf.shape(inputs), dtype=tf.float32)
     centres = tf.cast(tf.logical_and(noise < gamma, valid[None, :, :, None]), tf.float32)
     keep = 1.0 - _grow_blocks(centres, block)
@@ -100,5 +106,4 @@ class DropBlock(tf_keras.layers.Layer):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), 'drop_rate': self._drop_rate,
-            'block_size': self._block_size}
+    return {**super().get_config(), 'drop_rate': self._drop_rate, 'block_size': self._block_size}

@@ -28,8 +28,9 @@ from official_spinenet.modeling.layers import conv_norm_act
 from official_spinenet.modeling.layers import stochastic_depth
 
 
-def make_divisible(value: float, divisor: int = 1, min_value: Optional[int] = None,
-                   round_down_protect: bool = True) -> int:
+def make_divisible(
+  value: float, divisor: int = 1, min_value: Optional[int] = None, round_down_protect: bool = True
+) -> int:
   """Rounds `value` to the nearest multiple of `divisor` (MobileNet channel rounding).
 
   The result is at least `min_value` (default: `divisor`); with `round_down_protect`
@@ -53,13 +54,23 @@ class SqueezeExcitation(constructor_config.ConstructorConfig, tf_keras.layers.La
   gate in [0, 1] computed from its spatial mean through a bottleneck of
   make_divisible(max(1, int(in_filters * se_ratio)), divisible_by) channels.
   """
+
   CONFIG_INCLUDES_BASE = True
 
-  def __init__(self, in_filters: int, out_filters: int, se_ratio: float,
-               divisible_by: int = 1, round_down_protect: bool = True,
-               activation: str = 'relu', gating_activation: str = 'hard_sigmoid',
-               kernel_initializer='VarianceScaling', kernel_regularizer=None,
-               bias_regularizer=None, **kwargs):
+  def __init__(
+    self,
+    in_filters: int,
+    out_filters: int,
+    se_ratio: float,
+    divisible_by: int = 1,
+    round_down_protect: bool = True,
+    activation: str = 'relu',
+    gating_activation: str = 'hard_sigmoid',
+    kernel_initializer='VarianceScaling',
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if not 0.0 < se_ratio <= 1.0:
       raise ValueError(f'se_ratio must be in (0, 1], got {se_ratio}.')
@@ -72,14 +83,18 @@ class SqueezeExcitation(constructor_config.ConstructorConfig, tf_keras.layers.La
   @property
   def num_reduced_filters(self) -> int:
     c = self._config_dict
-    return make_divisible(max(1, int(c['in_filters'] * c['se_ratio'])), c['divisible_by'],
-                          round_down_protect=c['round_down_protect'])
+    return make_divisible(
+      max(1, int(c['in_filters'] * c['se_ratio'])),
+      c['divisible_by'],
+      round_down_protect=c['round_down_protect'],
+    )
 
   def build(self, input_shape):
     out_filters = self._config_dict['out_filters']
     if input_shape[-1] != out_filters:
-      raise ValueError(f'SqueezeExcitation expects {out_filters} input channels, '
-                       f'got {input_shape[-1]}.')
+      raise ValueError(
+        f'SqueezeExcitation expects {out_filters} input channels, got {input_shape[-1]}.'
+      )
     self._se_reduce = self._factory.conv(self.num_reduced_filters, 1, use_bias=True)
     self._se_expand = self._factory.conv(out_filters, 1, use_bias=True)
     super().build(input_shape)
@@ -99,21 +114,32 @@ class InvertedBottleneckBlock(constructor_config.ConstructorConfig, tf_keras.lay
   out_filters]. The residual connection exists only when in_filters == out_filters,
   strides == 1 and use_residual.
   """
+
   CONFIG_INCLUDES_BASE = True
 
-  def __init__(self, in_filters: int, out_filters: int, expand_ratio: float = 6,
-               strides: int = 1, kernel_size: int = 3,
-               se_ratio: Optional[float] = None,
-               se_inner_activation: str = 'relu',
-               se_gating_activation: str = 'hard_sigmoid',
-               divisible_by: int = 1,
-               stochastic_depth_drop_rate: Optional[float] = None,
-               use_residual: bool = True,
-               regularize_depthwise: bool = False,
-               kernel_initializer='VarianceScaling', kernel_regularizer=None,
-               bias_regularizer=None, activation: str = 'relu',
-               use_sync_bn: bool = False, norm_momentum: float = 0.99,
-               norm_epsilon: float = 0.001, **kwargs):
+  def __init__(
+    self,
+    in_filters: int,
+    out_filters: int,
+    expand_ratio: float = 6,
+    strides: int = 1,
+    kernel_size: int = 3,
+    se_ratio: Optional[float] = None,
+    se_inner_activation: str = 'relu',
+    se_gating_activation: str = 'hard_sigmoid',
+    divisible_by: int = 1,
+    stochastic_depth_drop_rate: Optional[float] = None,
+    use_residual: bool = True,
+    regularize_depthwise: bool = False,
+    kernel_initializer='VarianceScaling',
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activation: str = 'relu',
+    use_sync_bn: bool = False,
+    norm_momentum: float = 0.99,
+    norm_epsilon: float = 0.001,
+    **kwargs,
+  ):
     """Initializes the block.
 
     Args:
@@ -167,8 +193,9 @@ class InvertedBottleneckBlock(constructor_config.ConstructorConfig, tf_keras.lay
   def build(self, input_shape):
     c = self._config_dict
     if input_shape[-1] != c['in_filters']:
-      raise ValueError(f'InvertedBottleneckBlock expects {c["in_filters"]} input '
-                       f'channels, got {input_shape[-1]}.')
+      raise ValueError(
+        f'InvertedBottleneckBlock expects {c["in_filters"]} input channels, got {input_shape[-1]}.'
+      )
     f = self._factory
     expanded = self.expanded_filters
     # Attribute order = weight order; it equals the reference's, so that
@@ -177,19 +204,24 @@ class InvertedBottleneckBlock(constructor_config.ConstructorConfig, tf_keras.lay
       self._conv0 = f.conv(expanded, 1)
       self._norm0 = f.norm()
     self._activation_layer = f.activation_layer()
-    self._conv1 = f.depthwise_conv(c['kernel_size'], c['strides'],
-                                   regularize=c['regularize_depthwise'])
+    self._conv1 = f.depthwise_conv(
+      c['kernel_size'], c['strides'], regularize=c['regularize_depthwise']
+    )
     self._norm1 = f.norm()
     self._depthwise_activation_layer = f.activation_layer()
     self._squeeze_excitation = None
     if self.has_squeeze_excitation:
       self._squeeze_excitation = SqueezeExcitation(
-          in_filters=c['in_filters'], out_filters=expanded, se_ratio=c['se_ratio'],
-          divisible_by=c['divisible_by'], activation=c['se_inner_activation'],
-          gating_activation=c['se_gating_activation'],
-          kernel_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
-          kernel_regularizer=f.kernel_regularizer,
-          bias_regularizer=f.bias_regularizer)
+        in_filters=c['in_filters'],
+        out_filters=expanded,
+        se_ratio=c['se_ratio'],
+        divisible_by=c['divisible_by'],
+        activation=c['se_inner_activation'],
+        gating_activation=c['se_gating_activation'],
+        kernel_initializer=conv_norm_act.clone_initializer(f.kernel_initializer),
+        kernel_regularizer=f.kernel_regularizer,
+        bias_regularizer=f.bias_regularizer,
+      )
     self._conv2 = f.conv(c['out_filters'], 1)
     self._norm2 = f.norm()
     drop_rate = c['stochastic_depth_drop_rate']
@@ -214,6 +246,11 @@ class InvertedBottleneckBlock(constructor_config.ConstructorConfig, tf_keras.lay
   def compute_output_shape(self, input_shape):
     b, h, w, _ = tf.TensorShape(input_shape).as_list()
     s = self._config_dict['strides']
-    return tf.TensorShape([b, None if h is None else -(-h // s),
-                           None if w is None else -(-w // s),
-                           self._config_dict['out_filters']])
+    return tf.TensorShape(
+      [
+        b,
+        None if h is None else -(-h // s),
+        None if w is None else -(-w // s),
+        self._config_dict['out_filters'],
+      ]
+    )

@@ -13,9 +13,13 @@ from official_spinenet.modeling.layers import graph_layout
 from official_spinenet.modeling.layers.resample import NearestUpsampling
 
 
-def resample_depthwise(inputs: tf.Tensor, input_width: int, target_width: int,
-                       target_filters: int,
-                       factory: conv_norm_act.LayerFactory) -> tf.Tensor:
+def resample_depthwise(
+  inputs: tf.Tensor,
+  input_width: int,
+  target_width: int,
+  target_filters: int,
+  factory: conv_norm_act.LayerFactory,
+) -> tf.Tensor:
   """Resamples a parent's output to a target block's resolution and width.
 
   Args:
@@ -39,8 +43,9 @@ def resample_depthwise(inputs: tf.Tensor, input_width: int, target_width: int,
       width = -(-width // 2)
   elif input_width < target_width:
     if target_width % input_width:
-      raise ValueError(f'Cannot upsample width {input_width} to {target_width}: not '
-                       'an integer factor.')
+      raise ValueError(
+        f'Cannot upsample width {input_width} to {target_width}: not an integer factor.'
+      )
     x = NearestUpsampling(target_width // input_width)(x)
     # The published checkpoints' upsampling is 5 ops deep; keep weight layer order.
     x = graph_layout.pad_depth(x, graph_layout.UPSAMPLING_DEPTH - 1)

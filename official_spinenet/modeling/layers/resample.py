@@ -40,16 +40,24 @@ class NearestUpsampling(tf_keras.layers.Layer):
 
   def compute_output_shape(self, input_shape):
     b, h, w, c = input_shape
-    return tf.TensorShape([b, None if h is None else h * self._scale,
-                           None if w is None else w * self._scale, c])
+    return tf.TensorShape(
+      [b, None if h is None else h * self._scale, None if w is None else w * self._scale, c]
+    )
 
   def get_config(self):
     return {**super().get_config(), 'scale': self._scale}
 
 
-def resample_with_alpha(inputs: tf.Tensor, input_width: int, input_block_fn: str,
-                        target_width: int, target_filters: int, target_block_fn: str,
-                        alpha: float, factory: conv_norm_act.LayerFactory) -> tf.Tensor:
+def resample_with_alpha(
+  inputs: tf.Tensor,
+  input_width: int,
+  input_block_fn: str,
+  target_width: int,
+  target_filters: int,
+  target_block_fn: str,
+  alpha: float,
+  factory: conv_norm_act.LayerFactory,
+) -> tf.Tensor:
   """Resamples a parent block's output for a target block.
 
   Args:

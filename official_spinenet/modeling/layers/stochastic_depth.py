@@ -11,8 +11,9 @@ import tensorflow as tf
 import tf_keras
 
 
-def get_stochastic_depth_rate(init_rate: Optional[float], block_number: int,
-                              num_blocks: int) -> Optional[float]:
+def get_stochastic_depth_rate(
+  init_rate: Optional[float], block_number: int, num_blocks: int
+) -> Optional[float]:
   """Linear schedule: block `block_number` (1-based) of `num_blocks` drops with
   `init_rate * block_number / num_blocks`, so the last block drops `init_rate`.
 
