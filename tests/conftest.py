@@ -11,8 +11,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from tests import paths  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 
 def pytest_collection_modifyitems(config, items):
   del config  # unused
@@ -22,14 +20,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope='session')
-def repo_root() -> str:
-  """The checkout's root folder (gin_configs/, docs/, tools/ are below it)."""
-  return paths.REPO
-
-
-@pytest.fixture(scope='session')
 def shapes_data(tmp_path_factory):
-  """A small shapes dataset (16 training, 4 held-out 128 px images, masks), made once.
+  """A small shapes dataset (8 training, 4 held-out 128 px images, masks), made once.
 
   Returns what `shapes.make_shapes_dataset` returns: paths of the TFRecords and
   COCO annotation files per split. Read-only: tests that change data make their own.
@@ -38,5 +30,5 @@ def shapes_data(tmp_path_factory):
 
   root = tmp_path_factory.mktemp('shapes')
   return shapes.make_shapes_dataset(
-    str(root), num_train=16, num_val=4, image_size=128, seed=0, num_shards=1
+    str(root), num_train=8, num_val=4, image_size=128, seed=0, num_shards=2, show_progress=False
   )

@@ -1,7 +1,6 @@
 """Anytime (early-exit) RetinaNet on NAS-FPN: model, deep-supervision task, training run."""
 
 import os
-import tempfile
 
 from absl.testing import parameterized
 import numpy as np
@@ -10,13 +9,13 @@ import tensorflow as tf
 import tf_keras
 
 from official_spinenet import configurables
-from official_spinenet.data import shapes
 from official_spinenet.modeling import anytime_retinanet_model
 from official_spinenet.modeling import model_stats
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.tasks import retinanet_losses
+from official_spinenet.workflows import demo
 from official_spinenet.workflows import export
 from official_spinenet.workflows import train
 from tests import export_fixtures
@@ -254,32 +253,18 @@ class AnytimeModelTest(tf.test.TestCase, parameterized.TestCase):
       anytime_retinanet_model.resolve_exit_index(1.5, 2)
 
 
-@pytest.fixture(scope='module')
-def data():
-  with tempfile.TemporaryDirectory() as tmp:
-    yield shapes.make_shapes_dataset(
-      tmp, num_train=8, num_val=4, image_size=SIZE, seed=0, num_shards=1, show_progress=False
-    )
-
-
-def _data_params(data):
-  return [
-    f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
-    f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'",
-    f"ANNOTATION_FILE = '{data['val']['annotation_file']}'",
-  ]
-
-
-def _tiny_task(data, *extra):
-  configurables.parse_gin([DEMO], TINY_DEMO_PARAMS + _data_params(data) + list(extra))
+def _tiny_task(shapes_data, *extra):
+  configurables.parse_gin(
+    [DEMO], TINY_DEMO_PARAMS + demo.shapes_data_params(shapes_data) + list(extra)
+  )
   return configurables.build_experiment()['task']
 
 
 @pytest.fixture(scope='module')
-def built(data):
+def built(shapes_data):
   """One tiny task and model: exit weights, weight decay, evaluation at exit 1."""
   task = _tiny_task(
-    data,
+    shapes_data,
     'AnytimeRetinaNetTask.exit_weights = [0.25, 1.0]',
     'AnytimeRetinaNetTask.l2_weight_decay = 1e-3',
     'AnytimeRetinaNetTask.eval_exit = 1',
@@ -311,7 +296,7 @@ def test_loss_is_the_weighted_sum_over_exits(built):
   assert not np.allclose(outputs[0]['box_outputs']['3'], outputs[1]['box_outputs']['3'])
 
 
-def test_eval_exit_selects_the_exit_evaluation_uses(built, data):
+def test_eval_exit_selects_the_exit_evaluation_uses(built, shapes_data):
   task, model = built
   inputs, labels = next(iter(task.build_inputs(is_training=False)))
   outputs = task.eval_outputs(model, inputs, labels)
@@ -326,16 +311,18 @@ def test_eval_exit_selects_the_exit_evaluation_uses(built, data):
     )
     same = np.allclose(outputs['detection_scores'], detections['detection_scores'])
     assert same == expect_equal, k
-  bad = _tiny_task(data, 'AnytimeRetinaNetTask.exit_weights = [1.0, 1.0, 1.0]')
+  bad = _tiny_task(shapes_data, 'AnytimeRetinaNetTask.exit_weights = [1.0, 1.0, 1.0]')
   with pytest.raises(RuntimeError, match='build_model'):
     _ = bad.loss_names
   with pytest.raises(ValueError, match='exit_weights has 3 entries but the model has 2 exits'):
     bad._check_exits(2)  # pylint: disable=protected-access
 
 
-def test_two_step_training_run(data, tmp_path):
+def test_two_step_training_run(shapes_data, tmp_path):
   model_dir = str(tmp_path / 'model')
-  losses = train.launch([DEMO], TINY_DEMO_PARAMS + _data_params(data), model_dir, mode='train')
+  losses = train.launch(
+    [DEMO], TINY_DEMO_PARAMS + demo.shapes_data_params(shapes_data), model_dir, mode='train'
+  )
   for k in (1, 2):
     assert np.isfinite(losses[f'exit_{k}/model_loss'])
   assert losses['total_loss'] == pytest.approx(
@@ -346,16 +333,18 @@ def test_two_step_training_run(data, tmp_path):
   # Evaluation of exit 1 of the trained checkpoint.
   metrics = train.launch(
     [DEMO],
-    TINY_DEMO_PARAMS + _data_params(data) + ['AnytimeRetinaNetTask.eval_exit = 1'],
+    TINY_DEMO_PARAMS
+    + demo.shapes_data_params(shapes_data)
+    + ['AnytimeRetinaNetTask.eval_exit = 1'],
     model_dir,
     mode='eval',
   )
   assert -1.0 <= metrics['AP50'] <= 1.0 and metrics['num_images'] == 4
 
 
-def test_export_of_an_early_exit(data, tmp_path):
+def test_export_of_an_early_exit(shapes_data, tmp_path):
   """spinenet-export --exit_index=k: the SavedModel detects with exit k only."""
-  params = TINY_DEMO_PARAMS + _data_params(data)
+  params = TINY_DEMO_PARAMS + demo.shapes_data_params(shapes_data)
   model, prefix = export_fixtures.make_checkpoint(str(tmp_path / 'model'), [DEMO], params)
   with pytest.raises(ValueError, match='exit_index=1 needs an anytime NAS-FPN model'):
     export.export_from_checkpoint(

@@ -9,8 +9,6 @@ import glob
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from official.vision.dataloaders import tf_example_decoder
@@ -22,11 +20,10 @@ import tensorflow as tf
 
 from official_spinenet.data import coco_tfrecord
 from official_spinenet.data import tfexample
+from tests import binaries
 
 # pycocotools' decoder warns about numpy 2's copy keyword on every call.
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _uncompressed_rle(mask):
@@ -413,24 +410,15 @@ def test_make_detection_example_validates():
 def test_create_coco_tfrecord_binary(tiny_coco, tmp_path):
   image_dir, annotation_file, _ = tiny_coco
   prefix = str(tmp_path / 'cli' / 'train')
-  env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'official_spinenet.binaries.create_coco_tfrecord',
-      f'--image_dir={image_dir}',
-      f'--annotation_file={annotation_file}',
-      f'--output_prefix={prefix}',
-      '--num_shards=2',
-      '--include_masks',
-      '--max_images=2',
-    ],
-    capture_output=True,
-    text=True,
-    env=env,
+  result = binaries.run_binary(
+    'create_coco_tfrecord',
+    f'--image_dir={image_dir}',
+    f'--annotation_file={annotation_file}',
+    f'--output_prefix={prefix}',
+    '--num_shards=2',
+    '--include_masks',
+    '--max_images=2',
     timeout=120,
-    check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   files = sorted(glob.glob(prefix + '-*-of-00002.tfrecord'))

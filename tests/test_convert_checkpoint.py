@@ -1,8 +1,6 @@
 """Checkpoint import: reference checkpoints -> converter -> our models, same outputs."""
 
 import os
-import subprocess
-import sys
 
 from official.vision.modeling.backbones import spinenet as reference_spinenet
 from official.vision.modeling.decoders import nasfpn as reference_nasfpn
@@ -13,6 +11,7 @@ import tf_keras
 from official_spinenet import checkpoint_conversion
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.decoders import nasfpn
+from tests import binaries
 from tests import reference_utils
 
 SIZE = 128
@@ -63,19 +62,12 @@ class ConvertCheckpointTest(tf.test.TestCase):
     folder = os.path.join(self.get_temp_dir(), 'bare')
     tf.train.CheckpointManager(tf.train.Checkpoint(backbone=self.reference), folder, 1).save()
     out = os.path.join(self.get_temp_dir(), 'tool_out', 'ckpt')
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'official_spinenet.binaries.convert_checkpoint',
-        f'--source={folder}',
-        f'--output={out}',
-        '--model=spinenet',
-        '--model_id=49S',
-      ],
-      capture_output=True,
-      text=True,
-      check=False,
+    result = binaries.run_binary(
+      'convert_checkpoint',
+      f'--source={folder}',
+      f'--output={out}',
+      '--model=spinenet',
+      '--model_id=49S',
       timeout=300,
     )
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
@@ -123,22 +115,15 @@ class ConvertCheckpointTest(tf.test.TestCase):
       1,
     ).save()
     out = os.path.join(self.get_temp_dir(), 'tool_nasfpn', 'ckpt')
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'official_spinenet.binaries.convert_checkpoint',
-        f'--source={folder}',
-        f'--output={out}',
-        '--model=spinenet',
-        '--model_id=49S',
-        '--decoder=nasfpn',
-        '--decoder_num_repeats=1',
-        '--decoder_num_filters=32',
-      ],
-      capture_output=True,
-      text=True,
-      check=False,
+    result = binaries.run_binary(
+      'convert_checkpoint',
+      f'--source={folder}',
+      f'--output={out}',
+      '--model=spinenet',
+      '--model_id=49S',
+      '--decoder=nasfpn',
+      '--decoder_num_repeats=1',
+      '--decoder_num_filters=32',
       timeout=300,
     )
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])

@@ -12,8 +12,9 @@ import pytest
 
 from official_spinenet.data import shapes
 from official_spinenet.training import distribute
+from tests import paths
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = paths.REPO
 ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
 

@@ -1,8 +1,6 @@
 """Tests for the architecture drawing (official_spinenet.visualize.architecture)."""
 
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 from PIL import Image
@@ -12,6 +10,7 @@ import tf_keras
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_specs
 from official_spinenet.visualize import architecture
+from tests import binaries
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # figsize (14, 5) inches at dpi 150.
@@ -66,24 +65,14 @@ def test_binary_smoke(tmp_path):
     spinenet_specs.build_block_specs(spinenet_specs.SPINENET_MOBILE_BLOCK_SPECS), json_path
   )
   prefix = str(tmp_path / 'tool')
-  # No PYTHONPATH: the installed package must be found by itself.
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'official_spinenet.binaries.draw_architecture',
-      '--model=spinenet_mobile',
-      f'--block_specs_json={json_path}',
-      f'--output={prefix}',
-      '--title=smoke',
-    ],
+  result = binaries.run_binary(
+    'draw_architecture',
+    '--model=spinenet_mobile',
+    f'--block_specs_json={json_path}',
+    f'--output={prefix}',
+    '--title=smoke',
     cwd=str(tmp_path),
-    env=env,
-    capture_output=True,
-    text=True,
     timeout=300,
-    check=False,
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [f'{prefix}.png', f'{prefix}.svg']

@@ -8,8 +8,6 @@ checkpoint (`tf.train.Checkpoint(model=, backbone=, head=)` in a model dir).
 
 import json
 import os
-import subprocess
-import sys
 
 from absl import app
 from absl import flags
@@ -23,6 +21,7 @@ from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
 from official_spinenet.workflows import export
 from official_spinenet.workflows import loading
+from tests import binaries
 from tests import export_fixtures
 
 TINY = export_fixtures.TINY
@@ -45,23 +44,16 @@ def test_binary_export_equals_in_process_model(tiny, tmp_path):
   names_file = tmp_path / 'names.json'
   names_file.write_text(json.dumps(NAMES))
   export_dir = str(tmp_path / 'export' / '1')
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'official_spinenet.binaries.export',
-      f'--gin_file={TINY}',
-      f'--checkpoint={tiny["model_dir"]}',
-      f'--export_dir={export_dir}',
-      '--score_threshold=0.05',
-      '--max_detections=100',
-      '--pre_nms_top_k=5000',
-      '--max_image_pixels=120000',
-      f'--category_names_json={names_file}',
-    ],
-    capture_output=True,
-    text=True,
-    env=_env(),
+  result = binaries.run_binary(
+    'export',
+    f'--gin_file={TINY}',
+    f'--checkpoint={tiny["model_dir"]}',
+    f'--export_dir={export_dir}',
+    '--score_threshold=0.05',
+    '--max_detections=100',
+    '--pre_nms_top_k=5000',
+    '--max_image_pixels=120000',
+    f'--category_names_json={names_file}',
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]

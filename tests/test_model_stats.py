@@ -1,9 +1,6 @@
 """Tests of parameter / multiply-add counting and of the spinenet-stats binary."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 from absl.testing import parameterized
@@ -14,8 +11,10 @@ import tf_keras
 from official_spinenet.modeling import model_stats
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.heads import retinanet_head
+from tests import binaries
+from tests import paths
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = paths.REPO
 
 
 def _small_model():
@@ -142,20 +141,13 @@ class SpineNetStatsTest(tf.test.TestCase):
 class StatsBinaryTest(tf.test.TestCase):
   def test_json_output(self):
     start = time.time()
-    result = subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'official_spinenet.binaries.stats',
-        '--models=49',
-        '--json',
-        '--resolution_override=256',
-      ],
+    result = binaries.run_binary(
+      'stats',
+      '--models=49',
+      '--json',
+      '--resolution_override=256',
       cwd=REPO,
-      capture_output=True,
-      text=True,
       timeout=300,
-      env={**os.environ, 'PYTHONPATH': REPO, 'CUDA_VISIBLE_DEVICES': ''},
     )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     data = json.loads(result.stdout)

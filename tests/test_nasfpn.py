@@ -18,9 +18,10 @@ import tf_keras
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.decoders import nasfpn_specs
 from official_spinenet.modeling.layers import dropblock
+from tests import paths
 from tests import reference_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = paths.REPO
 SIZE = 128
 # A narrow ResNet-like backbone: levels 2-5 of other widths than the pyramid, so the
 # inputs are projected and P6, P7 come by max pooling.

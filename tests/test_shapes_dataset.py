@@ -3,8 +3,6 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from official.vision.dataloaders import tf_example_decoder
@@ -16,11 +14,11 @@ import tensorflow as tf
 
 from official_spinenet.data import shapes
 from official_spinenet.utils import image_sizes
+from tests import binaries
 
 # pycocotools' decoder warns about numpy 2's copy keyword on every call.
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIZE = 64
 _NUM_TRAIN, _NUM_VAL = 12, 5
 
@@ -262,24 +260,15 @@ def test_parse_image_size_errors_name_the_setting(value):
 
 
 def test_make_shapes_binary(tmp_path):
-  env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'official_spinenet.binaries.make_shapes',
-      f'--output_dir={tmp_path}',
-      '--num_train=3',
-      '--num_val=2',
-      '--image_size=48,64',
-      '--seed=1',
-      '--num_shards=1',
-    ],
-    capture_output=True,
-    text=True,
-    env=env,
+  result = binaries.run_binary(
+    'make_shapes',
+    f'--output_dir={tmp_path}',
+    '--num_train=3',
+    '--num_val=2',
+    '--image_size=48,64',
+    '--seed=1',
+    '--num_shards=1',
     timeout=120,
-    check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   paths = json.loads(result.stdout)

@@ -4,36 +4,18 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from official_spinenet.data import shapes
 from official_spinenet.training import checkpoints
+from official_spinenet.workflows import demo
 from official_spinenet.workflows import train
+from tests import paths
 
 TINY = 'testing/retinanet_tiny.gin'
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def data():
-  with tempfile.TemporaryDirectory() as tmp:
-    yield shapes.make_shapes_dataset(
-      tmp, num_train=8, num_val=4, image_size=128, seed=0, num_shards=2, show_progress=False
-    )
-
-
-def _data_params(data, with_annotations=True):
-  params = [
-    f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'",
-    f"EVAL_FILE_PATTERN = '{data['val']['tfrecord_pattern']}'",
-  ]
-  if with_annotations:
-    params.append(f"ANNOTATION_FILE = '{data['val']['annotation_file']}'")
-  return params
+REPO = paths.REPO
 
 
 def _steps(model_dir):
@@ -43,9 +25,9 @@ def _steps(model_dir):
   )
 
 
-def test_train_resume_and_evaluate(data, tmp_path):
+def test_train_resume_and_evaluate(shapes_data, tmp_path):
   model_dir = str(tmp_path / 'model')
-  losses = train.launch([TINY], _data_params(data), model_dir, mode='train')
+  losses = train.launch([TINY], demo.shapes_data_params(shapes_data), model_dir, mode='train')
   assert np.isfinite(losses['total_loss'])
   assert _steps(model_dir) == [2, 4]  # checkpoint_interval 2, 4 steps
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
@@ -55,7 +37,10 @@ def test_train_resume_and_evaluate(data, tmp_path):
   # A second run with more steps resumes at step 4, keeps max_checkpoints = 3, and
   # evaluates at the end.
   metrics = train.launch(
-    [TINY], _data_params(data) + ['TRAIN_STEPS = 6'], model_dir, mode='train_and_eval'
+    [TINY],
+    demo.shapes_data_params(shapes_data) + ['TRAIN_STEPS = 6'],
+    model_dir,
+    mode='train_and_eval',
   )
   assert _steps(model_dir) == [2, 4, 6]
   for key in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10', 'ARmax100'):
@@ -66,17 +51,19 @@ def test_train_resume_and_evaluate(data, tmp_path):
   assert os.path.exists(os.path.join(model_dir, 'eval', 'metrics-6.json'))
 
   # --mode=eval on the finished run gives the same metrics.
-  again = train.launch([TINY], _data_params(data) + ['TRAIN_STEPS = 6'], model_dir, mode='eval')
+  again = train.launch(
+    [TINY], demo.shapes_data_params(shapes_data) + ['TRAIN_STEPS = 6'], model_dir, mode='eval'
+  )
   assert again['AP50'] == pytest.approx(metrics['AP50'])
 
 
-def test_eval_with_ground_truth_from_records(data, tmp_path):
+def test_eval_with_ground_truth_from_records(shapes_data, tmp_path):
   model_dir = str(tmp_path / 'model')
-  train.launch([TINY], _data_params(data), model_dir, mode='train')
-  from_json = train.launch([TINY], _data_params(data), model_dir, mode='eval')
-  from_records = train.launch(
-    [TINY], _data_params(data, with_annotations=False), model_dir, mode='eval'
-  )
+  train.launch([TINY], demo.shapes_data_params(shapes_data), model_dir, mode='train')
+  from_json = train.launch([TINY], demo.shapes_data_params(shapes_data), model_dir, mode='eval')
+  # Without ANNOTATION_FILE the ground truth comes from the eval records.
+  without_annotations = demo.shapes_data_params(shapes_data)[:2]
+  from_records = train.launch([TINY], without_annotations, model_dir, mode='eval')
   assert from_records['AP'] == pytest.approx(from_json['AP'], abs=1e-6)
 
 
@@ -95,11 +82,13 @@ def _trainer(gin_params, model_dir):
   )
 
 
-def test_init_checkpoint_with_another_number_of_classes(data, tmp_path):
+def test_init_checkpoint_with_another_number_of_classes(shapes_data, tmp_path):
   source_dir = str(tmp_path / 'source')
-  train.launch([TINY], _data_params(data) + ['TRAIN_STEPS = 2'], source_dir, mode='train')
+  train.launch(
+    [TINY], demo.shapes_data_params(shapes_data) + ['TRAIN_STEPS = 2'], source_dir, mode='train'
+  )
   source = tf.train.load_checkpoint(tf.train.latest_checkpoint(source_dir))
-  params = _data_params(data) + [
+  params = demo.shapes_data_params(shapes_data) + [
     'NUM_CLASSES = 7',
     f"TrainerConfig.init_checkpoint = '{source_dir}'",
     "TrainerConfig.init_checkpoint_modules = ['backbone', 'head_without_classifier']",
@@ -131,16 +120,16 @@ def test_init_checkpoint_with_another_number_of_classes(data, tmp_path):
     _trainer(params, str(tmp_path / 'target2')).restore()
 
 
-def test_bad_init_checkpoint_names_the_problem(data, tmp_path):
+def test_bad_init_checkpoint_names_the_problem(shapes_data, tmp_path):
   with pytest.raises(ValueError, match='no checkpoint in directory'):
     checkpoints.restore_modules(str(tmp_path), {'model': None, 'backbone': None}, ['backbone'])
 
 
-def test_batch_not_divisible_by_replicas(data, tmp_path):
+def test_batch_not_divisible_by_replicas(shapes_data, tmp_path):
   from official_spinenet import configurables
   from official_spinenet.training import trainer as trainer_lib
 
-  configurables.parse_gin([TINY], _data_params(data) + ['TRAIN_BATCH_SIZE = 3'])
+  configurables.parse_gin([TINY], demo.shapes_data_params(shapes_data) + ['TRAIN_BATCH_SIZE = 3'])
   experiment = configurables.build_experiment()
 
   class TwoReplicas:  # The check runs before anything touches the strategy's devices.
@@ -153,7 +142,7 @@ def test_batch_not_divisible_by_replicas(data, tmp_path):
     )
 
 
-def test_binary_flags_and_gin_errors_fail_fast(data, tmp_path):
+def test_binary_flags_and_gin_errors_fail_fast(shapes_data, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
   base = [sys.executable, '-m', 'official_spinenet.binaries.train', f'--model_dir={tmp_path}']
   typo = subprocess.run(

@@ -74,74 +74,35 @@ class ModelEntry:
 
 # SpineNet paper (Du et al., CVPR 2020) Tables 3 and 6; SpineNet-Mobile paper
 # (Du et al., ECCV 2020). '143L' is a Model Garden variant without a published row.
+# fmt: off
 MODELS = {
   '49S': ModelEntry('spinenet', '49S', 640, 128, 4, published_retinanet=(11.9, 33.8)),
-  '49': ModelEntry(
-    'spinenet',
-    '49',
-    640,
-    256,
-    4,
-    published_retinanet=(28.5, 85.4),
-    published_classification=(22.1, 3.5),
-  ),
-  '96': ModelEntry(
-    'spinenet',
-    '96',
-    1024,
-    256,
-    4,
-    published_retinanet=(43.0, 265.4),
-    published_classification=(36.5, 5.7),
-  ),
-  '143': ModelEntry(
-    'spinenet',
-    '143',
-    1280,
-    256,
-    4,
-    published_retinanet=(67.0, 524.0),
-    published_classification=(60.5, 9.1),
-  ),
-  '143L': ModelEntry(
-    'spinenet',
-    '143L',
-    1280,
-    256,
-    4,
-    note='Model Garden variant (143 with filter_size_scale 1.3); no published figure',
-  ),
-  '190': ModelEntry(
-    'spinenet',
-    '190',
-    1280,
-    512,
-    7,
-    published_retinanet=(163.6, 1885.0),
-    published_classification=(127.1, 19.1),
-  ),
-  'mobile-49': ModelEntry(
-    'spinenet_mobile', '49', 384, 48, 4, separable_head=True, published_retinanet=(2.34, 1.0)
-  ),
+  '49': ModelEntry('spinenet', '49', 640, 256, 4, published_retinanet=(28.5, 85.4),
+                   published_classification=(22.1, 3.5)),
+  '96': ModelEntry('spinenet', '96', 1024, 256, 4, published_retinanet=(43.0, 265.4),
+                   published_classification=(36.5, 5.7)),
+  '143': ModelEntry('spinenet', '143', 1280, 256, 4, published_retinanet=(67.0, 524.0),
+                    published_classification=(60.5, 9.1)),
+  '143L': ModelEntry('spinenet', '143L', 1280, 256, 4,
+                     note='Model Garden variant (143 with filter_size_scale 1.3); '
+                     'no published figure'),
+  '190': ModelEntry('spinenet', '190', 1280, 512, 7, published_retinanet=(163.6, 1885.0),
+                    published_classification=(127.1, 19.1)),
+  'mobile-49': ModelEntry('spinenet_mobile', '49', 384, 48, 4, separable_head=True,
+                          published_retinanet=(2.34, 1.0)),
   'mobile-49S': ModelEntry('spinenet_mobile', '49S', 384, 40, 4, separable_head=True),
   'mobile-49XS': ModelEntry('spinenet_mobile', '49XS', 256, 24, 4, separable_head=True),
   # NAS-FPN paper (Ghiasi et al., CVPR 2019) Table 1 gives R-50 7@256 at 640; the
   # other stacks and widths are plotted (Fig. 8) without figures.
   'r50-nasfpn-3@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(3, 256)),
   'r50-nasfpn-5@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(5, 256)),
-  'r50-nasfpn-7@256': ModelEntry(
-    'resnet', '50', 640, 256, 4, nasfpn=(7, 256), published_retinanet=(60.3, 140.6)
-  ),
+  'r50-nasfpn-7@256': ModelEntry('resnet', '50', 640, 256, 4, nasfpn=(7, 256),
+                                 published_retinanet=(60.3, 140.6)),
   'r50-nasfpn-7@384': ModelEntry(
-    'resnet',
-    '50',
-    640,
-    256,
-    4,
-    nasfpn=(7, 384),
-    note='cells merge at 256 channels as in tf-models-official',
-  ),
+      'resnet', '50', 640, 256, 4, nasfpn=(7, 384),
+      note='cells merge at 256 channels as in tf-models-official'),
 }
+# fmt: on
 
 # Notes on rows whose published figure our count does not reproduce; keyed by
 # (model key, row kind). From measurement: every other published row is matched
