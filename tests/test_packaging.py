@@ -7,6 +7,7 @@ resolves and parses a config through the installed package.
 """
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -111,7 +112,7 @@ def test_installed_copy_resolves_and_parses_configs(wheel, tmp_path):
     timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  package_file, configs_dir, resolved = __import__('json').loads(result.stdout.splitlines()[-1])
+  package_file, configs_dir, resolved = json.loads(result.stdout.splitlines()[-1])
   for path in (package_file, configs_dir, resolved):
     assert path.startswith(str(site)), path
   assert os.path.isfile(resolved)
