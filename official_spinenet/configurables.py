@@ -11,10 +11,15 @@ Gin names (module `official_spinenet`, usable unqualified in gin files):
   nasfpn                         the NAS-FPN decoder (NASFPN)
   resnet                         Model Garden's ResNet backbone (for R-50 NAS-FPN)
   AnytimeRetinaNetTask           RetinaNet with a head after every NAS-FPN repeat
+  MaskRCNNTask                   Mask R-CNN (Faster R-CNN without a mask head)
+  RPNHead, DetectionHead,        Model Garden's R-CNN heads and RoI pipeline layers,
+  MaskHead, MultilevelROIGenerator,  bound by their own parameter names
+  ROISampler, DetectionGenerator
 
 A gin file binds parameters of these; the layers themselves never import gin.
 """
 
+import functools
 import inspect
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -22,6 +27,7 @@ import gin
 import tf_keras
 
 from official_spinenet import config_files
+from official_spinenet.modeling import maskrcnn_model
 from official_spinenet.modeling.backbones import resnet
 from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_mobile
@@ -29,6 +35,7 @@ from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.tasks import anytime_retinanet_task
 from official_spinenet.tasks import base_task
+from official_spinenet.tasks import maskrcnn_task
 from official_spinenet.tasks import retinanet_task
 from official_spinenet.training import optimization
 from official_spinenet.training import trainer
@@ -49,10 +56,25 @@ _FORWARDING_BUILDERS = {
   ),
   'nasfpn': (_register(nasfpn.build_nasfpn, 'nasfpn'), nasfpn.NASFPN),
 }
+# Model Garden's Mask R-CNN layers, under their own names; their classes load
+# (with official.vision) only when a binding needs checking.
+for _builder, _gin_name in (
+  ('rpn_head', 'RPNHead'),
+  ('detection_head', 'DetectionHead'),
+  ('mask_head', 'MaskHead'),
+  ('roi_generator', 'MultilevelROIGenerator'),
+  ('roi_sampler', 'ROISampler'),
+  ('detection_generator', 'DetectionGenerator'),
+):
+  _FORWARDING_BUILDERS[_gin_name] = (
+    _register(getattr(maskrcnn_model, _builder), _gin_name),
+    functools.partial(maskrcnn_model.layer_class, _builder),
+  )
 _register(resnet.build_resnet, 'resnet')
 _register(retinanet_head.RetinaNetHead, 'RetinaNetHead')
 _register(retinanet_task.RetinaNetTask, 'RetinaNetTask')
 _register(anytime_retinanet_task.AnytimeRetinaNetTask, 'AnytimeRetinaNetTask')
+_register(maskrcnn_task.MaskRCNNTask, 'MaskRCNNTask')
 _register(base_task.InputConfig, 'InputConfig')
 _register(trainer.TrainerConfig, 'TrainerConfig')
 _register(optimization.build_learning_rate, 'learning_rate')
@@ -74,10 +96,15 @@ def experiment(
 def _check_forwarded_bindings() -> None:
   """Unknown parameters of builders that take **kwargs fail now, not at build time."""
   for name, (builder, target) in _FORWARDING_BUILDERS.items():
+    bound = set(gin.get_bindings(builder))
+    if not bound:
+      continue
+    if not inspect.isclass(target):
+      target = target()  # a loader of a Model Garden class
     accepted = set(inspect.signature(target.__init__).parameters) | set(
       inspect.signature(builder).parameters
     )
-    unknown = sorted(set(gin.get_bindings(builder)) - accepted)
+    unknown = sorted(bound - accepted)
     if unknown:
       raise ValueError(
         f'Unknown gin parameter(s) {unknown} for {name!r}; it accepts '

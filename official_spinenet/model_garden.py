@@ -18,6 +18,7 @@ from types import ModuleType
 MODULES = {
   'anchor': 'official.vision.ops.anchor',
   'box_ops': 'official.vision.ops.box_ops',
+  'mask_ops': 'official.vision.ops.mask_ops',
   'preprocess_ops': 'official.vision.ops.preprocess_ops',
   'focal_loss': 'official.vision.losses.focal_loss',
   'loss_utils': 'official.vision.losses.loss_utils',
@@ -25,6 +26,16 @@ MODULES = {
   'tf_example_decoder': 'official.vision.dataloaders.tf_example_decoder',
   'detection_generator': 'official.vision.modeling.layers.detection_generator',
   'resnet': 'official.vision.modeling.backbones.resnet',
+  # Mask R-CNN's generic pieces (modeling/maskrcnn_model.py, data/maskrcnn_input.py).
+  'maskrcnn_model': 'official.vision.modeling.maskrcnn_model',
+  'dense_prediction_heads': 'official.vision.modeling.heads.dense_prediction_heads',
+  'instance_heads': 'official.vision.modeling.heads.instance_heads',
+  'roi_generator': 'official.vision.modeling.layers.roi_generator',
+  'roi_sampler': 'official.vision.modeling.layers.roi_sampler',
+  'roi_aligner': 'official.vision.modeling.layers.roi_aligner',
+  'mask_sampler': 'official.vision.modeling.layers.mask_sampler',
+  'maskrcnn_losses': 'official.vision.losses.maskrcnn_losses',
+  'maskrcnn_input': 'official.vision.dataloaders.maskrcnn_input',
   'lr_schedule': 'official.modeling.optimization.lr_schedule',
   # Model Garden's own RetinaNet experiment, only to compare training speed against
   # (workflows/train_throughput.py): loading it loads their SpineNet, at that call.

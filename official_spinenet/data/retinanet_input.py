@@ -7,7 +7,7 @@ are loaded (`model_garden.load`) when a dataset is built, not with this module
 (importing `official.vision` pulls in its whole task registry).
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -74,14 +74,6 @@ def build_retinanet_dataset(
   Raises:
     ValueError: if file_pattern matches no file, or global_batch_size < 1.
   """
-  if global_batch_size < 1:
-    raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}.')
-  files = list_files(file_pattern)
-  batch_size = (
-    input_context.get_per_replica_batch_size(global_batch_size)
-    if input_context
-    else global_batch_size
-  )
   decoder = model_garden.load('tf_example_decoder').TfExampleDecoder(
     include_mask=False, regenerate_source_id=False
   )
@@ -100,10 +92,48 @@ def build_retinanet_dataset(
     max_num_instances=max_num_instances,
     dtype=dtype,
   )
-  parse_fn = parser.parse_fn(is_training)
+  return parsed_batches(
+    file_pattern,
+    is_training,
+    global_batch_size,
+    input_context,
+    shuffle_buffer_size,
+    seed,
+    decoder.decode,
+    parser.parse_fn(is_training),
+  )
+
+
+def parsed_batches(
+  file_pattern: str,
+  is_training: bool,
+  global_batch_size: int,
+  input_context: Optional[tf.distribute.InputContext],
+  shuffle_buffer_size: int,
+  seed: Optional[int],
+  decode_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+  parse_fn: Callable[[Dict[str, tf.Tensor]], Any],
+) -> tf.data.Dataset:
+  """Batches of parse_fn(decode_fn(record)) over this input pipeline's records.
+
+  The one tf.data pipeline of every detection task: per-worker file sharding,
+  shuffling and repeat for training (see `_records`), parallel decode and parse,
+  batches of the per-replica batch size (remainder dropped for training).
+
+  Raises:
+    ValueError: if file_pattern matches no file, or global_batch_size < 1.
+  """
+  if global_batch_size < 1:
+    raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}.')
+  files = list_files(file_pattern)
+  batch_size = (
+    input_context.get_per_replica_batch_size(global_batch_size)
+    if input_context
+    else global_batch_size
+  )
   dataset = _records(files, is_training, input_context, shuffle_buffer_size, seed)
   dataset = dataset.map(
-    lambda serialized: parse_fn(decoder.decode(serialized)), num_parallel_calls=tf.data.AUTOTUNE
+    lambda serialized: parse_fn(decode_fn(serialized)), num_parallel_calls=tf.data.AUTOTUNE
   )
   dataset = dataset.batch(batch_size, drop_remainder=is_training)
   return dataset.prefetch(tf.data.AUTOTUNE)

@@ -77,6 +77,15 @@ class Task(abc.ABC):
   ) -> tf.data.Dataset:
     """(inputs, labels) batches of the per-replica batch size."""
 
+  def train_outputs(self, model: tf_keras.Model, inputs: Any, labels: Any) -> Any:
+    """The training-mode forward pass whose outputs `build_losses` takes.
+
+    Most models see only the images; two-stage detectors also need the labels
+    (ground truth boxes for RoI sampling), so the task makes the call.
+    """
+    del labels  # Single-stage models see only the images.
+    return model(inputs, training=True)
+
   @abc.abstractmethod
   def build_losses(self, outputs: Any, labels: Any, model: tf_keras.Model) -> Dict[str, tf.Tensor]:
     """Losses of one replica's batch, keyed by `loss_names`.

@@ -8,10 +8,8 @@ The backbone, decoder and head are passed as builder callables so that gin (in
 gin-free.
 """
 
-import math
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -20,8 +18,8 @@ from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.tasks import base_task
+from official_spinenet.tasks import detection_task
 from official_spinenet.tasks import retinanet_losses
-from official_spinenet.utils import image_sizes
 
 ModelBuilder = Callable[..., tf_keras.layers.Layer]
 
@@ -31,7 +29,7 @@ def default_backbone(**kwargs) -> tf_keras.Model:
   return factory.build_backbone('spinenet', '49', **kwargs)
 
 
-class RetinaNetTask(base_task.Task):
+class RetinaNetTask(detection_task.DetectionTask):
   """RetinaNet with any backbone that returns dict str(level) -> features."""
 
   loss_names = ('total_loss', 'cls_loss', 'box_loss', 'model_loss', 'l2_loss')
@@ -90,18 +88,24 @@ class RetinaNetTask(base_task.Task):
       image_dtype: dtype of the input images ('bfloat16' / 'float16' under
         mixed precision).
     """
-    super().__init__(train_data, eval_data)
-    self.num_classes = num_classes
-    self.image_size = image_sizes.parse_image_size(image_size, 'RetinaNetTask.image_size')
+    super().__init__(
+      num_classes,
+      image_size,
+      train_data,
+      eval_data,
+      min_level,
+      max_level,
+      l2_weight_decay,
+      annotation_file,
+      per_category_metrics,
+      image_dtype,
+    )
     self._backbone_fn = backbone
     self._decoder_fn = decoder
     self._head_fn = head
-    self.min_level = min_level
-    self.max_level = max_level
     self.num_scales = num_scales
     self.aspect_ratios = tuple(aspect_ratios)
     self.anchor_size = anchor_size
-    self.l2_weight_decay = l2_weight_decay
     self._loss_args = dict(
       focal_loss_alpha=focal_loss_alpha,
       focal_loss_gamma=focal_loss_gamma,
@@ -114,67 +118,11 @@ class RetinaNetTask(base_task.Task):
       nms_iou_threshold=nms_iou_threshold,
       max_num_detections=max_num_detections,
     )
-    self.annotation_file = annotation_file
-    self.per_category_metrics = per_category_metrics
-    self.image_dtype = image_dtype
-
-  def validate(self, mode: str) -> None:
-    stride = 2**self.max_level
-    if any(s % stride for s in self.image_size):
-      fixed = tuple(int(math.ceil(s / stride) * stride) for s in self.image_size)
-      raise ValueError(
-        f'RetinaNetTask.image_size {self.image_size} must be a multiple of 2^max_level = '
-        f'{stride} in both dimensions (max_level={self.max_level}); use e.g. {fixed}.'
-      )
-    if not 0 < self.min_level <= self.max_level:
-      raise ValueError(f'Need 0 < min_level <= max_level, got {self.min_level}, {self.max_level}.')
-    if self.num_classes < 2:
-      raise ValueError(
-        f'RetinaNetTask.num_classes counts the background class too and must be '
-        f'>= 2, got {self.num_classes}.'
-      )
-    splits = []
-    if mode in ('train', 'train_and_eval'):
-      splits.append(('train_data', self.train_data))
-    if mode in ('eval', 'train_and_eval', 'continuous_eval'):
-      if self.eval_data is None:
-        raise ValueError(f'--mode={mode} needs RetinaNetTask.eval_data.')
-      splits.append(('eval_data', self.eval_data))
-      if self.annotation_file and not tf.io.gfile.exists(self.annotation_file):
-        raise ValueError(f'RetinaNetTask.annotation_file {self.annotation_file!r} does not exist.')
-    for name, config in splits:
-      if not config.file_pattern:
-        raise ValueError(
-          f'RetinaNetTask.{name}.file_pattern is empty; set it in the gin file or with --gin_param.'
-        )
-      files = retinanet_input.list_files(config.file_pattern)
-      empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
-      if empty:
-        raise ValueError(f'RetinaNetTask.{name}: empty data file(s) {empty[:3]}.')
-      if config.global_batch_size < 1:
-        raise ValueError(
-          f'RetinaNetTask.{name}.global_batch_size must be >= 1, got {config.global_batch_size}.'
-        )
 
   def build_model(self) -> retinanet_model.RetinaNetModel:
-    regularizer = (
-      tf_keras.regularizers.l2(self.l2_weight_decay / 2.0) if self.l2_weight_decay else None
-    )
+    regularizer = self.kernel_regularizer()
     height, width = self.image_size
-    backbone = self._backbone_fn(
-      input_specs=[None, height, width, 3],
-      min_level=self.min_level,
-      max_level=self.max_level,
-      kernel_regularizer=regularizer,
-    )
-    decoder = None
-    if self._decoder_fn is not None:
-      decoder = self._decoder_fn(
-        input_specs=backbone.output_specs,
-        min_level=self.min_level,
-        max_level=self.max_level,
-        kernel_regularizer=regularizer,
-      )
+    backbone, decoder = self.build_pyramid(self._backbone_fn, self._decoder_fn, regularizer)
     head = self._head_fn(
       min_level=self.min_level,
       max_level=self.max_level,
@@ -219,13 +167,7 @@ class RetinaNetTask(base_task.Task):
 
   def build_losses(self, outputs, labels, model) -> Dict[str, tf.Tensor]:
     losses = retinanet_losses.retinanet_loss(outputs, labels, self.num_classes, **self._loss_args)
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    # Every replica holds the same weights: count their decay once in the sum.
-    l2_loss = (
-      tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / num_replicas
-      if model.losses
-      else tf.constant(0.0)
-    )
+    l2_loss = self.weight_decay_loss(model)
     model_loss = losses['total_loss']
     return {
       'total_loss': model_loss + l2_loss,
@@ -243,10 +185,7 @@ class RetinaNetTask(base_task.Task):
       training=False,
       **self.nms_settings,
     )
-    outputs = {
-      key: detections[key]
-      for key in ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
-    }
+    outputs = {key: detections[key] for key in detection_task.DETECTION_KEYS}
     outputs['image_info'] = labels['image_info']
     outputs['source_id'] = labels['groundtruths']['source_id']
     if not self.annotation_file:
@@ -255,41 +194,7 @@ class RetinaNetTask(base_task.Task):
     return outputs
 
   def build_evaluator(self) -> base_task.Evaluator:
-    return DetectionEvaluator(self.annotation_file, self.per_category_metrics)
+    return detection_task.DetectionEvaluator(self.annotation_file, self.per_category_metrics)
 
   def checkpoint_items(self, model: retinanet_model.RetinaNetModel) -> Dict[str, tf.Module]:
     return {'model': model, **model.checkpoint_items}
-
-
-class DetectionEvaluator(base_task.Evaluator):
-  """COCO box metrics (pycocotools) over `RetinaNetTask.eval_outputs`."""
-
-  def __init__(self, annotation_file: Optional[str], per_category_metrics: bool = True):
-    from official_spinenet.evaluation import coco_evaluator  # pylint: disable=g-import-not-at-top
-
-    self._coco = coco_evaluator.COCOEvaluator(
-      annotation_file=annotation_file, per_category_metrics=per_category_metrics
-    )
-
-  def update(self, outputs: Dict[str, Any]) -> None:
-    groundtruths = {
-      key.split('/', 1)[1]: np.asarray(value)
-      for key, value in outputs.items()
-      if key.startswith('groundtruths/')
-    }
-    detections = {
-      key: np.asarray(outputs[key])
-      for key in ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
-    }
-    self._coco.update(
-      detections,
-      np.asarray(outputs['image_info']),
-      np.asarray(outputs['source_id']),
-      groundtruths=groundtruths or None,
-    )
-
-  def result(self) -> Dict[str, float]:
-    return self._coco.result()
-
-  def write_detections_json(self, path: str) -> None:
-    self._coco.write_detections_json(path)

@@ -192,7 +192,7 @@ class Trainer:
   def _replica_step(self, inputs, labels):
     model, optimizer = self.model, self.optimizer
     with tf.GradientTape() as tape:
-      outputs = model(inputs, training=True)
+      outputs = self.task.train_outputs(model, inputs, labels)
       losses = self.task.build_losses(outputs, labels, model)
       loss = losses['total_loss']
       if self._mixed_precision == 'float16':

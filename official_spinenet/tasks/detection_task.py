@@ -1,0 +1,169 @@
+"""What the detection tasks (RetinaNet, Mask R-CNN) share: sizes, checks, weight decay.
+
+Both read COCO-style TFRecords, detect on pyramid levels min_level..max_level
+of an image padded to a multiple of 2^max_level, decay weights with an L2 loss
+(Model Garden's convention: `l2_weight_decay / 2 * sum(w^2)`) and evaluate COCO
+AP with pycocotools.
+"""
+
+import math
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from official_spinenet.data import retinanet_input
+from official_spinenet.tasks import base_task
+from official_spinenet.utils import image_sizes
+
+DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
+
+
+class DetectionTask(base_task.Task):
+  """A task whose model detects objects on a feature pyramid."""
+
+  def __init__(
+    self,
+    num_classes: int,
+    image_size: Union[int, Sequence[int]],
+    train_data: base_task.InputConfig,
+    eval_data: Optional[base_task.InputConfig],
+    min_level: int,
+    max_level: int,
+    l2_weight_decay: float,
+    annotation_file: Optional[str],
+    per_category_metrics: bool,
+    image_dtype: str,
+  ):
+    super().__init__(train_data, eval_data)
+    self.num_classes = num_classes
+    self.image_size = image_sizes.parse_image_size(image_size, f'{self._name}.image_size')
+    self.min_level = min_level
+    self.max_level = max_level
+    self.l2_weight_decay = l2_weight_decay
+    self.annotation_file = annotation_file
+    self.per_category_metrics = per_category_metrics
+    self.image_dtype = image_dtype
+
+  @property
+  def _name(self) -> str:
+    return type(self).__name__
+
+  def validate(self, mode: str) -> None:
+    stride = 2**self.max_level
+    if any(s % stride for s in self.image_size):
+      fixed = tuple(int(math.ceil(s / stride) * stride) for s in self.image_size)
+      raise ValueError(
+        f'{self._name}.image_size {self.image_size} must be a multiple of 2^max_level = '
+        f'{stride} in both dimensions (max_level={self.max_level}); use e.g. {fixed}.'
+      )
+    if not 0 < self.min_level <= self.max_level:
+      raise ValueError(f'Need 0 < min_level <= max_level, got {self.min_level}, {self.max_level}.')
+    if self.num_classes < 2:
+      raise ValueError(
+        f'{self._name}.num_classes counts the background class too and must be '
+        f'>= 2, got {self.num_classes}.'
+      )
+    for name, config in self.splits_read(mode):
+      if not config.file_pattern:
+        raise ValueError(
+          f'{self._name}.{name}.file_pattern is empty; set it in the gin file or with --gin_param.'
+        )
+      files = retinanet_input.list_files(config.file_pattern)
+      empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
+      if empty:
+        raise ValueError(f'{self._name}.{name}: empty data file(s) {empty[:3]}.')
+      if config.global_batch_size < 1:
+        raise ValueError(
+          f'{self._name}.{name}.global_batch_size must be >= 1, got {config.global_batch_size}.'
+        )
+
+  def splits_read(self, mode: str):
+    """[(name, InputConfig)] of the splits `mode` reads; ValueError if one is missing."""
+    splits = []
+    if mode in ('train', 'train_and_eval'):
+      splits.append(('train_data', self.train_data))
+    if mode in ('eval', 'train_and_eval', 'continuous_eval'):
+      if self.eval_data is None:
+        raise ValueError(f'--mode={mode} needs {self._name}.eval_data.')
+      splits.append(('eval_data', self.eval_data))
+      if self.annotation_file and not tf.io.gfile.exists(self.annotation_file):
+        raise ValueError(f'{self._name}.annotation_file {self.annotation_file!r} does not exist.')
+    return splits
+
+  def kernel_regularizer(self) -> Optional[tf_keras.regularizers.Regularizer]:
+    """L2 on kernels: l2_weight_decay / 2 * sum(w^2), as Model Garden (tf.nn.l2_loss)."""
+    return tf_keras.regularizers.l2(self.l2_weight_decay / 2.0) if self.l2_weight_decay else None
+
+  def build_pyramid(
+    self,
+    backbone_fn: Callable[..., tf_keras.Model],
+    decoder_fn: Optional[Callable[..., tf_keras.Model]],
+    kernel_regularizer: Optional[tf_keras.regularizers.Regularizer],
+  ) -> Tuple[tf_keras.Model, Optional[tf_keras.Model]]:
+    """The backbone (and optional decoder, e.g. NAS-FPN) producing levels min..max.
+
+    backbone_fn is called as backbone_fn(input_specs=[None, H, W, 3], min_level=,
+    max_level=, kernel_regularizer=), decoder_fn as decoder_fn(input_specs=
+    backbone.output_specs, min_level=, max_level=, kernel_regularizer=).
+    """
+    height, width = self.image_size
+    levels = dict(min_level=self.min_level, max_level=self.max_level)
+    backbone = backbone_fn(
+      input_specs=[None, height, width, 3], kernel_regularizer=kernel_regularizer, **levels
+    )
+    decoder = None
+    if decoder_fn is not None:
+      decoder = decoder_fn(
+        input_specs=backbone.output_specs, kernel_regularizer=kernel_regularizer, **levels
+      )
+    return backbone, decoder
+
+  @staticmethod
+  def weight_decay_loss(model: tf_keras.Model) -> tf.Tensor:
+    """This replica's share of the L2 loss: every replica holds the same weights, so
+    the decay is divided by the replicas to count once in the trainer's sum."""
+    if not model.losses:
+      return tf.constant(0.0)
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / num_replicas
+
+
+class DetectionEvaluator(base_task.Evaluator):
+  """COCO box (and, with include_mask, segm) metrics over a task's eval_outputs.
+
+  Expects detection_boxes / scores / classes / num_detections (and
+  detection_masks [B, N, M, M] crop probabilities), image_info, source_id, and
+  without an annotation file the parser's 'groundtruths/<key>' tensors.
+  """
+
+  def __init__(
+    self, annotation_file: Optional[str], per_category_metrics: bool = True, include_mask=False
+  ):
+    from official_spinenet.evaluation import coco_evaluator  # pylint: disable=g-import-not-at-top
+
+    self._keys = DETECTION_KEYS + (('detection_masks',) if include_mask else ())
+    options = dict(include_mask=True) if include_mask else {}
+    self._coco = coco_evaluator.COCOEvaluator(
+      annotation_file=annotation_file, per_category_metrics=per_category_metrics, **options
+    )
+
+  def update(self, outputs: Dict[str, Any]) -> None:
+    groundtruths = {
+      key.split('/', 1)[1]: np.asarray(value)
+      for key, value in outputs.items()
+      if key.startswith('groundtruths/')
+    }
+    self._coco.update(
+      {key: np.asarray(outputs[key]) for key in self._keys},
+      np.asarray(outputs['image_info']),
+      np.asarray(outputs['source_id']),
+      groundtruths=groundtruths or None,
+    )
+
+  def result(self) -> Dict[str, float]:
+    return self._coco.result()
+
+  def write_detections_json(self, path: str) -> None:
+    self._coco.write_detections_json(path)
