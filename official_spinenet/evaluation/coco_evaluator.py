@@ -1,4 +1,4 @@
-"""COCO box evaluation with pycocotools, fed batch by batch from the eval loop.
+"""COCO box and mask evaluation with pycocotools, fed batch by batch from the eval loop.
 
 `COCOEvaluator.update` takes the detections of one batch as the model returns
 them (boxes in the pixels of the resized, padded model input) together with
@@ -7,10 +7,19 @@ them as numpy arrays: cheap enough to call on the host after every eval step.
 `result` runs pycocotools' COCOeval over the images seen so far and returns
 the twelve standard metrics, per-class AP and counts.
 
-Ground truth comes from a COCO instances JSON, or, without one, from the
-`labels['groundtruths']` dicts of Model Garden's retinanet parser (boxes in
-original-image pixels, y1 x1 y2 x2, padded with -1; `areas` from the
-tf.Example, i.e. the JSON's `area`; crowd boxes kept with `is_crowds`).
+Ground truth comes from a COCO instances JSON, a COCO instances dict (e.g.
+`COCOEvaluator.from_tfrecords`, which scans the eval TFRecords), or, for boxes
+only, from the `labels['groundtruths']` dicts of Model Garden's retinanet
+parser (boxes in original-image pixels, y1 x1 y2 x2, padded with -1; `areas`
+from the tf.Example, i.e. the JSON's `area`; crowd boxes kept with `is_crowds`).
+
+With include_mask, `update` also takes Mask R-CNN's per-detection crop masks,
+pastes each into the original image (`instance_masks.paste_masks`) and keeps it
+as compressed RLE; `result` then runs COCOeval a second time with iouType
+'segm' and reports those metrics with a 'mask_' prefix. The two evaluations
+score separate result sets, as COCO's two results files would: boxes with
+their box areas, masks with their mask areas (pycocotools' loadRes of a segm
+results file), so the box metrics do not change with include_mask.
 
 Undefined metrics are -1.0, pycocotools' convention: an area range with no
 ground truth (e.g. APl when no object is large) or, for `AP/<class>`, a class
@@ -28,6 +37,7 @@ import numpy as np
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
 
+from official_spinenet.evaluation import instance_masks
 from official_spinenet.utils import files
 
 # COCOeval.stats, in order.
@@ -46,6 +56,7 @@ METRIC_NAMES = (
   'ARl',
 )
 UNDEFINED = -1.0
+MASK_PREFIX = 'mask_'
 
 _DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
 
@@ -72,6 +83,28 @@ def _capture_stdout(fn, *args, **kwargs) -> Tuple[Any, str]:
   return result, buffer.getvalue().rstrip()
 
 
+def _coco_from_dataset(dataset: Mapping[str, Any]) -> coco_lib.COCO:
+  """A pycocotools COCO over an instances dict, indexed quietly."""
+  coco = coco_lib.COCO()
+  coco.dataset = dict(dataset)
+  _capture_stdout(coco.createIndex)
+  return coco
+
+
+def _check_coco(coco_gt: coco_lib.COCO, source: str, include_mask: bool) -> None:
+  """Raises ValueError naming source unless it is a COCO instances set (with masks)."""
+  missing = [k for k in ('images', 'annotations', 'categories') if k not in coco_gt.dataset]
+  if missing:
+    raise ValueError(f'{source} has no {missing}.')
+  if include_mask:
+    unmasked = [a.get('id') for a in coco_gt.dataset['annotations'] if 'segmentation' not in a]
+    if unmasked:
+      raise ValueError(
+        f'{source} has annotations without a segmentation (ids {unmasked[:10]}): '
+        'mask evaluation needs one on every annotation.'
+      )
+
+
 def _load_annotations(annotation_file: str) -> coco_lib.COCO:
   if not os.path.isfile(annotation_file):
     raise ValueError(f'COCO annotation file {annotation_file!r} does not exist.')
@@ -81,9 +114,6 @@ def _load_annotations(annotation_file: str) -> coco_lib.COCO:
     raise ValueError(
       f'COCO annotation file {annotation_file!r} is not a COCO instances JSON: {e}'
     ) from e
-  missing = [k for k in ('images', 'annotations', 'categories') if k not in coco_gt.dataset]
-  if missing:
-    raise ValueError(f'COCO annotation file {annotation_file!r} has no {missing}.')
   return coco_gt
 
 
@@ -109,7 +139,7 @@ def original_image_boxes(boxes: np.ndarray, image_info: np.ndarray) -> np.ndarra
 
 
 class COCOEvaluator:
-  """Accumulates detections batch by batch and computes COCO box metrics.
+  """Accumulates detections batch by batch and computes COCO box (and mask) metrics.
 
   Usage:
     evaluator = COCOEvaluator('instances_val2017.json')
@@ -119,6 +149,10 @@ class COCOEvaluator:
                        labels['groundtruths']['source_id'])
     metrics = evaluator.result()
     evaluator.write_json(os.path.join(model_dir, 'metrics.json'))
+
+  Mask R-CNN: COCOEvaluator('instances_val2017.json', include_mask=True), or
+  COCOEvaluator.from_tfrecords('val-*.tfrecord', include_mask=True) without a
+  JSON, and detections that also carry 'detection_masks'.
   """
 
   def __init__(
@@ -126,31 +160,102 @@ class COCOEvaluator:
     annotation_file: Optional[str] = None,
     per_category_metrics: bool = True,
     category_names: Optional[Mapping[int, str]] = None,
+    include_mask: bool = False,
+    groundtruth: Optional[Mapping[str, Any]] = None,
+    mask_paste: str = 'detectron',
   ):
     """Initializes the evaluator.
 
     Args:
-      annotation_file: COCO instances JSON with the ground truth. If None, the
-        ground truth comes from the `groundtruths` given to `update`.
-      per_category_metrics: also report `AP/<class name>` for every category.
+      annotation_file: COCO instances JSON with the ground truth. If None (and
+        no `groundtruth`), the ground truth comes from the `groundtruths`
+        given to `update` (boxes only).
+      per_category_metrics: also report `AP/<class name>` (and, with masks,
+        `mask_AP/<class name>`) for every category.
       category_names: category id -> name for the `AP/<name>` keys. Default:
-        the annotation file's categories; without a file, 'class_<id>' for
-        the categories seen in the ground truth. Without a file, the ids
-        given here are the evaluated categories.
+        the ground truth's categories; without a file or dict, 'class_<id>'
+        for the categories seen in the ground truth. Without a file or dict,
+        the ids given here are the evaluated categories.
+      include_mask: also evaluate instance masks (iouType 'segm'); needs
+        `detection_masks` in every update and ground truth with a
+        `segmentation` per annotation (from annotation_file or groundtruth).
+      groundtruth: instead of annotation_file, a COCO instances dict
+        {'images', 'annotations', 'categories'} (e.g. from
+        `instance_masks.groundtruth_from_tfrecords`).
+      mask_paste: how crop masks are pasted, one of
+        instance_masks.PASTE_METHODS: 'detectron' (Model Garden's COCO
+        evaluator, the published numbers) or 'exact' (pixel-centre sampling).
 
     Raises:
-      ValueError: if annotation_file does not exist or is not a COCO JSON.
+      ValueError: if annotation_file does not exist or is not a COCO JSON, both
+        annotation_file and groundtruth are given, groundtruth is not a COCO
+        instances dict, or include_mask without ground truth masks.
     """
-    self._annotation_file = annotation_file
+    if annotation_file and groundtruth is not None:
+      raise ValueError('Give the ground truth as annotation_file or groundtruth, not both.')
+    if mask_paste not in instance_masks.PASTE_METHODS:
+      raise ValueError(
+        f'mask_paste must be one of {instance_masks.PASTE_METHODS}, got {mask_paste!r}.'
+      )
     self._per_category_metrics = per_category_metrics
-    self._coco_gt = _load_annotations(annotation_file) if annotation_file else None
+    self._include_mask = include_mask
+    self._mask_paste = mask_paste
+    self._coco_gt = None
+    self._groundtruth_source = 'the groundtruths given to update()'
+    if annotation_file:
+      self._groundtruth_source = f'the annotation file {annotation_file!r}'
+      self._coco_gt = _load_annotations(annotation_file)
+      _check_coco(self._coco_gt, f'COCO annotation file {annotation_file!r}', include_mask)
+    elif groundtruth is not None:
+      self._groundtruth_source = 'the ground truth given'
+      if not isinstance(groundtruth, Mapping):
+        raise ValueError(f'groundtruth must be a COCO instances dict, got {type(groundtruth)}.')
+      self._coco_gt = _coco_from_dataset(groundtruth)
+      _check_coco(self._coco_gt, 'groundtruth', include_mask)
+    elif include_mask:
+      raise ValueError(
+        'Mask evaluation needs ground truth masks: give annotation_file (a COCO JSON with '
+        'segmentations) or build the evaluator with COCOEvaluator.from_tfrecords.'
+      )
     if category_names is not None:
       self._category_names = {int(k): str(v) for k, v in category_names.items()}
     elif self._coco_gt is not None:
-      self._category_names = {c['id']: c['name'] for c in self._coco_gt.dataset['categories']}
+      self._category_names = {
+        c['id']: c.get('name', f"class_{c['id']}") for c in self._coco_gt.dataset['categories']
+      }
     else:
       self._category_names = None
     self.reset()
+
+  @classmethod
+  def from_tfrecords(
+    cls,
+    file_pattern: str,
+    per_category_metrics: bool = True,
+    category_names: Optional[Mapping[int, str]] = None,
+    include_mask: bool = False,
+    mask_paste: str = 'detectron',
+  ) -> 'COCOEvaluator':
+    """An evaluator whose ground truth is scanned from the eval TFRecords now.
+
+    See `instance_masks.groundtruth_from_tfrecords` (its ValueErrors name the
+    file); category_names names the categories there and in the metrics.
+    """
+    groundtruth = instance_masks.groundtruth_from_tfrecords(
+      file_pattern, include_mask=include_mask, category_names=category_names
+    )
+    evaluator = cls(
+      per_category_metrics=per_category_metrics,
+      include_mask=include_mask,
+      groundtruth=groundtruth,
+      mask_paste=mask_paste,
+    )
+    evaluator._groundtruth_source = f'the ground truth scanned from {file_pattern!r}'
+    return evaluator
+
+  @property
+  def include_mask(self) -> bool:
+    return self._include_mask
 
   def reset(self) -> None:
     """Forgets every image, detection and ground truth seen so far."""
@@ -158,6 +263,10 @@ class COCOEvaluator:
     self._seen = set()
     # Detections as [n, 7] rows: image id, x, y, w, h, score, class.
     self._detections: List[np.ndarray] = []
+    # With masks: one compressed RLE `counts` per detection row, in row order,
+    # and each image's (height, width); bytes, never full masks, between updates.
+    self._mask_counts: List[bytes] = []
+    self._image_sizes: Dict[int, Tuple[int, int]] = {}
     self._gt_images: List[Dict[str, Any]] = []
     self._gt_annotations: List[Dict[str, Any]] = []
 
@@ -181,8 +290,11 @@ class COCOEvaluator:
     Args:
       detections: detection_boxes [B, N, 4] (y1, x1, y2, x2 in model-input
         pixels), detection_scores [B, N], detection_classes [B, N] (category
-        ids) and num_detections [B]; other keys are ignored. Numpy arrays or
-        eager tensors.
+        ids) and num_detections [B]; with include_mask also detection_masks
+        [B, N, mh, mw] (foreground probabilities over each box, Mask R-CNN's
+        output) and optionally detection_outer_boxes [B, N, 4] (the boxes the
+        masks cover, if not detection_boxes); other keys are ignored. Numpy
+        arrays or eager tensors.
       image_info: [B, 4, 2] labels['image_info'].
       source_ids: [B] COCO image ids (labels['groundtruths']['source_id']).
       groundtruths: labels['groundtruths'] (batched); needed, and only used,
@@ -205,6 +317,7 @@ class COCOEvaluator:
     _check_shape('num_detections', counts, [batch_size])
     _check_shape('image_info', image_info, [batch_size, 4, 2])
     _check_shape('source_ids', source_ids, [batch_size])
+    mask_inputs = self._mask_inputs(detections, boxes)
     if np.any(image_info[:, 2] <= 0):
       raise ValueError(
         f'image_info[:, 2] (the resize scale) must be positive, got {image_info[:, 2].tolist()}.'
@@ -220,7 +333,12 @@ class COCOEvaluator:
       self._add_groundtruths(groundtruths, image_ids)
 
     valid = np.arange(num_boxes)[None, :] < counts[:, None]  # [B, N]
-    y1, x1, y2, x2 = np.moveaxis(original_image_boxes(boxes, image_info)[valid], -1, 0)
+    original_boxes = original_image_boxes(boxes, image_info)
+    if mask_inputs is not None:
+      masks, mask_boxes = mask_inputs
+      mask_boxes = original_image_boxes(mask_boxes, image_info)
+      self._add_masks(masks, mask_boxes, valid, image_info, image_ids)
+    y1, x1, y2, x2 = np.moveaxis(original_boxes[valid], -1, 0)
     image_column = np.repeat(np.asarray(image_ids, np.float64), valid.sum(axis=1))
     self._detections.append(
       np.stack(
@@ -229,6 +347,65 @@ class COCOEvaluator:
     )
     self._image_ids.extend(image_ids)
     self._seen.update(image_ids)
+
+  def _mask_inputs(
+    self, detections: Mapping[str, Any], boxes: np.ndarray
+  ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(detection_masks, the boxes they cover), checked, if the evaluator evaluates masks.
+
+    The masks cover detection_outer_boxes when the model gives them (Model
+    Garden's MaskRCNNModel with outer_boxes_scale > 1), else detection_boxes.
+    """
+    if not self._include_mask:
+      return None
+    if 'detection_masks' not in detections:
+      raise ValueError(
+        "This evaluator evaluates masks (include_mask=True): detections lack 'detection_masks'; "
+        f'got keys {sorted(detections)}.'
+      )
+    masks = _to_numpy(detections['detection_masks'])
+    _check_shape('detection_masks', masks, [*boxes.shape[:2], None, None])
+    if masks.shape[2] < 1 or masks.shape[3] < 1:
+      raise ValueError(f'detection_masks must have masks of at least 1x1, got {list(masks.shape)}.')
+    if 'detection_outer_boxes' not in detections:
+      return masks, boxes
+    outer_boxes = _to_numpy(detections['detection_outer_boxes'])
+    _check_shape('detection_outer_boxes', outer_boxes, list(boxes.shape))
+    return masks, outer_boxes
+
+  def _add_masks(
+    self,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    valid: np.ndarray,
+    image_info: np.ndarray,
+    image_ids: Sequence[int],
+  ) -> None:
+    """Pastes the valid detections' masks into their original images, kept as RLE.
+
+    Args:
+      masks: [B, N, mh, mw] crop masks.
+      boxes: [B, N, 4] y1, x1, y2, x2 in original-image pixels.
+      valid: [B, N] which detections count.
+      image_info: [B, 4, 2]; row 0 is the original height and width.
+      image_ids: B image ids.
+    """
+    sizes = [(int(round(h)), int(round(w))) for h, w in image_info[:, 0]]
+    if self._coco_gt is not None:
+      for image_id, size in zip(image_ids, sizes):
+        image = self._coco_gt.imgs[image_id]
+        if (image['height'], image['width']) != size:
+          raise ValueError(
+            f'image_info gives image {image_id} the size {size}, but '
+            f"{self._groundtruth_source} has {(image['height'], image['width'])}."
+          )
+    for b, (height, width) in enumerate(sizes):
+      self._mask_counts.extend(
+        instance_masks.paste_masks(
+          masks[b][valid[b]], boxes[b][valid[b]], height, width, self._mask_paste
+        )
+      )
+      self._image_sizes[image_ids[b]] = (height, width)
 
   def _check_new_image_ids(self, image_ids: Sequence[int]) -> None:
     repeated = sorted({i for i in image_ids if i in self._seen or image_ids.count(i) > 1})
@@ -240,9 +417,7 @@ class COCOEvaluator:
     if self._coco_gt is not None:
       unknown = [i for i in image_ids if i not in self._coco_gt.imgs]
       if unknown:
-        raise ValueError(
-          f'Image ids {unknown[:10]} are not in the annotation file {self._annotation_file!r}.'
-        )
+        raise ValueError(f'Image ids {unknown[:10]} are not in {self._groundtruth_source}.')
 
   def _add_groundtruths(self, groundtruths: Mapping[str, Any], image_ids: Sequence[int]) -> None:
     """Converts one batch of parser groundtruths to COCO images and annotations."""
@@ -287,7 +462,7 @@ class COCOEvaluator:
         )
 
   def _ground_truth(self) -> coco_lib.COCO:
-    """The annotation file's COCO, or one built from the groundtruths seen."""
+    """The given ground truth's COCO, or one built from the groundtruths seen."""
     if self._coco_gt is not None:
       return self._coco_gt
     category_ids = (
@@ -296,37 +471,58 @@ class COCOEvaluator:
       else sorted({a['category_id'] for a in self._gt_annotations})
     )
     names = self._category_names or {}
-    coco_gt = coco_lib.COCO()
-    coco_gt.dataset = {
-      'images': list(self._gt_images),
-      'annotations': list(self._gt_annotations),
-      'categories': [{'id': i, 'name': names.get(i, f'class_{i}')} for i in category_ids],
-    }
-    _capture_stdout(coco_gt.createIndex)
-    return coco_gt
+    return _coco_from_dataset(
+      {
+        'images': list(self._gt_images),
+        'annotations': list(self._gt_annotations),
+        'categories': [{'id': i, 'name': names.get(i, f'class_{i}')} for i in category_ids],
+      }
+    )
 
-  def _results(self, coco_gt: coco_lib.COCO) -> coco_lib.COCO:
-    """The detections as a COCO results object (an empty one without detections)."""
-    rows = np.concatenate(self._detections) if self._detections else np.zeros([0, 7])
-    if len(rows):
+  def _rows(self) -> np.ndarray:
+    return np.concatenate(self._detections) if self._detections else np.zeros([0, 7])
+
+  def _segmentations(self) -> List[Dict[str, Any]]:
+    """The detections' masks as compressed RLE dicts (str counts), in row order."""
+    return [
+      {'size': list(self._image_sizes[int(image_id)]), 'counts': counts.decode('ascii')}
+      for image_id, counts in zip(self._rows()[:, 0], self._mask_counts)
+    ]
+
+  def _results(self, coco_gt: coco_lib.COCO, iou_type: str) -> coco_lib.COCO:
+    """The detections as a COCO results object (an empty one without detections).
+
+    'bbox': the boxes (area: box area). 'segm': the masks only, so that
+    loadRes gives each the area and tight box of its mask, as it does for a
+    COCO segm results file.
+    """
+    rows = self._rows()
+    if len(rows) and iou_type == 'bbox':
       return _capture_stdout(coco_gt.loadRes, rows)[0]
+    if len(rows):
+      results = [
+        {'image_id': int(r[0]), 'category_id': int(r[6]), 'score': float(r[5]), 'segmentation': m}
+        for r, m in zip(rows, self._segmentations())
+      ]
+      return _capture_stdout(coco_gt.loadRes, results)[0]
     # loadRes cannot take an empty list: an empty result set evaluates to 0.
-    coco_dt = coco_lib.COCO()
-    coco_dt.dataset = {
-      'images': list(coco_gt.dataset['images']),
-      'annotations': [],
-      'categories': list(coco_gt.dataset['categories']),
-    }
-    _capture_stdout(coco_dt.createIndex)
-    return coco_dt
+    return _coco_from_dataset(
+      {
+        'images': list(coco_gt.dataset['images']),
+        'annotations': [],
+        'categories': list(coco_gt.dataset['categories']),
+      }
+    )
 
   def result(self) -> Dict[str, float]:
-    """COCO box metrics over the images given to update() since reset().
+    """COCO box (and mask) metrics over the images given to update() since reset().
 
     Returns:
       {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'ARmax1', 'ARmax10',
       'ARmax100', 'ARs', 'ARm', 'ARl'} (COCOeval.stats), 'AP/<class name>'
-      per category if per_category_metrics, 'num_images', 'num_detections'.
+      per category if per_category_metrics, 'num_images', 'num_detections';
+      with include_mask also the same metrics of the masks (iouType 'segm')
+      prefixed 'mask_': 'mask_AP', ..., 'mask_ARl', 'mask_AP/<class name>'.
       Undefined values are -1.0 (see the module docstring).
 
     Raises:
@@ -335,17 +531,26 @@ class COCOEvaluator:
     if not self._image_ids:
       raise ValueError('No images to evaluate: call update() first.')
     coco_gt = self._ground_truth()
-    evaluation = cocoeval.COCOeval(coco_gt, self._results(coco_gt), iouType='bbox')
+    metrics = self._evaluate(coco_gt, 'bbox', prefix='')
+    if self._include_mask:
+      metrics.update(self._evaluate(coco_gt, 'segm', prefix=MASK_PREFIX))
+    metrics['num_images'] = len(self._image_ids)
+    metrics['num_detections'] = self.num_detections
+    return metrics
+
+  def _evaluate(self, coco_gt: coco_lib.COCO, iou_type: str, prefix: str) -> Dict[str, float]:
+    """One COCOeval run: its stats and per-class AP, keys prefixed."""
+    evaluation = cocoeval.COCOeval(coco_gt, self._results(coco_gt, iou_type), iouType=iou_type)
     evaluation.params.imgIds = sorted(self._image_ids)
     _capture_stdout(evaluation.evaluate)
     _capture_stdout(evaluation.accumulate)
     _, summary = _capture_stdout(evaluation.summarize)  # fills evaluation.stats
-    logging.info('COCO evaluation of %d images:\n%s', len(self._image_ids), summary)
-    metrics = {name: float(value) for name, value in zip(METRIC_NAMES, evaluation.stats)}
+    logging.info('COCO %s evaluation of %d images:\n%s', iou_type, len(self._image_ids), summary)
+    metrics = {prefix + name: float(value) for name, value in zip(METRIC_NAMES, evaluation.stats)}
     if self._per_category_metrics:
-      metrics.update(self._per_category_ap(evaluation))
-    metrics['num_images'] = len(self._image_ids)
-    metrics['num_detections'] = self.num_detections
+      metrics.update(
+        {prefix + key: value for key, value in self._per_category_ap(evaluation).items()}
+      )
     return metrics
 
   def _per_category_ap(self, evaluation: cocoeval.COCOeval) -> Dict[str, float]:
@@ -366,17 +571,24 @@ class COCOEvaluator:
     return result
 
   def detections_json(self) -> List[Dict[str, Any]]:
-    """The detections in COCO results format (original-image pixels)."""
-    rows = np.concatenate(self._detections) if self._detections else np.zeros([0, 7])
-    return [
+    """The detections in COCO results format (original-image pixels).
+
+    With include_mask each result also has its 'segmentation', a compressed
+    RLE with str counts (what pycocotools' loadRes and the COCO server take).
+    """
+    results = [
       {
         'image_id': int(r[0]),
         'category_id': int(r[6]),
         'bbox': [float(v) for v in r[1:5]],
         'score': float(r[5]),
       }
-      for r in rows
+      for r in self._rows()
     ]
+    if self._include_mask:
+      for result, segmentation in zip(results, self._segmentations()):
+        result['segmentation'] = segmentation
+    return results
 
   def write_json(self, path: str, metrics: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Writes metrics (default: result()) to path atomically and returns them."""
