@@ -6,15 +6,24 @@ part sits in the source checkpoint (a bare backbone or decoder, an `official.vis
 training checkpoint of RetinaNet, Mask R-CNN or a classifier), checking every
 variable is there with the right shape, and writing a checkpoint in our layout:
 `tf.train.Checkpoint(backbone=..., decoder=...)`, which our task models restore from.
-`spinenet-convert-checkpoint` is the command line of `convert_architecture`.
+
+A Mask R-CNN converts whole (`convert_model_checkpoint`): our MaskRCNNModel is
+Model Garden's class around our backbone, so its RPN, detection and mask heads
+keep their object layout too, and every part of the model's checkpoint items
+(backbone, decoder, rpn_head, detection_head, mask_head) is found and checked the
+same way. `spinenet-convert-checkpoint` is the command line of
+`convert_architecture` (backbone and decoder by flags) and of
+`convert_model_checkpoint` (every part of a gin config's model).
 """
 
+import collections
 import os
 import tempfile
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 import uuid
 
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 import tf_keras
 
 from official_spinenet.modeling.backbones import factory
@@ -26,57 +35,136 @@ from official_spinenet.utils import files
 # top-level item (`backbone/`, `decoder/`) and inside the model (`model/_backbone/`).
 SOURCE_PREFIX_CANDIDATES = ('backbone', 'model/_backbone', 'model/backbone', 'model')
 DECODER_SOURCE_PREFIX_CANDIDATES = ('decoder', 'model/_decoder', 'model/decoder')
+# Model Garden's R-CNN heads: its MaskRCNNModel keeps them as attributes of these
+# names (its trainer writes `model/rpn_head/...`); its `checkpoint_items` names
+# them the same at the top level.
+RCNN_HEADS = ('rpn_head', 'detection_head', 'mask_head')
 PART_SOURCE_PREFIX_CANDIDATES = {
   'backbone': SOURCE_PREFIX_CANDIDATES,
   'decoder': DECODER_SOURCE_PREFIX_CANDIDATES,
+  **{head: (head, f'model/{head}') for head in RCNN_HEADS},
 }
-# How error messages point at the settings of each part (spinenet-convert-checkpoint).
-_PREFIX_FLAGS = {'backbone': '--source_prefix', 'decoder': '--decoder_source_prefix'}
+# What to do when a part is not found (spinenet-convert-checkpoint's words).
+_NOT_FOUND_HINTS = {
+  'backbone': 'Pass --source_prefix to name where the backbone is.',
+  'decoder': 'Pass --decoder_source_prefix to name where the decoder is.',
+  **{
+    head: f'A Model Garden Mask R-CNN checkpoint keeps it as model/{head}: is this '
+    'one of another model (RetinaNet, a classifier, a bare backbone)?'
+    for head in RCNN_HEADS
+  },
+}
+_NOT_FOUND_HINTS['mask_head'] += ' A Faster R-CNN (no masks) needs MaskRCNNTask.mask_head = None.'
 _ARCHITECTURE_FLAGS = {
   'backbone': '--model and --model_id (and min/max level)',
   'decoder': '--decoder and its --decoder_* flags (and min/max level)',
 }
-_SKIPPED_KEYS = ('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter')
+# The task settings that shape each part besides its own bindings.
+_GIN_HINTS = {
+  'backbone': ' (and the task\'s min/max level)',
+  'rpn_head': ' (and the task\'s levels, num_scales and aspect_ratios)',
+  'detection_head': ' (and the task\'s num_classes)',
+  'mask_head': ' (and the task\'s num_classes)',
+}
+_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 
 
-def _variable_keys(shape_map: Dict[str, Sequence[int]], prefix: str) -> Dict[str, Tuple[int, ...]]:
-  """{key relative to prefix: shape} for the variables under `prefix/`."""
-  head = prefix.rstrip('/') + '/'
-  return {
-    k[len(head) :]: tuple(v)
-    for k, v in shape_map.items()
-    if k.startswith(head) and not k.startswith(_SKIPPED_KEYS)
-  }
+class CheckpointContents(NamedTuple):
+  """What the checks read of a checkpoint: its object graph and {key: shape}."""
+
+  graph: trackable_object_graph_pb2.TrackableObjectGraph
+  shapes: Dict[str, Tuple[int, ...]]
+
+
+def read_contents(path: str) -> CheckpointContents:
+  """The object graph and variable shapes of the (object-based, TF2) checkpoint at path."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+      reader.get_tensor(_GRAPH_KEY)
+    )
+  except (tf.errors.OpError, ValueError) as e:
+    raise ValueError(f'Cannot read checkpoint {path} as a TF2 object-based one: {e}') from e
+  shapes = {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
+  return CheckpointContents(graph, shapes)
+
+
+def _children(contents: CheckpointContents, node_id: int) -> Dict[str, int]:
+  return {child.local_name: child.node_id for child in contents.graph.nodes[node_id].children}
+
+
+def _variable_keys(contents: CheckpointContents, prefix: str) -> Dict[str, Tuple[int, ...]]:
+  """{path relative to the object at `prefix`: shape} for the variables it reaches.
+
+  Paths are walked in the object graph (breadth first, the first path to a
+  variable names it), not read off the checkpoint's keys: a checkpoint keys each
+  variable by one path from its root, and Model Garden's MaskRCNNModel also
+  tracks its heads in `_config_dict`, so its detection head's variables are keyed
+  `model/_config_dict/detection_head/...`, not `model/detection_head/0/...`.
+  """
+  node_id = 0
+  for name in prefix.strip('/').split('/'):
+    node_id = _children(contents, node_id).get(name)
+    if node_id is None:
+      return {}
+  keys, seen, queue = {}, {node_id}, collections.deque([(node_id, '')])
+  while queue:
+    node_id, path = queue.popleft()
+    for attribute in contents.graph.nodes[node_id].attributes:
+      keys[f'{path}.ATTRIBUTES/{attribute.name}'] = contents.shapes[attribute.checkpoint_key]
+    for name, child in _children(contents, node_id).items():
+      if child not in seen:
+        seen.add(child)
+        queue.append((child, f'{path}{name}/'))
+  return keys
 
 
 def expected_keys(module: tf.Module, part: str = 'backbone') -> Dict[str, Tuple[int, ...]]:
-  """The checkpoint keys and shapes of `module` in our layout (relative to `part/`)."""
+  """The variables' object paths and shapes of `module` in our layout (relative to it)."""
   with tempfile.TemporaryDirectory() as tmp:
     path = tf.train.Checkpoint(**{part: module}).write(os.path.join(tmp, 'ckpt'))
-    shape_map = dict(tf.train.list_variables(path))
-  return _variable_keys(shape_map, part)
+    return _variable_keys(read_contents(path), part)
+
+
+def _object_paths(contents: CheckpointContents, depth: int = 2) -> Sequence[str]:
+  """The object paths of a checkpoint's first `depth` levels, e.g. ['model', 'model/backbone']."""
+  paths, level = [], [('', 0)]
+  for _ in range(depth):
+    level = [
+      (f'{path}{name}', child)
+      for path, node_id in level
+      for name, child in _children(contents, node_id).items()
+    ]
+    paths += [path for path, _ in level]
+    level = [(f'{path}/', child) for path, child in level]
+  return sorted(paths)
 
 
 def find_source_prefix(
-  shape_map: Dict[str, Sequence[int]],
+  contents: CheckpointContents,
   wanted: Dict[str, Tuple[int, ...]],
   candidates: Sequence[str] = SOURCE_PREFIX_CANDIDATES,
   part: str = 'backbone',
+  source_name: str = 'the source checkpoint',
 ) -> str:
-  """The prefix under which the source checkpoint holds the most wanted variables."""
+  """The object path under which the source holds the most wanted variables."""
   best, best_hits = None, 0
   for prefix in candidates:
-    hits = len(set(_variable_keys(shape_map, prefix)) & set(wanted))
+    hits = len(set(_variable_keys(contents, prefix)) & set(wanted))
     if hits > best_hits:
       best, best_hits = prefix, hits
   if best is None:
-    sample = sorted(k for k in shape_map if not k.startswith(_SKIPPED_KEYS))[:5]
     raise ValueError(
-      f'Found no {part} variables in the source checkpoint under any of '
-      f'{list(candidates)}; its first keys are {sample}. Pass '
-      f'{_PREFIX_FLAGS.get(part, "the source prefix")} to name where the {part} is.'
+      f'Found no {part} variables in {source_name} under any of {list(candidates)}; '
+      f'it holds the objects {_object_paths(contents)[:12]}. '
+      + _NOT_FOUND_HINTS.get(part, f'Pass the object path of the {part} in the source.')
     )
   return best
+
+
+def _short_key(key: str) -> str:
+  """A variable's path without the suffix every variable has, for messages."""
+  return key.replace('/.ATTRIBUTES/VARIABLE_VALUE', '')
 
 
 def compare_keys(
@@ -85,28 +173,39 @@ def compare_keys(
   source_name: str,
   model_name: str,
   part: str = 'backbone',
+  hint: Optional[str] = None,
 ) -> None:
-  """Raises a ValueError that names missing and mis-shaped variables."""
+  """Raises a ValueError that names missing, mis-shaped and unexpected variables.
+
+  A source part with variables our part lacks (e.g. more head convs) is another
+  architecture too: restoring would silently drop them.
+  `hint` names the settings to check (default: the converter's flags for `part`).
+  """
   missing = sorted(k for k in wanted if k not in source)
   mis_shaped = sorted(
     (k, source[k], wanted[k]) for k in wanted if k in source and source[k] != wanted[k]
   )
-  if not missing and not mis_shaped:
+  unexpected = sorted(k for k in source if k not in wanted)
+  if not missing and not mis_shaped and not unexpected:
     return
   lines = [f'Checkpoint {source_name} does not match {model_name}:']
   if missing:
     lines.append(
-      f'  {len(missing)} of {len(wanted)} variables are missing, e.g. ' + ', '.join(missing[:8])
+      f'  {len(missing)} of {len(wanted)} variables are missing, e.g. '
+      + ', '.join(map(_short_key, missing[:8]))
     )
   if mis_shaped:
     lines.append(
       f'  {len(mis_shaped)} variables have the wrong shape, e.g. '
-      + ', '.join(f'{k}: checkpoint {s} vs model {w}' for k, s, w in mis_shaped[:8])
+      + ', '.join(f'{_short_key(k)}: checkpoint {s} vs model {w}' for k, s, w in mis_shaped[:8])
     )
-  lines.append(
-    f'  Check {_ARCHITECTURE_FLAGS.get(part, "the architecture")} against the '
-    'model that wrote the checkpoint.'
-  )
+  if unexpected:
+    lines.append(
+      f'  {len(unexpected)} variables of the checkpoint are not in the model, e.g. '
+      + ', '.join(map(_short_key, unexpected[:8]))
+    )
+  hint = hint or _ARCHITECTURE_FLAGS.get(part, 'the architecture')
+  lines.append(f'  Check {hint} against the model that wrote the checkpoint.')
   raise ValueError('\n'.join(lines))
 
 
@@ -147,19 +246,23 @@ def convert_checkpoint(
   output_prefix: str,
   source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
   model_names: Optional[Mapping[str, str]] = None,
+  hints: Optional[Mapping[str, str]] = None,
 ) -> str:
   """Converts the parts of a Model Garden checkpoint into our layout.
 
   Args:
     source: checkpoint prefix, `<prefix>.index`, or a folder holding checkpoints
       (latest is used).
-    modules: our parts by checkpoint name, 'backbone' and/or 'decoder', built with
-      the architecture of the source.
+    modules: our parts by checkpoint name (`PART_SOURCE_PREFIX_CANDIDATES`:
+      'backbone', 'decoder', 'rpn_head', 'detection_head', 'mask_head'), built
+      with the architecture of the source.
     output_prefix: where to write the converted checkpoint; it holds every part.
     source_prefixes: each part's object path in the source, e.g. {'decoder':
       'model/_decoder'}; a missing or None entry is found among the usual places
       (`PART_SOURCE_PREFIX_CANDIDATES`).
     model_names: how error messages name each part (e.g. {'backbone': 'SpineNet-49'}).
+    hints: per part, the settings a mismatch message tells to check (default:
+      the converter's architecture flags).
 
   Returns:
     The path prefix of the written checkpoint.
@@ -169,12 +272,10 @@ def convert_checkpoint(
       is written then.
   """
   source = checkpoint_paths.resolve_checkpoint(source, flag='--source')
-  try:
-    shape_map = dict(tf.train.list_variables(source))
-  except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-    raise ValueError(f'Cannot read checkpoint {source}: {e}') from e
+  contents = read_contents(source)
   source_prefixes = dict(source_prefixes or {})
   model_names = dict(model_names or {})
+  hints = dict(hints or {})
   readers = []
   for part, module in modules.items():
     if part not in PART_SOURCE_PREFIX_CANDIDATES:
@@ -183,14 +284,15 @@ def convert_checkpoint(
       )
     wanted = expected_keys(module, part)
     prefix = source_prefixes.get(part) or find_source_prefix(
-      shape_map, wanted, PART_SOURCE_PREFIX_CANDIDATES[part], part
+      contents, wanted, PART_SOURCE_PREFIX_CANDIDATES[part], part, f'checkpoint {source}'
     )
     compare_keys(
-      _variable_keys(shape_map, prefix),
+      _variable_keys(contents, prefix),
       wanted,
       f'{source} ({prefix}/)',
       model_names.get(part, f'the {part}'),
       part,
+      hints.get(part),
     )
     readers.append(_nested_checkpoint(prefix, module))
   for reader in readers:
@@ -296,6 +398,55 @@ def convert_architecture(
   """
   parts, names = build_parts(**architecture)
   path = convert_checkpoint(source, parts, output_prefix, source_prefixes, names)
+  return path, list(parts)
+
+
+def _class_name(module: tf.Module) -> str:
+  """The class of a part; of its first element for a list (MaskRCNNModel's detection_head)."""
+  if isinstance(module, (list, tuple)) and module:
+    return _class_name(module[0])
+  return type(module).__name__
+
+
+def convert_model_checkpoint(
+  source: str,
+  checkpoint_items: Mapping[str, tf.Module],
+  output_prefix: str,
+  source_prefixes: Optional[Mapping[str, Optional[str]]] = None,
+  config_name: str = 'the gin config',
+) -> Tuple[str, Sequence[str]]:
+  """Converts a Model Garden checkpoint of a whole model into our model's parts.
+
+  For a Mask R-CNN: tf-models-official's MaskRCNNTask writes
+  `Checkpoint(model=MaskRCNNModel)`; its backbone (their SpineNet, whose layout
+  ours keeps), decoder and RPN, detection and mask heads (the same Model Garden
+  classes as in our model) are each found, checked variable by variable, and
+  written under our checkpoint item names, which our loader
+  (`workflows.loading.restore_weights`) and the trainer's init_checkpoint
+  (`init_checkpoint_modules=['all']`) restore.
+
+  Args:
+    source: checkpoint prefix, `<prefix>.index`, or a folder (its latest).
+    checkpoint_items: our task's `checkpoint_items(model)` ('model' is skipped),
+      with the architecture of the source.
+    output_prefix: where to write the converted checkpoint.
+    source_prefixes: each part's object path in the source (missing or None:
+      found).
+    config_name: how messages name the configuration the model was built from.
+
+  Returns:
+    (the written checkpoint prefix, the names of the parts it holds).
+
+  Raises:
+    ValueError: the source is missing, lacks a part (not a checkpoint of this
+      kind of model), or holds a part with other sizes; nothing is written then.
+  """
+  parts = {name: module for name, module in checkpoint_items.items() if name != 'model'}
+  names, hints = {}, {}
+  for part, module in parts.items():
+    names[part] = f'the {part} ({_class_name(module)}) of {config_name}'
+    hints[part] = f"{config_name}'s {_class_name(module)} bindings" + _GIN_HINTS.get(part, '')
+  path = convert_checkpoint(source, parts, output_prefix, source_prefixes, names, hints)
   return path, list(parts)
 
 

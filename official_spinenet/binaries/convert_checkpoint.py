@@ -7,6 +7,17 @@ model, and written as `tf.train.Checkpoint(backbone=..., decoder=...)`, which
 `TrainerConfig.init_checkpoint` of our trainer reads
 (`checkpoint_conversion.convert_architecture`).
 
+With --gin_file, the whole model of that config is converted instead: for a Mask
+R-CNN, the backbone, decoder (if any) and the RPN, detection and mask heads of a
+tf-models-official MaskRCNNTask checkpoint (`model/...`), written under our
+checkpoint items, which spinenet-eval / -export / -predict read as the model's
+checkpoint and spinenet-train as init_checkpoint (init_checkpoint_modules=['all'])
+(`checkpoint_conversion.convert_model_checkpoint`). The --model/--decoder flags
+are then unused: the config says the architecture.
+
+  spinenet-convert-checkpoint --source=/ckpts/maskrcnn_spinenet49/ckpt-162050 \
+      --gin_file=maskrcnn/spinenet49_640.gin --output=/ckpts/ours/maskrcnn49
+
   spinenet-convert-checkpoint --source=/ckpts/retinanet_spinenet49/ckpt-231000 \
       --model=spinenet --model_id=49 --output=/ckpts/ours/spinenet49
 
@@ -22,8 +33,14 @@ from absl import flags
 from official_spinenet import checkpoint_conversion
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.utils import flags as flag_groups
+from official_spinenet.workflows import loading
 
 FLAGS = flags.FLAGS
+# The flags that describe the source's architecture without --gin_file (`build_parts`).
+_ARCHITECTURE_FLAGS = ('model_id', 'min_level', 'max_level', 'decoder')
+_ARCHITECTURE_FLAGS += tuple(
+  f'decoder_{n}' for n in ('num_filters', 'num_repeats', 'use_separable_conv')
+)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -31,6 +48,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   fv = dict(flag_values=flag_values)
   flags.DEFINE_string('source', None, 'Source checkpoint prefix or folder.', required=True, **fv)
   flags.DEFINE_string('output', None, 'Output checkpoint prefix.', required=True, **fv)
+  flag_groups.define_gin_flags(flag_values, 'a whole model to convert (e.g. a Mask R-CNN)')
   flags.DEFINE_enum(
     'model',
     'spinenet',
@@ -72,21 +90,24 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv) -> None:
-  """flags -> checkpoint_conversion.convert_architecture()."""
+  """flags -> checkpoint_conversion.convert_model_checkpoint() or convert_architecture()."""
   flag_groups.no_positional_arguments(argv)
-  path, parts = checkpoint_conversion.convert_architecture(
-    FLAGS.source,
-    FLAGS.output,
-    source_prefixes={'backbone': FLAGS.source_prefix, 'decoder': FLAGS.decoder_source_prefix},
-    backbone=FLAGS.model,
-    model_id=FLAGS.model_id,
-    min_level=FLAGS.min_level,
-    max_level=FLAGS.max_level,
-    decoder=FLAGS.decoder,
-    decoder_num_filters=FLAGS.decoder_num_filters,
-    decoder_num_repeats=FLAGS.decoder_num_repeats,
-    decoder_use_separable_conv=FLAGS.decoder_use_separable_conv,
-  )
+  prefixes = {'backbone': FLAGS.source_prefix, 'decoder': FLAGS.decoder_source_prefix}
+  architecture = {name: FLAGS[name].value for name in _ARCHITECTURE_FLAGS}
+  given = [f'--{name}' for name in ('model', *_ARCHITECTURE_FLAGS) if FLAGS[name].present]
+  if FLAGS.gin_file and given:
+    raise app.UsageError(f'--gin_file says the architecture; drop {", ".join(given)}.')
+  with flag_groups.usage_errors((ValueError,)):
+    if FLAGS.gin_file:
+      config = ' + '.join(FLAGS.gin_file)
+      task = loading.build_task(FLAGS.gin_file, FLAGS.gin_param)
+      path, parts = checkpoint_conversion.convert_model_checkpoint(
+        FLAGS.source, task.checkpoint_items(task.build_model()), FLAGS.output, prefixes, config
+      )
+    else:
+      path, parts = checkpoint_conversion.convert_architecture(
+        FLAGS.source, FLAGS.output, prefixes, backbone=FLAGS.model, **architecture
+      )
   print(f'Wrote {path} ({", ".join(parts)})')
 
 
