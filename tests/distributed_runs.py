@@ -1,6 +1,7 @@
-"""Runs the tiny RetinaNet under a strategy in a fresh process (for test_distribute.py).
+"""Runs a tiny model under a strategy in a fresh process (for test_distribute.py).
 
-  python tests/distributed_runs.py mirrored_vs_one_device DATA_DIR OUTPUT_JSON
+  python tests/distributed_runs.py mirrored_vs_one_device DATA_DIR OUTPUT_DIR
+  python tests/distributed_runs.py maskrcnn_mirrored_vs_one_device DATA_DIR OUTPUT_DIR
 
 Logical CPU devices must be configured before TensorFlow initialises, which a
 pytest process that already ran other tests cannot do; hence a subprocess.
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 TINY = 'testing/retinanet_tiny.gin'
+TINY_MASKRCNN = 'testing/maskrcnn_tiny.gin'
 STEPS = 2
 
 
@@ -32,17 +34,63 @@ def _exact_params(data_dir):
   ]
 
 
-def _sync_bn_outputs(strategy, model, images):
-  """Class logits of a training-mode forward pass, replicas concatenated."""
+def _maskrcnn_exact_params(data_dir):
+  """The tiny Mask R-CNN without randomness: no augmentation, and every sampler
+  (RPN anchors in the parser, RoIs, masks) keeps all of its candidates, so the
+  sampled sets do not depend on how the batch is split over replicas."""
+  return [
+    f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
+    'train/InputConfig.aug_rand_hflip = False',
+    'train/InputConfig.aug_scale_min = 1.0',
+    'train/InputConfig.aug_scale_max = 1.0',
+    'MaskRCNNTask.rpn_batch_size_per_im = 4096',  # > the 1023 anchors of a 128 px image
+    'ROISampler.num_sampled_rois = 132',  # all of 32 proposals + 100 padded ground-truth boxes
+    'ROISampler.foreground_fraction = 1.0',
+    'MaskRCNNTask.num_sampled_masks = 132',
+    'spinenet.use_sync_bn = True',
+    'RPNHead.use_sync_bn = True',
+    f'TRAIN_STEPS = {STEPS}',
+    'TrainerConfig.steps_per_loop = 1',
+    'TrainerConfig.gradient_clip_norm = 0.5',
+  ]
+
+
+def _sync_bn_outputs(strategy, forward, images):
+  """forward(images) in training mode, replicas concatenated."""
   # experimental_distribute_dataset splits each global batch over the replicas.
   dataset = tf.data.Dataset.from_tensor_slices(images).batch(images.shape[0])
   inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
-  outputs = strategy.run(lambda x: model(x, training=True)['cls_outputs']['3'], args=(inputs,))
+  outputs = strategy.run(forward, args=(inputs,))
   return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(outputs)])
 
 
 def mirrored_vs_one_device(data_dir, output):
-  """Trains the same initial weights on one device and on two mirrored CPUs."""
+  """RetinaNet: the same initial weights trained on one device and on two CPUs."""
+  _compare_strategies(
+    TINY,
+    _exact_params(data_dir),
+    output,
+    lambda model: lambda x: model(x, training=True)['cls_outputs']['3'],
+  )
+
+
+def maskrcnn_mirrored_vs_one_device(data_dir, output):
+  """Mask R-CNN: the same, through the RPN, RoI sampling and the mask head."""
+  _compare_strategies(
+    TINY_MASKRCNN,
+    _maskrcnn_exact_params(data_dir),
+    output,
+    # RPN objectness on P3, as RetinaNet's check compares its class logits on P3.
+    lambda model: lambda x: model.rpn_head(model.backbone(x, training=True), training=True)[0]['3'],
+  )
+
+
+def _compare_strategies(gin_file, params, output, training_forward):
+  """Trains the same initial weights on one device and on two mirrored CPUs.
+
+  training_forward(model) -> fn(images): a training-mode forward pass through
+  sync BN, compared on the same images.
+  """
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
@@ -60,7 +108,7 @@ def mirrored_vs_one_device(data_dir, output):
     'mirrored': tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
   }
   for name, strategy in strategies.items():
-    configurables.parse_gin([TINY], _exact_params(data_dir))
+    configurables.parse_gin([gin_file], params)
     experiment = configurables.build_experiment()
     task = experiment['task']
     trainer = trainer_lib.Trainer(
@@ -72,7 +120,10 @@ def mirrored_vs_one_device(data_dir, output):
     else:
       trainer.model.set_weights(initial)
     # Sync BN: one forward pass in training mode (global-batch statistics).
-    sync_bn_logits = _sync_bn_outputs(strategy, trainer.model, images)
+    sync_bn_logits = _sync_bn_outputs(strategy, training_forward(trainer.model), images)
+    # That pass moved the BN statistics by each run's own arithmetic; train from
+    # the same starting point.
+    trainer.model.set_weights(initial)
     # Then training with BN frozen (inference-mode statistics), which checks the
     # trainer's own arithmetic (loss normalisers, gradient sum, clipping, weight
     # decay) exactly. Training through sync BN is not compared: see test_distribute.py.
@@ -94,4 +145,7 @@ def mirrored_vs_one_device(data_dir, output):
 
 
 if __name__ == '__main__':
-  {'mirrored_vs_one_device': mirrored_vs_one_device}[sys.argv[1]](*sys.argv[2:])
+  {
+    'mirrored_vs_one_device': mirrored_vs_one_device,
+    'maskrcnn_mirrored_vs_one_device': maskrcnn_mirrored_vs_one_device,
+  }[sys.argv[1]](*sys.argv[2:])

@@ -139,21 +139,35 @@ class DetectionEvaluator(base_task.Evaluator):
   """
 
   def __init__(
-    self, annotation_file: Optional[str], per_category_metrics: bool = True, include_mask=False
+    self,
+    annotation_file: Optional[str],
+    per_category_metrics: bool = True,
+    include_mask: bool = False,
+    eval_file_pattern: Optional[str] = None,
   ):
+    """Box metrics take their ground truth from the annotation file or the eval
+    batches; mask metrics from the annotation file or, without one, from the
+    full-resolution masks of the eval records (eval_file_pattern), scanned now."""
     from official_spinenet.evaluation import coco_evaluator  # pylint: disable=g-import-not-at-top
 
     self._keys = DETECTION_KEYS + (('detection_masks',) if include_mask else ())
-    options = dict(include_mask=True) if include_mask else {}
-    self._coco = coco_evaluator.COCOEvaluator(
-      annotation_file=annotation_file, per_category_metrics=per_category_metrics, **options
-    )
+    if include_mask and not annotation_file:
+      self._coco = coco_evaluator.COCOEvaluator.from_tfrecords(
+        eval_file_pattern, per_category_metrics=per_category_metrics, include_mask=True
+      )
+    else:
+      self._coco = coco_evaluator.COCOEvaluator(
+        annotation_file=annotation_file,
+        per_category_metrics=per_category_metrics,
+        include_mask=include_mask,
+      )
+    self._groundtruths_from_batches = not annotation_file and not include_mask
 
   def update(self, outputs: Dict[str, Any]) -> None:
     groundtruths = {
       key.split('/', 1)[1]: np.asarray(value)
       for key, value in outputs.items()
-      if key.startswith('groundtruths/')
+      if key.startswith('groundtruths/') and self._groundtruths_from_batches
     }
     self._coco.update(
       {key: np.asarray(outputs[key]) for key in self._keys},

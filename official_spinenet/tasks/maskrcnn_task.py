@@ -46,6 +46,17 @@ LOSS_NAMES = (
 )
 
 
+def _loss_weights(overrides: Optional[Dict[str, float]]) -> Dict[str, float]:
+  """The weight of each weighted loss: 1.0 unless overridden; unknown names fail."""
+  weighted = LOSS_NAMES[1:6]
+  unknown = sorted(set(overrides or {}) - set(weighted))
+  if unknown:
+    raise ValueError(
+      f'MaskRCNNTask.loss_weights: unknown loss(es) {unknown}; known: {list(weighted)}.'
+    )
+  return {name: float((overrides or {}).get(name, 1.0)) for name in weighted}
+
+
 def default_backbone(**kwargs) -> tf_keras.Model:
   """SpineNet-49 (the builder used when a configuration names none)."""
   return factory.build_backbone('spinenet', '49', **kwargs)
@@ -162,13 +173,7 @@ class MaskRCNNTask(detection_task.DetectionTask):
     )
     self.rpn_huber_loss_delta = rpn_huber_loss_delta
     self.frcnn_huber_loss_delta = frcnn_huber_loss_delta
-    unknown = sorted(set(loss_weights or {}) - set(LOSS_NAMES[1:6]))
-    if unknown:
-      raise ValueError(
-        f'MaskRCNNTask.loss_weights: unknown loss(es) {unknown}; known: {list(LOSS_NAMES[1:6])}.'
-      )
-    self.loss_weights = {name: 1.0 for name in LOSS_NAMES[1:6]}
-    self.loss_weights.update(loss_weights or {})
+    self.loss_weights = _loss_weights(loss_weights)
 
   def validate(self, mode: str) -> None:
     super().validate(mode)
@@ -277,14 +282,17 @@ class MaskRCNNTask(detection_task.DetectionTask):
     outputs = maskrcnn_model.inference_outputs(raw, self.include_mask)
     outputs['image_info'] = labels['image_info']
     outputs['source_id'] = labels['groundtruths']['source_id']
-    if not self.annotation_file:
+    if not self.annotation_file and not self.include_mask:
       for key, value in labels['groundtruths'].items():
         outputs[f'groundtruths/{key}'] = value
     return outputs
 
   def build_evaluator(self) -> base_task.Evaluator:
     return detection_task.DetectionEvaluator(
-      self.annotation_file, self.per_category_metrics, self.include_mask
+      self.annotation_file,
+      self.per_category_metrics,
+      self.include_mask,
+      eval_file_pattern=self.eval_data.file_pattern,
     )
 
   def checkpoint_items(self, model) -> Dict[str, tf.Module]:
