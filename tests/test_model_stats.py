@@ -104,6 +104,17 @@ class CountTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(model_stats.count_multiply_adds(head, shapes), expected)
     self.assertLen(model_stats.multiply_adds_by_layer(head, shapes), 8)
 
+  def test_by_part_attributes_every_call(self):
+    inner_in = tf_keras.Input([4, 4, 3])
+    inner = tf_keras.Model(inner_in, tf_keras.layers.Conv2D(2, 1)(inner_in))
+    inputs = tf_keras.Input([4, 4, 3])
+    x = tf_keras.layers.Conv2D(3, 1)(inner(inputs))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(5)(x))
+    calls = model_stats.multiply_adds_by_layer(model, [1, 4, 4, 3])
+    parts = model_stats.by_part(calls, {'inner': inner, 'conv': model.layers[2]})
+    self.assertEqual(parts, {'inner': 16 * 3 * 2, 'conv': 16 * 2 * 3, 'other': 16 * 3 * 5})
+    self.assertEqual(sum(parts.values()), model_stats.count_multiply_adds(model, [1, 4, 4, 3]))
+
   def test_dynamic_shape_raises(self):
     with self.assertRaisesRegex(ValueError, 'static'):
       model_stats.count_multiply_adds(tf_keras.layers.Conv2D(2, 1), tf.TensorSpec([1, None, 4, 3]))
@@ -138,12 +149,47 @@ class SpineNetStatsTest(tf.test.TestCase):
     self.assertBetween(large, 28.0e9, 28.5e9)
 
 
+# Multiply-adds of one RoI through the SpineNet-49 Mask R-CNN heads (256 wide, 91
+# classes). Box head on 7x7 crops: 4 convs 3x3, FC 7*7*256 -> 1024, class and
+# per-class box outputs. Mask head on 14x14 crops: 4 convs 3x3, 2x2 deconv on the
+# 14x14 input, 1x1 conv to 91 masks at 28x28.
+BOX_HEAD_PER_ROI = 4 * 49 * 9 * 256 * 256 + 49 * 256 * 1024 + 1024 * (91 + 4 * 91)
+MASK_HEAD_PER_ROI = 4 * 196 * 9 * 256 * 256 + 196 * 4 * 256 * 256 + 784 * 256 * 91
+# RPN: one 3x3 conv + 1x1 score (3 anchors) and box (12) convs on levels 3-7 at 256.
+RPN_POSITIONS_256 = 32**2 + 16**2 + 8**2 + 4**2 + 2**2
+
+
+class MaskRCNNStatsTest(tf.test.TestCase):
+  def test_spinenet49_maskrcnn_row(self):
+    from official_spinenet.modeling import published_models  # pylint: disable=g-import-not-at-top
+
+    (row,) = published_models.compute_rows(['49'], ['maskrcnn'], resolution_override=256)
+    self.assertEqual((row['kind'], row['resolution']), ('maskrcnn', 256))
+    self.assertEqual((row['published_params_m'], row['published_multiply_adds_b']), (40.8, 215.7))
+    parts = ('backbone', 'rpn_head', 'detection_head', 'mask_head')
+    breakdown = row['breakdown']
+    self.assertEqual(sum(breakdown[f'{p}_params'] for p in parts), row['params'])
+    self.assertEqual(sum(breakdown[f'{p}_multiply_adds'] for p in parts), row['multiply_adds'])
+    # Parameters do not depend on the resolution: 40.75M against the published 40.8M.
+    self.assertBetween(row['params_m'], 40.6, 41.0)
+    # The second stage at inference: the box head on the 1000 proposals, the mask
+    # head on the 100 detections, whatever the image size.
+    self.assertEqual(breakdown['detection_head_multiply_adds'], 1000 * BOX_HEAD_PER_ROI)
+    self.assertEqual(breakdown['mask_head_multiply_adds'], 100 * MASK_HEAD_PER_ROI)
+    self.assertEqual(
+      breakdown['rpn_head_multiply_adds'], RPN_POSITIONS_256 * 256 * (9 * 256 + 3 + 12)
+    )
+    # The backbone scales with the area: 28.26B at 640.
+    self.assertBetween(breakdown['backbone_multiply_adds'], 28.0e9 * 0.16, 28.5e9 * 0.16)
+
+
 class StatsBinaryTest(tf.test.TestCase):
   def test_json_output(self):
     start = time.time()
     result = binaries.run_binary(
       'stats',
       '--models=49',
+      '--include=retinanet,backbone,classification',
       '--json',
       '--resolution_override=256',
       cwd=REPO,

@@ -22,7 +22,7 @@ cheap) and reads the static input/output shapes of each call.
 
 import dataclasses
 import functools
-from typing import Any, List, Sequence, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -49,6 +49,8 @@ class LayerCall:
   input_shape: tuple
   output_shape: tuple
   multiply_adds: int
+  # The called layer, to attribute the call to a part of the model (`by_part`).
+  layer: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def count_params(model_or_layer: tf_keras.layers.Layer) -> int:
@@ -180,6 +182,7 @@ def multiply_adds_by_layer(
           in_shape,
           out_shape,
           layer_multiply_adds(layer, in_shape, out_shape) // batch,
+          layer,
         )
       )
       return outputs
@@ -221,3 +224,26 @@ def count_multiply_adds(
       batch means 1); or a TensorSpec or nested structure of shapes.
   """
   return int(sum(r.multiply_adds for r in multiply_adds_by_layer(model, input_shape)))
+
+
+def by_part(
+  calls: Sequence[LayerCall], parts: Mapping[str, tf_keras.layers.Layer]
+) -> Dict[str, int]:
+  """Sums the multiply-adds of `calls` per part of the model.
+
+  Args:
+    calls: from `multiply_adds_by_layer`.
+    parts: name -> a sublayer of the traced model (e.g. 'backbone' -> model.backbone).
+      A call counts toward the first part holding its layer.
+
+  Returns:
+    name -> multiply-adds per image, for every part, plus 'other' for calls of
+    layers in no part (always present, usually 0).
+  """
+  owner = {}
+  for name, part in reversed(list(parts.items())):
+    owner.update({id(layer): name for layer in _counted_layers(part)})
+  totals = dict.fromkeys([*parts, 'other'], 0)
+  for call in calls:
+    totals[owner.get(id(call.layer), 'other')] += call.multiply_adds
+  return totals

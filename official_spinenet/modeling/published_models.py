@@ -11,6 +11,16 @@ papers report; `compute_rows` counts ours (`model_stats`) beside them, and
                   rows: backbone + NAS-FPN decoder + 4 x 256 head.
   backbone        the backbone alone at the same resolution (no published figure;
                   not listed for the NAS-FPN rows, whose backbone is ResNet-50).
+  maskrcnn        backbone + Mask R-CNN (SpineNet Sec. 5, tensorflow/tpu
+                  spinenet*_mrcnn.yaml) at its paper resolution (190: 1536), built
+                  with Model Garden's layers as `maskrcnn_model` builds them: RPN
+                  of 1 conv (3 anchors, levels 3-7), box head of 4 convs + one FC
+                  (1024) on 7x7 RoIAlign crops, mask head of 4 convs + 2x deconv on
+                  14x14 crops, all 256 wide (49S: 128 / FC 512; 190: 384, 7 convs
+                  in the box and mask heads). Multiply-adds are those of one
+                  inference pass: the box head runs on the 1000 test proposals,
+                  the mask head on the 100 detections (the count the published
+                  figures use; docs/model_stats.md).
   classification  ImageNet: backbone at 224 + global average pool of the level-7
                   endpoint + Dense(1001). 224 is not divisible by 2^7, so the
                   backbone is counted at 256 and the multiply-adds scaled by
@@ -23,14 +33,17 @@ seconds to count; building SpineNet-190 takes the longest.
 """
 
 import dataclasses
+import functools
 import gc
 import json
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
+import tensorflow as tf
 import tf_keras
 
+from official_spinenet.modeling import maskrcnn_model
 from official_spinenet.modeling import model_stats
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.decoders import nasfpn
@@ -42,11 +55,30 @@ NUM_ANCHORS = 9
 NUM_IMAGENET_CLASSES = 1001
 IMAGENET_RESOLUTION = 224
 MIN_LEVEL, MAX_LEVEL = 3, 7
-ROW_KINDS = ('retinanet', 'backbone', 'classification')
+ROW_KINDS = ('retinanet', 'backbone', 'classification', 'maskrcnn')
+# Mask R-CNN at inference (tensorflow/tpu and Model Garden defaults): 1 anchor
+# scale x 3 aspect ratios, 1000 proposals after the RPN's NMS, 100 detections.
+MASKRCNN_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+MASKRCNN_ANCHOR_SIZE = 3.0  # 190: 5.0; no weight or counted layer depends on it
+TEST_PROPOSALS = 1000
+MAX_DETECTIONS = 100
+_BUILD_SIZE = 2**MAX_LEVEL
 MULTIPLY_ADDS_CONVENTION = (
   'multiply-adds of conv and dense layers for one image (the papers\' "FLOPs"); '
   'batch norm, activations, pooling, resampling, additions and biases excluded'
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNEntry:
+  """A published Mask R-CNN: its resolution, heads and reported figures."""
+
+  resolution: int
+  head_filters: int = 256  # RPN, box-head convs and mask-head convs
+  fc_dims: int = 1024
+  box_convs: int = 4
+  mask_convs: int = 4
+  published: Optional[Tuple[float, float]] = None  # (params M, mult-adds B)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +95,7 @@ class ModelEntry:
   published_classification: Optional[Tuple[float, float]] = None
   note: str = ''
   nasfpn: Optional[Tuple[int, int]] = None  # NAS-FPN decoder (num_repeats, num_filters)
+  maskrcnn: Optional[MaskRCNNEntry] = None
 
   @property
   def name(self) -> str:
@@ -74,20 +107,31 @@ class ModelEntry:
 
 # SpineNet paper (Du et al., CVPR 2020) Tables 3 and 6; SpineNet-Mobile paper
 # (Du et al., ECCV 2020). '143L' is a Model Garden variant without a published row.
+# Mask R-CNN: tf-models-official's MODEL_GARDEN.md for 49 / 96 / 143 (the
+# tensorflow/tpu model zoo gives 314.6B / 498.4B for 96 / 143), the tensorflow/tpu
+# model zoo for 190, the SpineNet paper's Mask R-CNN table for 49S (as quoted by
+# SpineNet-Pytorch, github.com/yan-roo/SpineNet-Pytorch).
 # fmt: off
 MODELS = {
-  '49S': ModelEntry('spinenet', '49S', 640, 128, 4, published_retinanet=(11.9, 33.8)),
+  '49S': ModelEntry('spinenet', '49S', 640, 128, 4, published_retinanet=(11.9, 33.8),
+                    maskrcnn=MaskRCNNEntry(640, head_filters=128, fc_dims=512,
+                                           published=(13.9, 60.2))),
   '49': ModelEntry('spinenet', '49', 640, 256, 4, published_retinanet=(28.5, 85.4),
-                   published_classification=(22.1, 3.5)),
+                   published_classification=(22.1, 3.5),
+                   maskrcnn=MaskRCNNEntry(640, published=(40.8, 215.7))),
   '96': ModelEntry('spinenet', '96', 1024, 256, 4, published_retinanet=(43.0, 265.4),
-                   published_classification=(36.5, 5.7)),
+                   published_classification=(36.5, 5.7),
+                   maskrcnn=MaskRCNNEntry(1024, published=(55.2, 315.0))),
   '143': ModelEntry('spinenet', '143', 1280, 256, 4, published_retinanet=(67.0, 524.0),
-                    published_classification=(60.5, 9.1)),
+                    published_classification=(60.5, 9.1),
+                    maskrcnn=MaskRCNNEntry(1280, published=(79.2, 498.8))),
   '143L': ModelEntry('spinenet', '143L', 1280, 256, 4,
                      note='Model Garden variant (143 with filter_size_scale 1.3); '
                      'no published figure'),
   '190': ModelEntry('spinenet', '190', 1280, 512, 7, published_retinanet=(163.6, 1885.0),
-                    published_classification=(127.1, 19.1)),
+                    published_classification=(127.1, 19.1),
+                    maskrcnn=MaskRCNNEntry(1536, head_filters=384, box_convs=7, mask_convs=7,
+                                           published=(168.2, 1685.7))),
   'mobile-49': ModelEntry('spinenet_mobile', '49', 384, 48, 4, separable_head=True,
                           published_retinanet=(2.34, 1.0)),
   'mobile-49S': ModelEntry('spinenet_mobile', '49S', 384, 40, 4, separable_head=True),
@@ -104,10 +148,13 @@ MODELS = {
 }
 # fmt: on
 
-# Notes on rows whose published figure our count does not reproduce; keyed by
-# (model key, row kind). From measurement: every other published row is matched
-# within 0.3% (params) and 1.1% (multiply-adds).
+# Notes on rows whose published figure our count does not reproduce, or reproduces
+# only with a departure from the published config; keyed by (model key, row kind).
+# From measurement: every other published row is matched within 0.3% (params) and
+# 1.1% (multiply-adds).
 NOTES = {
+  ('190', 'maskrcnn'): 'RPN of 1 conv: the tensorflow/tpu yaml asks for 7, which would add '
+  '8.0M params / 391B mult-adds to what its model zoo reports',
   ('49S', 'retinanet'): 'published figure does not reproduce from the published specs '
   '(0.65x width, 128-filter endpoints and head give 5% fewer '
   'params, 9% fewer mult-adds)',
@@ -306,6 +353,101 @@ def _nasfpn_row(
   )
 
 
+class _Inference(tf_keras.layers.Layer):
+  """A Mask R-CNN model's inference pass as a one-input layer, for counting.
+
+  call(images [B, H, W, 3]) -> detection masks [B, MAX_DETECTIONS, 28, 28]: the
+  backbone, the RPN, RoI generation, the box head on every proposal, NMS and the
+  mask head on every detection.
+  """
+
+  def __init__(self, model: tf_keras.Model, **kwargs):
+    super().__init__(**kwargs)
+    self.model = model
+
+  def call(self, images, training=False):
+    del training  # counted at inference
+    size = tf.shape(images)[1:3]
+    image_shape = tf.tile(size[tf.newaxis], [tf.shape(images)[0], 1])
+    return self.model(images, image_shape=image_shape, training=False)['detection_masks']
+
+
+def build_maskrcnn(spec: MaskRCNNEntry, backbone: tf_keras.Model) -> tf_keras.Model:
+  """The published Mask R-CNN (91 classes) around `backbone`, as a gin file builds it.
+
+  Heads are Model Garden's with its defaults except where `spec` (the
+  tensorflow/tpu yaml) differs: RPN of 1 conv, box head of `box_convs` convs
+  + one FC, mask head of `mask_convs` convs, `spec.head_filters` wide. The
+  weights equal those of the `gin_configs/maskrcnn/` model (see
+  tests/test_maskrcnn_configs.py); only the NMS implementations differ.
+  """
+  filters = spec.head_filters
+  return maskrcnn_model.build_maskrcnn_model(
+    backbone,
+    None,
+    num_classes=NUM_CLASSES,
+    min_level=MIN_LEVEL,
+    max_level=MAX_LEVEL,
+    num_scales=1,
+    aspect_ratios=MASKRCNN_ASPECT_RATIOS,
+    anchor_size=MASKRCNN_ANCHOR_SIZE,
+    rpn_head_fn=functools.partial(maskrcnn_model.rpn_head, num_convs=1, num_filters=filters),
+    detection_head_fn=functools.partial(
+      maskrcnn_model.detection_head,
+      num_convs=spec.box_convs,
+      num_filters=filters,
+      num_fcs=1,
+      fc_dims=spec.fc_dims,
+    ),
+    mask_head_fn=functools.partial(
+      maskrcnn_model.mask_head, num_convs=spec.mask_convs, num_filters=filters, upsample_factor=2
+    ),
+    # The NMS flavour changes no weight and no counted layer; the batched ones
+    # trace in seconds where the per-class loops of the default take minutes.
+    roi_generator_fn=functools.partial(
+      maskrcnn_model.roi_generator,
+      test_pre_nms_top_k=TEST_PROPOSALS,
+      test_num_proposals=TEST_PROPOSALS,
+      use_batched_nms=True,
+    ),
+    detection_generator_fn=functools.partial(
+      maskrcnn_model.detection_generator,
+      max_num_detections=MAX_DETECTIONS,
+      nms_version='batched',
+    ),
+  )
+
+
+def _maskrcnn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int) -> dict:
+  """Mask R-CNN: parameters and the multiply-adds of one traced inference pass."""
+  start = time.time()
+  spec = entry.maskrcnn
+  model = build_maskrcnn(spec, backbone)
+  inference = _Inference(model)
+  # Weights from one eager call on a small image: quicker than a traced build.
+  inference(tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3]))
+  calls = model_stats.multiply_adds_by_layer(inference, [1, resolution, resolution, 3])
+  parts = {
+    'backbone': model.backbone,
+    'rpn_head': model.rpn_head,
+    'detection_head': model.detection_head[0],
+    'mask_head': model.mask_head,
+  }
+  madds = model_stats.by_part(calls, parts)
+  breakdown = {}
+  for name, part in parts.items():
+    breakdown[f'{name}_params'] = model_stats.count_params(part)
+    breakdown[f'{name}_multiply_adds'] = madds[name]
+  width = spec.head_filters
+  note = (
+    f'RPN 1x{width}, box head {spec.box_convs}x{width} + FC {spec.fc_dims} on '
+    f'{TEST_PROPOSALS} proposals, mask head {spec.mask_convs}x{width} on '
+    f'{MAX_DETECTIONS} detections'
+  )
+  counts = (model_stats.count_params(model), sum(madds.values()))
+  return _row(key, entry, 'maskrcnn', resolution, counts, spec.published, breakdown, note, start)
+
+
 def _classification_row(
   key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int
 ) -> dict:
@@ -356,8 +498,9 @@ def compute_rows(
     entry = MODELS[key]
     resolution = resolution_override or entry.resolution
     detection_kinds = [k for k in kinds if k in ('retinanet', 'backbone')]
+    maskrcnn = 'maskrcnn' in kinds and entry.maskrcnn is not None
     classify = 'classification' in kinds and entry.family == 'spinenet'
-    if not detection_kinds and not classify:
+    if not (detection_kinds or maskrcnn or classify):
       continue
     try:
       start = time.time()
@@ -378,6 +521,10 @@ def compute_rows(
     if detection_kinds:
       logging.info('Counting %s %s at %d.', key, detection_kinds, resolution)
       rows.extend(_detection_rows(key, entry, backbone, detection_kinds, resolution))
+    if maskrcnn:
+      mask_resolution = resolution_override or entry.maskrcnn.resolution
+      logging.info('Counting %s Mask R-CNN at %d.', key, mask_resolution)
+      rows.append(_maskrcnn_row(key, entry, backbone, mask_resolution))
     if classify:
       cls_resolution = resolution_override or IMAGENET_RESOLUTION
       logging.info('Counting %s classification at %d.', key, cls_resolution)
