@@ -86,7 +86,8 @@ def _free_ports(count):
 
 
 @pytest.mark.slow
-def test_two_workers_train_in_step(data_dir, tmp_path):
+@pytest.mark.parametrize('gin_file', ['testing/retinanet_tiny.gin', 'testing/maskrcnn_tiny.gin'])
+def test_two_workers_train_in_step(gin_file, data_dir, tmp_path):
   ports = _free_ports(2)
   cluster = {'worker': [f'localhost:{p}' for p in ports]}
   model_dir = str(tmp_path / 'model')
@@ -94,7 +95,7 @@ def test_two_workers_train_in_step(data_dir, tmp_path):
     sys.executable,
     '-m',
     'official_spinenet.binaries.train',
-    '--gin_file=testing/retinanet_tiny.gin',
+    f'--gin_file={gin_file}',
     f'--model_dir={model_dir}',
     '--mode=train',
     '--strategy=multi_worker_mirrored',

@@ -121,6 +121,12 @@ def test_records_without_masks_fail_before_training(shapes_data, tmp_path):
   task = _tiny_task(shapes_data, f"TRAIN_FILE_PATTERN = '{path}'")
   with pytest.raises(ValueError, match=r'train_data.file_pattern: .*boxes_only.tfrecord has no '):
     task.validate('train')
+  # A file that is not a TFRecord at all is named too (read before TensorFlow runs).
+  not_records = tmp_path / 'image.tfrecord'
+  not_records.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(64))
+  task = _tiny_task(shapes_data, f"TRAIN_FILE_PATTERN = '{not_records}'")
+  with pytest.raises(ValueError, match=r'image.tfrecord is not a TFRecord file'):
+    task.validate('train')
   # Faster R-CNN (no mask head) trains on the same records.
   boxes_only = _tiny_task(
     shapes_data, f"TRAIN_FILE_PATTERN = '{path}'", 'MaskRCNNTask.mask_head = None'

@@ -7,6 +7,7 @@ to their boxes); the tf.data pipeline is the one every detection task shares
 (`retinanet_input.parsed_batches`).
 """
 
+import struct
 from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -118,9 +119,9 @@ def check_instance_masks(file_pattern: str, what: str) -> None:
     what: the setting the pattern came from, for the message.
   """
   for path in retinanet_input.list_files(file_pattern):
-    for serialized in tf.data.TFRecordDataset(path).take(1):
-      example = tf.train.Example.FromString(serialized.numpy())
-      features = example.features.feature
+    serialized = _first_record(path)
+    if serialized is not None:
+      features = tf.train.Example.FromString(serialized).features.feature
       num_objects = len(features[CLASS_FEATURE].int64_list.value)
       num_masks = len(features[MASK_FEATURE].bytes_list.value)
       if num_objects and num_masks != num_objects:
@@ -130,3 +131,21 @@ def check_instance_masks(file_pattern: str, what: str) -> None:
           'object (spinenet-create-coco-tfrecord --include_masks writes them); '
           'train a box-only model with a RetinaNet config instead.'
         )
+
+
+def _first_record(path: str) -> Optional[bytes]:
+  """The first record of a TFRecord file (None if empty), read with plain file I/O.
+
+  Not with tf.data: validation runs before the distribution strategy exists, and
+  an eager TensorFlow op now would stop MultiWorkerMirroredStrategy from
+  configuring its collectives. A TFRecord is [uint64 length][uint32 CRC][data]...
+  """
+  size = tf.io.gfile.stat(path).length
+  if not size:
+    return None
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    header = f.read(12)
+    length = struct.unpack('<Q', header[:8])[0] if len(header) == 12 else size
+    if length > size - 12:  # e.g. a PNG named .tfrecord: a header of nonsense
+      raise ValueError(f'{path} is not a TFRecord file or is truncated (its first record).')
+    return f.read(length)
