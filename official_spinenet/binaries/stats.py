@@ -3,6 +3,7 @@ r"""spinenet-stats: parameters and multiply-adds of the published models vs. the
   spinenet-stats                                # every model, a text table
   spinenet-stats --models=49,190 --json         # some models, JSON
   spinenet-stats --include=retinanet            # only the RetinaNet rows
+  spinenet-stats --include=maskrcnn             # only the Mask R-CNN rows
   spinenet-stats --models=49 --json --resolution_override=256   # quick (tests)
 
 Model ids: the SpineNet ids 49S, 49, 96, 143, 143L, 190, the SpineNet-Mobile ids
