@@ -5,12 +5,10 @@ weights are re-drawn large so that it detects things at the export's score thres
 """
 
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 from unittest import mock
-import zlib
 
 import numpy as np
 import pytest
@@ -29,26 +27,6 @@ NMS_SETTINGS = export_fixtures.NMS_SETTINGS
 MAX_IMAGE_PIXELS = 300 * 400
 IMAGE_SIZES = export_fixtures.IMAGE_SIZES
 ATOL = export_fixtures.ATOL
-
-
-def zero_width_png() -> bytes:
-  """A PNG whose (valid-CRC) header says width 0, height 5."""
-
-  def chunk(kind, data):
-    return (
-      struct.pack('>I', len(data))
-      + kind
-      + data
-      + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-  header = struct.pack('>IIBBBBB', 0, 5, 8, 2, 0, 0, 0)
-  return (
-    b'\x89PNG\r\n\x1a\n'
-    + chunk(b'IHDR', header)
-    + chunk(b'IDAT', zlib.compress(b''))
-    + chunk(b'IEND', b'')
-  )
 
 
 def saved_model_cli_command(export_dir):
@@ -280,7 +258,9 @@ class ExportTest(tf.test.TestCase):
 
   def test_zero_sized_image(self):
     self._assert_refused_then_serves(
-      'image_bytes', [zero_width_png()], r'image_bytes: the image is zero-sized \(5x0 pixels'
+      'image_bytes',
+      [export_fixtures.zero_width_png()],
+      r'image_bytes: the image is zero-sized \(5x0 pixels',
     )
     self._assert_refused_then_serves(
       'image_tensor',

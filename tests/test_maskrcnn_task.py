@@ -163,3 +163,12 @@ def test_train_binary_trains_and_evaluates_masks(shapes_data, tmp_path):
   assert (
     'MaskRCNNTask.num_classes = 5' in open(os.path.join(model_dir, 'operative_config.gin')).read()
   )
+
+
+def test_tflite_export_refuses_mask_rcnn_before_loading(tmp_path):
+  from official_spinenet.workflows import tflite  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(ValueError, match='supports RetinaNet configs only.*MaskRCNNTask'):
+    tflite.export_tflite_from_checkpoint(
+      [TINY], [], str(tmp_path / 'no_checkpoint'), str(tmp_path / 'model.tflite')
+    )

@@ -1,6 +1,7 @@
 """The serving client's requests are accepted by the exported SavedModel; no network.
 
-TF Serving cannot run here, so a small fake stands in for it: it turns each REST JSON
+TF Serving cannot run here, so a small fake (export_fixtures.FakeServing) stands in for
+it: it turns each REST JSON
 body or gRPC PredictRequest into tensors the way TF Serving does (b64 strings decoded,
 values typed by the signature's input dtype), checks the signature name, input names,
 dtypes and shapes against the loaded SavedModel's signature, calls it, and answers in
@@ -20,7 +21,6 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2
 
 from official_spinenet.binaries import serve_client
 from official_spinenet.serving import client_lib
@@ -28,68 +28,6 @@ from official_spinenet.serving import client_runner
 from official_spinenet.serving import drawing
 from official_spinenet.serving import export_lib
 from tests import export_fixtures
-
-
-class FakeServing:
-  """Feeds requests to a loaded SavedModel as TF Serving would."""
-
-  def __init__(self, test, loaded):
-    self._test = test
-    self._loaded = loaded
-
-  def _call(self, signature_name, tensors):
-    test = self._test
-    test.assertIn(signature_name, self._loaded.signatures)
-    function = self._loaded.signatures[signature_name]
-    specs = function.structured_input_signature[1]
-    test.assertCountEqual(tensors, specs)
-    for name, tensor in tensors.items():
-      test.assertEqual(tensor.dtype, specs[name].dtype, name)
-      test.assertTrue(
-        specs[name].shape.is_compatible_with(tensor.shape),
-        f'{name}: {tensor.shape} vs {specs[name].shape}',
-      )
-    return {k: v.numpy() for k, v in function(**tensors).items()}
-
-  def _typed(self, signature_name, name, values):
-    spec = self._loaded.signatures[signature_name].structured_input_signature[1][name]
-    if spec.dtype == tf.string:
-      values = [base64.b64decode(v['b64']) for v in values]
-    return tf.constant(values, dtype=spec.dtype)
-
-  def rest(self, body: str) -> str:
-    """A REST :predict body -> reply body (row format in, row format out; same for columns)."""
-    payload = json.loads(body)
-    signature_name = payload.get('signature_name', 'serving_default')
-    if 'inputs' in payload:
-      tensors = {
-        name: self._typed(signature_name, name, values)
-        for name, values in payload['inputs'].items()
-      }
-      outputs = self._call(signature_name, tensors)
-      return json.dumps({'outputs': {k: v.tolist() for k, v in outputs.items()}})
-    names = payload['instances'][0].keys()
-    tensors = {
-      name: self._typed(signature_name, name, [row[name] for row in payload['instances']])
-      for name in names
-    }
-    outputs = self._call(signature_name, tensors)
-    count = len(payload['instances'])
-    return json.dumps(
-      {'predictions': [{k: v[i].tolist() for k, v in outputs.items()} for i in range(count)]}
-    )
-
-  def grpc(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
-    tensors = {
-      name: tf.constant(tf.make_ndarray(proto), dtype=tf.as_dtype(proto.dtype))
-      for name, proto in request.inputs.items()
-    }
-    outputs = self._call(request.model_spec.signature_name, tensors)
-    response = predict_pb2.PredictResponse()
-    for key, value in outputs.items():
-      response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-    return predict_pb2.PredictResponse.FromString(response.SerializeToString())
 
 
 class ServeClientTest(tf.test.TestCase):
@@ -124,7 +62,7 @@ class ServeClientTest(tf.test.TestCase):
   def setUp(self):
     self._set_default_seed = False  # seeding clears the signatures' compiled kernels
     super().setUp()
-    self.server = FakeServing(self, self.loaded)
+    self.server = export_fixtures.FakeServing(self, self.loaded)
 
   def _direct(self, signature, values):
     input_name = export_lib.SIGNATURE_INPUTS[signature][0]
@@ -361,6 +299,51 @@ class ServeClientTest(tf.test.TestCase):
     self.assertEqual(failed, [bad])
     self.assertRegex(printed, r'FAILED .*a-bad.png: .*HTTP 400.*not a JPEG or PNG')
     self.assertEqual(list(results), [good])
+
+
+def test_drawing_fills_masks_in_the_class_colour():
+  image = Image.fromarray(np.full([60, 80, 3], 100, np.uint8))
+  mask = np.zeros([60, 80], np.uint8)
+  mask[20:40, 30:50] = 1
+  drawn = np.asarray(
+    drawing.draw_detections(
+      image,
+      np.array([[10.0, 20.0, 50.0, 70.0]]),
+      np.array([0.9]),
+      np.array([2]),
+      {2: 'square'},
+      masks=iter([mask]),
+    )
+  ).astype(float)
+  colour = np.array(drawing._COLOURS[2])  # pylint: disable=protected-access
+  np.testing.assert_allclose(
+    drawn[30, 40], np.round(100 * (1 - drawing.MASK_ALPHA) + colour * drawing.MASK_ALPHA)
+  )
+  np.testing.assert_array_equal(drawn[45, 40], [100, 100, 100])  # in the box, not the mask
+  assert drawn[30, 20].tolist() == colour.tolist()  # the box's edge is drawn over the fill
+
+
+def test_detections_with_crop_or_pasted_masks():
+  outputs = {
+    'detection_boxes': np.array([[[2.0, 2.0, 6.0, 8.0], [0.0, 0.0, 0.0, 0.0]]] * 2),
+    'detection_scores': np.array([[0.9, 0.0], [0.8, 0.0]]),
+    'detection_classes': np.array([[1, 0], [3, 0]]),
+    'num_detections': np.array([1, 1]),
+    'image_info': np.array([[[8.0, 10.0]] * 4, [[10.0, 12.0]] * 4]),
+  }
+  crop = np.random.default_rng(0).uniform(size=[2, 2, 28, 28])
+  # Crop masks (floats) stay per box; a REST reply's nested lists parse the same.
+  for masks in (crop.astype(np.float32), crop.tolist()):
+    parsed = client_lib.detections_from_outputs({**outputs, 'detection_masks': masks})
+    assert parsed[0].masks.shape == (1, 28, 28) and parsed[0].masks.dtype == np.float32
+  # Pasted masks (integers) are cut to each image's own size.
+  pasted = np.zeros([2, 2, 10, 12], np.uint8)
+  pasted[0, 0, 2:6, 2:8] = 1
+  for masks in (pasted, pasted.tolist()):
+    first, second = client_lib.detections_from_outputs({**outputs, 'detection_masks': masks})
+    assert first.masks.shape == (1, 8, 10) and second.masks.shape == (1, 10, 12)
+    assert first.masks.sum() == 24 and first.above(0.95).masks.shape == (0, 8, 10)
+  assert client_lib.detections_from_outputs(outputs)[0].masks is None
 
 
 def test_category_names_in_every_format(tmp_path):

@@ -8,12 +8,15 @@ r"""spinenet-export: gin config + checkpoint -> SavedModel for TF Serving.
     --category_names_json=/tmp/spinenet_demo/data/annotations/instances_val.json
 
 See workflows/export.py (the library call) and docs/serving.md (signatures, outputs,
-TF Serving). The NMS options default to the task's evaluation settings.
+TF Serving). The NMS options default to the task's evaluation settings. A Mask R-CNN
+config (e.g. --gin_file=demo/maskrcnn_spinenet_shapes.gin) adds detection_masks, crop
+masks unless --mask_output=pasted.
 """
 
 from absl import app
 from absl import flags
 
+from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
 from official_spinenet.utils import flags as flag_groups
 from official_spinenet.workflows import export
@@ -54,6 +57,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     '(1-based, negative from the end; default: the task\'s eval_exit).',
     **fv,
   )
+  flags.DEFINE_enum(
+    'mask_output',
+    export_lib.DEFAULT_MASK_OUTPUT,
+    export_lib.MASK_OUTPUTS,
+    'Mask R-CNN: crop = float [B, N, 28, 28] masks over each box (small; paste with the '
+    'box), pasted = uint8 [B, N, H, W] in the image\'s pixels.',
+    **fv,
+  )
   flag_groups.define_category_names_flag(flag_values, 'Class names recorded in the export')
   flags.mark_flags_as_required(['checkpoint', 'export_dir'], flag_values=flag_values)
 
@@ -74,6 +85,7 @@ def main(argv) -> None:
       category_names=FLAGS.category_names_json,
       overwrite=FLAGS.overwrite,
       exit_index=FLAGS.exit_index,
+      mask_output=FLAGS.mask_output,
     )
   print(f'Exported a SavedModel to {export_dir}')
 

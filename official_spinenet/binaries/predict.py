@@ -13,7 +13,8 @@ or from the training gin config and a checkpoint (no export needed):
     --output_dir=/tmp/predictions
 
 --output_dir receives detections.json (COCO results), images.json (image ids, sizes,
-failures) and one PNG per image with its detections drawn (off with --nodraw); see
+failures) and one PNG per image with its detections drawn (off with --nodraw); a Mask
+R-CNN model adds each mask as COCO RLE ("segmentation") and fills it in the drawings; see
 workflows/predict.py. An image that fails (corrupt, too large) is reported and the
 others carry on; the exit status is then 1.
 """

@@ -66,7 +66,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string(
     'output_dir',
     d.output_dir,
-    'If set, write one PNG per image with the detections drawn (<image name>.png).',
+    'If set, write one PNG per image with the detections (and masks) drawn (<image name>.png).',
     **fv,
   )
   flags.DEFINE_string(

@@ -44,7 +44,8 @@ def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
   return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
 
 
-def _paste_function(method: str):
+def paste_function(method: str = 'detectron'):
+  """Model Garden's numpy paste for `method` (one of PASTE_METHODS)."""
   if method not in PASTE_METHODS:
     raise ValueError(f'mask paste method must be one of {PASTE_METHODS}, got {method!r}.')
   mask_ops = model_garden.load('mask_ops')
@@ -73,7 +74,7 @@ def paste_masks(
     where the resampled probability exceeds 0.5. A box without area gives an
     empty mask.
   """
-  paste = _paste_function(method)
+  paste = paste_function(method)
   masks = np.asarray(masks, np.float32)
   boxes = np.asarray(boxes, np.float64)
   # RLE runs down columns: canvas.T is a Fortran-ordered [height, width] view,

@@ -37,6 +37,7 @@ OUTPUT_KEYS = (
   'num_detections',
   'image_info',
 )
+MASK_KEY = 'detection_masks'  # Mask R-CNN exports only
 # A JSON file, {class id: name}, or the names of class ids 1, 2, ...
 CategoryNamesSource = Union[None, str, Mapping[Any, Any], Sequence[str]]
 
@@ -46,18 +47,28 @@ class ImageDetections:
   """The valid detections of one image (padding past num_detections removed).
 
   boxes: float [N, 4] (ymin, xmin, ymax, xmax) in original-image pixels; scores: float
-  [N]; classes: int [N] dataset class ids; image_size: (height, width).
+  [N]; classes: int [N] dataset class ids; image_size: (height, width); masks (Mask
+  R-CNN exports, else None): float32 [N, m, m] probabilities over each box (the
+  export's mask_output 'crop') or uint8 [N, height, width] 0 / 1 in the image's pixels
+  ('pasted'); `postprocessing.image_masks` gives either in the image's pixels.
   """
 
   boxes: np.ndarray
   scores: np.ndarray
   classes: np.ndarray
   image_size: tuple
+  masks: Optional[np.ndarray] = None
 
   def above(self, min_score: float) -> 'ImageDetections':
     """The detections scoring at least min_score."""
     keep = self.scores >= min_score
-    return ImageDetections(self.boxes[keep], self.scores[keep], self.classes[keep], self.image_size)
+    return ImageDetections(
+      self.boxes[keep],
+      self.scores[keep],
+      self.classes[keep],
+      self.image_size,
+      None if self.masks is None else self.masks[keep],
+    )
 
 
 def find_images(patterns: Sequence[str]) -> List[str]:
@@ -204,17 +215,36 @@ def grpc_predict_request(
   return request
 
 
+def _output_keys(outputs: Mapping[str, Any]) -> Sequence[str]:
+  """OUTPUT_KEYS, and MASK_KEY when the reply has masks."""
+  return OUTPUT_KEYS + ((MASK_KEY,) if MASK_KEY in outputs else ())
+
+
+def _image_masks(masks: np.ndarray, count: int, image_size: tuple) -> np.ndarray:
+  """One image's masks: crop masks as float32, pasted ones (integers) cut to its size.
+
+  Pasted masks are integers (uint8; ints in a REST reply), crop masks floats: the
+  dtype, not the shape, tells them apart.
+  """
+  if np.issubdtype(masks.dtype, np.floating):
+    return masks[:count].astype(np.float32)
+  return masks[:count, : image_size[0], : image_size[1]].astype(np.uint8)
+
+
 def detections_from_outputs(outputs: Mapping[str, Any]) -> List[ImageDetections]:
-  """Per-image detections from batched output arrays (keys of OUTPUT_KEYS)."""
-  arrays = {k: np.asarray(outputs[k]) for k in OUTPUT_KEYS}
+  """Per-image detections from batched output arrays (keys of OUTPUT_KEYS [, MASK_KEY])."""
+  arrays = {k: np.asarray(outputs[k]) for k in _output_keys(outputs)}
   results = []
   for i, count in enumerate(arrays['num_detections'].astype(int)):
+    image_size = tuple(int(s) for s in arrays['image_info'][i, 0])
+    masks = arrays.get(MASK_KEY)
     results.append(
       ImageDetections(
         boxes=arrays['detection_boxes'][i, :count].astype(np.float32),
         scores=arrays['detection_scores'][i, :count].astype(np.float32),
         classes=arrays['detection_classes'][i, :count].astype(np.int64),
-        image_size=tuple(int(s) for s in arrays['image_info'][i, 0]),
+        image_size=image_size,
+        masks=None if masks is None else _image_masks(masks[i], count, image_size),
       )
     )
   return results
@@ -231,14 +261,17 @@ def parse_rest_response(response: Mapping[str, Any]) -> List[ImageDetections]:
   if 'outputs' in response:
     return detections_from_outputs(response['outputs'])
   rows = response['predictions']
-  return detections_from_outputs({k: [row[k] for row in rows] for k in OUTPUT_KEYS})
+  return detections_from_outputs(
+    {k: [row[k] for row in rows] for k in _output_keys(rows[0] if rows else {})}
+  )
 
 
 def parse_grpc_response(response) -> List[ImageDetections]:
   """Detections from a tensorflow_serving PredictResponse."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in OUTPUT_KEYS})
+  keys = _output_keys(response.outputs)
+  return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in keys})
 
 
 _ASSERTION = re.compile(r'assertion failed: \[(.*?)\]\s*(?:\n|$)', re.DOTALL)

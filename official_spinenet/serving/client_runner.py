@@ -4,7 +4,8 @@
 Requests and replies are built and parsed by `client_lib` (pure functions, tested
 against the SavedModel); this module sends them and writes the results. REST needs
 neither TensorFlow nor tensorflow-serving-api; gRPC needs the latter. TensorFlow is
-loaded only to write --output_dir / --output_json (utils.files, atomic and gs://-able).
+loaded only to write --output_dir / --output_json (utils.files, atomic and gs://-able)
+and to paste a Mask R-CNN export's masks (drawn in the class colour, returned as RLE).
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ import urllib.request
 
 from absl import logging
 
+from official_spinenet.evaluation import instance_masks
 from official_spinenet.serving import client_lib
 
 _GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # large photos in one batch
@@ -118,6 +120,22 @@ def _predict_fn(options: ClientOptions) -> Predict:
   raise ValueError(f'protocol must be one of {PROTOCOLS}, got {options.protocol!r}.')
 
 
+def _result_entry(detections: client_lib.ImageDetections) -> Dict[str, list]:
+  """One image's detections as JSON-ready lists; masks as COCO RLE in its pixels."""
+  entry = {
+    'boxes_ymin_xmin_ymax_xmax': detections.boxes.tolist(),
+    'scores': detections.scores.tolist(),
+    'classes': detections.classes.tolist(),
+  }
+  if detections.masks is not None:
+    # Pasting crop masks needs Model Garden (and TensorFlow): only for mask models.
+    from official_spinenet.serving import postprocessing  # pylint: disable=g-import-not-at-top
+
+    masks = postprocessing.image_masks(detections.masks, detections.boxes, detections.image_size)
+    entry['segmentations'] = [instance_masks.encode_rle(m) for m in masks]
+  return entry
+
+
 def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
   """Sends the images, prints (and optionally draws / writes) the detections.
 
@@ -125,8 +143,10 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
   batches carry on.
 
   Returns:
-    ({image path: {'boxes_ymin_xmin_ymax_xmax', 'scores', 'classes'}} above min_score,
-    [paths of images whose request failed]).
+    ({image path: {'boxes_ymin_xmin_ymax_xmax', 'scores', 'classes'[,
+    'segmentations']}} above min_score, [paths of images whose request failed]);
+    'segmentations' (a Mask R-CNN export) holds each mask as COCO RLE
+    ({'size': [h, w], 'counts': str}) in the image's pixels.
 
   Raises:
     ValueError: no images found, a bad label map, protocol or signature.
@@ -159,11 +179,7 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
     for path, data, detections in zip(batch_paths, encoded, replies):
       detections = detections.above(options.min_score)
       print(client_lib.format_detections(path, detections, category_names))
-      results[path] = {
-        'boxes_ymin_xmin_ymax_xmax': detections.boxes.tolist(),
-        'scores': detections.scores.tolist(),
-        'classes': detections.classes.tolist(),
-      }
+      results[path] = _result_entry(detections)
       if options.output_dir:
         from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
 

@@ -1,4 +1,4 @@
-"""SavedModel export of a RetinaNetModel for TF Serving, with pre/post-processing inside.
+"""SavedModel export of a RetinaNet or Mask R-CNN model for TF Serving, pre/post-processing inside.
 
 `export_saved_model(model, export_dir, input_image_size, ...)` writes a SavedModel with
 these signatures (dynamic batch unless batch_size is given):
@@ -17,24 +17,40 @@ Outputs with NMS (apply_nms=True): detection_boxes float32 [B, max_detections, 4
 (ymin, xmin, ymax, xmax in original-image pixels), detection_scores float32 [B, max],
 detection_classes int32 [B, max] (dataset class ids; 0 is background and never
 returned), num_detections int32 [B] (entries past it are zero padding), image_info
-float32 [B, 4, 2]. Without NMS (apply_nms=False): decoded_boxes [B, num_anchors, 4]
+float32 [B, 4, 2]. A Mask R-CNN model adds detection_masks, by mask_output:
+  'crop' (default): float32 [B, max, m, m] (m = 28), each detection's mask
+    probabilities over its box, as Mask R-CNN predicts them (He et al. 2017, Sec. 3)
+    and Model Garden's export returns them: small and the same shape for any image.
+    Paste them with the box (`postprocessing.image_masks`, Detectron's paste).
+  'pasted': uint8 [B, max, H, W], 0 / 1 in original-image pixels (the paste done in the
+    graph, `postprocessing.paste_masks`), H, W the largest image of the batch (a
+    smaller image's masks are zero beyond its size). max * H * W bytes per image.
+Without NMS (apply_nms=False, RetinaNet only): decoded_boxes [B, num_anchors, 4]
 (original pixels), decoded_box_scores [B, num_anchors, num_classes - 1] (column c is
 class id c + 1), image_info.
+
+The NMS options default to the model's own: RetinaNet's generate_detections defaults,
+Mask R-CNN's DetectionGenerator (its gin bindings); a Mask R-CNN export given others
+detects with a DetectionGenerator of those settings (it has no weights).
 
 Next to the SavedModel, `assets.extra/` (which TF Serving ignores) holds
 `export_config.json` (every option, the signatures, the model's levels / classes) and
 the files passed as `extra_assets` (e.g. operative_config.gin).
 """
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from official_spinenet import model_garden
+from official_spinenet.modeling import maskrcnn_model
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import postprocessing
@@ -50,6 +66,25 @@ SIGNATURE_INPUTS = {  # signature -> (input name, dtype, shape without batch)
   'tf_example': ('tf_examples', tf.string, []),
 }
 DEFAULT_SIGNATURE = 'image_bytes'  # also exported as 'serving_default'
+MASK_OUTPUTS = ('crop', 'pasted')
+# Crop masks: a few KB per detection whatever the image size, one shape for every
+# request, what Model Garden's and the TF Object Detection API's exports return.
+DEFAULT_MASK_OUTPUT = 'crop'
+# ExportConfig's NMS option -> the parameter of generate_detections (RetinaNet) and of
+# Model Garden's DetectionGenerator (Mask R-CNN) that it sets.
+NMS_PARAMETERS = {
+  'score_threshold': 'pre_nms_score_threshold',
+  'max_detections': 'max_num_detections',
+  'nms_iou_threshold': 'nms_iou_threshold',
+  'pre_nms_top_k': 'pre_nms_top_k',
+}
+_MASK_DESCRIPTIONS = {
+  'crop': 'float32 [batch, max_detections, m, m]: probabilities over each detection box '
+  '(foreground > 0.5); paste with the box (Detectron paste, '
+  'serving.postprocessing.image_masks)',
+  'pasted': 'uint8 [batch, max_detections, height, width]: 1 inside the object, in '
+  'original-image pixels; height, width of the largest image of the request',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +99,7 @@ class ExportConfig:
   apply_nms: bool = True
   max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS
   batch_size: Optional[int] = None
+  mask_output: str = DEFAULT_MASK_OUTPUT  # models with masks: one of MASK_OUTPUTS
 
   def validate(self) -> None:
     """Raises ValueError for an option out of range."""
@@ -79,19 +115,128 @@ class ExportConfig:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
     if self.batch_size is not None and self.batch_size < 1:
       raise ValueError(f'batch_size must be None (dynamic) or >= 1, got {self.batch_size}.')
+    if self.mask_output not in MASK_OUTPUTS:
+      raise ValueError(f'mask_output must be one of {MASK_OUTPUTS}, got {self.mask_output!r}.')
+
+
+def model_type(model) -> str:
+  """'retinanet' (RetinaNetModel and subclasses) or 'maskrcnn' (Model Garden's MaskRCNNModel)."""
+  if isinstance(model, retinanet_model.RetinaNetModel):
+    return 'retinanet'
+  if isinstance(model, model_garden.load('maskrcnn_model').MaskRCNNModel):
+    return 'maskrcnn'
+  raise TypeError(
+    f'Cannot export a {type(model).__name__}: a RetinaNetModel or a MaskRCNNModel is needed.'
+  )
+
+
+def has_masks(model) -> bool:
+  """Whether the model predicts instance masks (Mask R-CNN with a mask head)."""
+  return model_type(model) == 'maskrcnn' and model.mask_head is not None
+
+
+def model_levels(model) -> Tuple[int, int]:
+  """(min_level, max_level) of the model's feature pyramid."""
+  if model_type(model) == 'maskrcnn':
+    config = model.get_config()
+    return config['min_level'], config['max_level']
+  return model.min_level, model.max_level
+
+
+def _num_classes(model) -> int:
+  head = model.detection_head[-1] if model_type(model) == 'maskrcnn' else model.head
+  return head.get_config()['num_classes']
+
+
+def _model_nms_settings(model) -> Dict[str, Any]:
+  """The NMS parameters the model detects with by itself (incl. nms_version)."""
+  if model_type(model) == 'maskrcnn':
+    return dict(model.detection_generator.get_config())
+  parameters = inspect.signature(retinanet_model.generate_detections).parameters
+  return {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+
+
+def make_export_config(model, input_image_size: Sequence[int], **options) -> ExportConfig:
+  """ExportConfig with the NMS options left out (or None) taken from the model.
+
+  Args:
+    model: the model to export (RetinaNet: generate_detections' defaults; Mask
+      R-CNN: its DetectionGenerator's settings).
+    input_image_size: (height, width).
+    **options: ExportConfig's other fields.
+  """
+  settings = _model_nms_settings(model)
+  for ours, theirs in NMS_PARAMETERS.items():
+    if options.get(ours) is None:
+      options[ours] = settings[theirs]
+  types = {f.name: f.type for f in dataclasses.fields(ExportConfig)}
+  for name, value in options.items():
+    if value is not None and types.get(name) in (float, int, bool, str):
+      options[name] = types[name](value)
+  return ExportConfig(input_image_size=tuple(int(s) for s in input_image_size), **options)
+
+
+def _check_options(model, config: ExportConfig) -> None:
+  """ValueError for options the model cannot export with."""
+  if config.mask_output != DEFAULT_MASK_OUTPUT and not has_masks(model):
+    raise ValueError(
+      f'mask_output={config.mask_output!r}: the {type(model).__name__} predicts no masks.'
+    )
+  if model_type(model) != 'maskrcnn':
+    return
+  if not config.apply_nms:
+    raise ValueError(
+      'apply_nms=False (every anchor\'s boxes and scores) is for RetinaNet; Mask R-CNN '
+      'predicts its masks in the boxes that survive NMS.'
+    )
+  nms_version = model.detection_generator.get_config()['nms_version']
+  if nms_version == 'v1' and config.batch_size is None:
+    raise ValueError(
+      "Model Garden's NMS 'v1' unrolls a fixed batch: export with a batch_size, or "
+      "bind DetectionGenerator.nms_version = 'v2' or 'batched'."
+    )
+  if model.outer_boxes_scale != 1.0:
+    raise ValueError('Masks of outer boxes (outer_boxes_scale > 1) are not supported.')
+
+
+@contextlib.contextmanager
+def _detection_generator(model, config: ExportConfig) -> Iterator[None]:
+  """Mask R-CNN detects with the export's NMS options while the graph is traced.
+
+  Its NMS runs inside the model (Model Garden's DetectionGenerator, no weights), so a
+  generator with these settings stands in for the model's own, which is put back.
+  """
+  current = model.detection_generator
+  settings = dict(current.get_config())
+  settings.update({theirs: getattr(config, ours) for ours, theirs in NMS_PARAMETERS.items()})
+  if settings == current.get_config():
+    yield
+    return
+  model.detection_generator = type(current).from_config(settings)
+  try:
+    yield
+  finally:
+    model.detection_generator = current
 
 
 class DetectionServingModule(tf.Module):
-  """Holds the model and the three serving functions; `signatures()` for saving."""
+  """Holds the model and the three serving functions; `signatures()` for saving.
 
-  def __init__(self, model: retinanet_model.RetinaNetModel, config: ExportConfig):
-    super().__init__(name='retinanet_serving')
+  One module for RetinaNet and Mask R-CNN: the same preprocessing, signatures and
+  box mapping; only the model call differs (`_retinanet_detections`,
+  `_maskrcnn_detections`), and Mask R-CNN adds detection_masks.
+  """
+
+  def __init__(self, model, config: ExportConfig):
+    super().__init__(name='detection_serving')
     config.validate()
     if not model.built:
       raise ValueError(
         'The model is not built: build it (call it once on a batch of the '
         'input size) and load its weights before exporting.'
       )
+    self._model_type = model_type(model)
+    _check_options(model, config)
     self._model = tracking.Untracked(model)
     # Only the variables are tracked, not the Keras model: Keras' own SavedModel
     # serialization traces every layer's call (tiny SpineNet-49 on this 2-core machine:
@@ -99,11 +244,14 @@ class DetectionServingModule(tf.Module):
     # the signatures. The training checkpoint stays the source of weights for Keras.
     self.model_variables = list(model.variables)
     self._config = config
-    self._model_input_size = preprocessing.padded_size(config.input_image_size, model.max_level)
-    _check_model_input_size(model, self._model_input_size)
-    self._anchor_boxes = {
-      k: tf.constant(v) for k, v in model.anchor_boxes(self._model_input_size).items()
-    }
+    max_level = model_levels(model)[1]
+    self._model_input_size = preprocessing.padded_size(config.input_image_size, max_level)
+    _check_model_input_size(model, self._model_input_size, max_level)
+    self._anchor_boxes = None
+    if self._model_type == 'retinanet':
+      self._anchor_boxes = {
+        k: tf.constant(v) for k, v in model.anchor_boxes(self._model_input_size).items()
+      }
     # Model and post-processing are traced once and called by all three signatures.
     # No autograph: nothing here branches on tensors, and converting the model and
     # Model Garden's NMS code took 2/3 of the tracing time. Untracked, or saving would
@@ -120,8 +268,14 @@ class DetectionServingModule(tf.Module):
     )
 
   @property
-  def model(self) -> retinanet_model.RetinaNetModel:
+  def model(self):
+    """The RetinaNetModel or MaskRCNNModel."""
     return self._model.value
+
+  @property
+  def model_type(self) -> str:
+    """'retinanet' or 'maskrcnn'."""
+    return self._model_type
 
   @property
   def config(self) -> ExportConfig:
@@ -132,20 +286,10 @@ class DetectionServingModule(tf.Module):
     """[height, width] the images are padded to: input size rounded up to 2^max_level."""
     return list(self._model_input_size)
 
-  def _detect(self, images: tf.Tensor, image_info: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Model + post-processing on preprocessed images [B, Hm, Wm, 3]."""
+  def _retinanet_detections(self, images: tf.Tensor, image_shape: tf.Tensor):
     config = self._config
-    outputs = self.model(images, training=False)
-    image_shape = image_info[:, 1, :]
-    if not config.apply_nms:
-      decoded = postprocessing.decode_all_anchors(outputs, self._anchor_boxes, image_shape)
-      return {
-        'decoded_boxes': postprocessing.boxes_to_original(decoded['decoded_boxes'], image_info),
-        'decoded_box_scores': decoded['decoded_box_scores'],
-        'image_info': image_info,
-      }
-    detections = postprocessing.detections_per_image(
-      outputs,
+    return postprocessing.detections_per_image(
+      self.model(images, training=False),
       self._anchor_boxes,
       image_shape,
       max_num_detections=config.max_detections,
@@ -153,9 +297,37 @@ class DetectionServingModule(tf.Module):
       pre_nms_score_threshold=config.score_threshold,
       nms_iou_threshold=config.nms_iou_threshold,
     )
+
+  def _maskrcnn_detections(self, images: tf.Tensor, image_shape: tf.Tensor):
+    # anchor_boxes=None: the model makes them for the (static) input size.
+    with _detection_generator(self.model, self._config):
+      outputs = self.model(images, image_shape=image_shape, training=False)
+    detections = maskrcnn_model.inference_outputs(outputs, has_masks(self.model))
+    return postprocessing.zero_padding(detections)
+
+  def _detect(self, images: tf.Tensor, image_info: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Model + post-processing on preprocessed images [B, Hm, Wm, 3]."""
+    config = self._config
+    image_shape = image_info[:, 1, :]
+    if not config.apply_nms:
+      outputs = self.model(images, training=False)
+      decoded = postprocessing.decode_all_anchors(outputs, self._anchor_boxes, image_shape)
+      return {
+        'decoded_boxes': postprocessing.boxes_to_original(decoded['decoded_boxes'], image_info),
+        'decoded_box_scores': decoded['decoded_box_scores'],
+        'image_info': image_info,
+      }
+    if self._model_type == 'maskrcnn':
+      detections = self._maskrcnn_detections(images, image_shape)
+    else:
+      detections = self._retinanet_detections(images, image_shape)
     detections['detection_boxes'] = postprocessing.boxes_to_original(
       detections['detection_boxes'], image_info
     )
+    if 'detection_masks' in detections and config.mask_output == 'pasted':
+      detections['detection_masks'] = postprocessing.paste_batch_masks(
+        detections['detection_masks'], detections['detection_boxes'], image_info
+      )
     detections['image_info'] = image_info
     return detections
 
@@ -210,7 +382,7 @@ class DetectionServingModule(tf.Module):
     return signatures
 
 
-def _check_model_input_size(model, model_input_size) -> None:
+def _check_model_input_size(model, model_input_size, max_level: int) -> None:
   """ValueError if the backbone was built for a different fixed input size."""
   try:
     shape = model.backbone.input_shape
@@ -222,16 +394,20 @@ def _check_model_input_size(model, model_input_size) -> None:
   if any(b is not None and b != m for b, m in zip(built, model_input_size)):
     raise ValueError(
       f'The backbone was built for input {built} (height, width) but input_image_size '
-      f'pads to {model_input_size} (a multiple of 2^max_level = {2**model.max_level}); '
+      f'pads to {model_input_size} (a multiple of 2^max_level = {2**max_level}); '
       'export with an input_image_size that pads to the backbone input size.'
     )
 
 
-def _default_nms_version() -> Any:
-  """The nms_version generate_detections uses when not given (recorded in the config)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-
-  return inspect.signature(retinanet_model.generate_detections).parameters['nms_version'].default
+def _mask_description(module: 'DetectionServingModule') -> Optional[Dict[str, Any]]:
+  """How detection_masks reads (export_config.json); None for a model without masks."""
+  model = module.model
+  if not has_masks(model):
+    return None
+  crop = model.mask_roi_aligner.get_config()['crop_size']
+  size = crop * model.mask_head.get_config()['upsample_factor']
+  output = module.config.mask_output
+  return {'output': output, 'crop_size': size, 'format': _MASK_DESCRIPTIONS[output]}
 
 
 def export_config_dict(
@@ -251,18 +427,26 @@ def export_config_dict(
     if config.apply_nms
     else ['decoded_boxes', 'decoded_box_scores']
   )
+  masks = _mask_description(module)
+  if masks:
+    outputs.append('detection_masks')
+  min_level, max_level = model_levels(model)
+  options = {**dataclasses.asdict(config), 'input_image_size': list(config.input_image_size)}
+  options['mask_output'] = config.mask_output if masks else None
   return {
-    'options': {**dataclasses.asdict(config), 'input_image_size': list(config.input_image_size)},
+    'options': options,
+    'model_type': module.model_type,
     'model_input_size': module.model_input_size,
-    'nms_version': _default_nms_version() if config.apply_nms else None,
-    'min_level': model.min_level,
-    'max_level': model.max_level,
-    'num_classes_with_background': model.head.get_config()['num_classes'],
+    'nms_version': _model_nms_settings(model)['nms_version'] if config.apply_nms else None,
+    'min_level': min_level,
+    'max_level': max_level,
+    'num_classes_with_background': _num_classes(model),
     'category_names': client_lib.category_names_for_json(category_names),
     'signatures': signatures,
     'default_signature': DEFAULT_SIGNATURE,
     'outputs': outputs + ['image_info'],
     'box_format': 'ymin, xmin, ymax, xmax in original-image pixels',
+    'detection_masks': masks,
     'extra_assets': sorted(extra_assets),
     'tensorflow_version': tf.__version__,
   }
@@ -353,17 +537,18 @@ def _check_asset_names(extra_assets: Mapping[str, str]) -> None:
 
 
 def export_saved_model(
-  model: retinanet_model.RetinaNetModel,
+  model,
   export_dir: str,
   input_image_size: Tuple[int, int],
   *,
-  score_threshold: float = retinanet_model.PRE_NMS_SCORE_THRESHOLD,
-  max_detections: int = retinanet_model.MAX_NUM_DETECTIONS,
-  nms_iou_threshold: float = retinanet_model.NMS_IOU_THRESHOLD,
-  pre_nms_top_k: int = retinanet_model.PRE_NMS_TOP_K,
+  score_threshold: Optional[float] = None,
+  max_detections: Optional[int] = None,
+  nms_iou_threshold: Optional[float] = None,
+  pre_nms_top_k: Optional[int] = None,
   apply_nms: bool = True,
   max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
   batch_size: Optional[int] = None,
+  mask_output: str = DEFAULT_MASK_OUTPUT,
   extra_assets: Optional[Dict[str, str]] = None,
   category_names: client_lib.CategoryNamesSource = None,
   overwrite: bool = False,
@@ -376,17 +561,23 @@ def export_saved_model(
   `/models/spinenet/1`.
 
   Args:
-    model: a built RetinaNetModel with its trained weights.
+    model: a built RetinaNetModel or MaskRCNNModel with its trained weights.
     export_dir: local folder to create (or replace, with overwrite).
     input_image_size: (height, width) images are resized into (keeping aspect ratio)
       and then padded to a multiple of 2^max_level, as in training / eval.
     score_threshold, max_detections, nms_iou_threshold, pre_nms_top_k: NMS options:
       the score below which detections are dropped, detections per image (outputs are
-      padded to it), the IoU threshold, candidates per class kept before NMS.
-    apply_nms: False exports decoded boxes and scores of all anchors instead.
+      padded to it), the IoU threshold, candidates per class kept before NMS. None:
+      the model's own (RetinaNet: generate_detections' defaults; Mask R-CNN: its
+      DetectionGenerator's, as gin bound them).
+    apply_nms: False exports decoded boxes and scores of all anchors instead
+      (RetinaNet only).
     max_image_pixels: images with more pixels (height * width) are refused with
       InvalidArgument before they are decoded.
     batch_size: None for a dynamic batch, else the fixed batch size.
+    mask_output: models with masks: 'crop' (default; float32 [B, N, m, m] over each
+      box) or 'pasted' (uint8 [B, N, H, W] in original-image pixels); see the module
+      docstring.
     extra_assets: file name -> text, written to assets.extra/ (e.g.
       {'operative_config.gin': ...}).
     category_names: class id -> name (or names of ids 1, 2, ...; see
@@ -401,15 +592,17 @@ def export_saved_model(
     ValueError: an option is out of range, an asset name is not a plain file name, or
       the input size does not match the backbone's.
   """
-  config = ExportConfig(
-    input_image_size=tuple(int(s) for s in input_image_size),
-    score_threshold=float(score_threshold),
-    max_detections=int(max_detections),
-    nms_iou_threshold=float(nms_iou_threshold),
-    pre_nms_top_k=int(pre_nms_top_k),
-    apply_nms=bool(apply_nms),
-    max_image_pixels=int(max_image_pixels),
+  config = make_export_config(
+    model,
+    input_image_size,
+    score_threshold=score_threshold,
+    max_detections=max_detections,
+    nms_iou_threshold=nms_iou_threshold,
+    pre_nms_top_k=pre_nms_top_k,
+    apply_nms=apply_nms,
+    max_image_pixels=max_image_pixels,
     batch_size=None if batch_size is None else int(batch_size),
+    mask_output=mask_output,
   )
   extra_assets = dict(extra_assets or {})
   _check_asset_names(extra_assets)

@@ -1,14 +1,18 @@
-"""Serving-time post-processing: NMS per image, and boxes back to original pixels.
+"""Serving-time post-processing: NMS per image, boxes back to original pixels, masks.
 
 The model sees a resized, padded image; image_info ([B, 4, 2]: original size, scaled
-size, scale, offset) maps its boxes back to the image the client sent.
+size, scale, offset) maps its boxes back to the image the client sent. Mask R-CNN's
+masks are relative to each box, so they need no mapping; `paste_masks` (graph) and
+`image_masks` (host) paste them into the image's pixels (COCO RLE: `instance_masks.encode_rle`).
 """
 
-from typing import Dict, Mapping
+from typing import Dict, Iterator, Mapping, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from official_spinenet import model_garden
+from official_spinenet.evaluation import instance_masks
 from official_spinenet.modeling import retinanet_model
 
 DETECTION_KEYS = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
@@ -130,3 +134,160 @@ def decode_all_anchors(
     'decoded_boxes': tf.squeeze(results['decoded_boxes'], axis=2),
     'decoded_box_scores': results['decoded_box_scores'],
   }
+
+
+# Mask R-CNN's masks are probabilities over each detection's box; a pixel is in the
+# object where the resampled probability exceeds this (Detectron's rule).
+MASK_THRESHOLD = 0.5
+
+
+def _detectron_pixel_boxes(boxes: tf.Tensor, mask_size: Tuple[int, int]) -> tf.Tensor:
+  """Boxes [N, 4] (y1, x1, y2, x2) -> int32 [N, 4] (x1, y1, x2, y2) pixel corners.
+
+  Model Garden's `mask_ops.paste_instance_masks` (Detectron's paste) step for step in
+  float64: the box grows about its centre by (m + 2) / m, since the mask gets a zero
+  border of one cell before it is resized, and the corners are truncated towards zero
+  (numpy's astype). The corners are inclusive pixels.
+  """
+  boxes = tf.cast(boxes, tf.float64)
+  scale = max((mask_size[1] + 2.0) / mask_size[1], (mask_size[0] + 2.0) / mask_size[0])
+  w_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
+  h_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
+  x_c = boxes[:, 1] + w_half
+  y_c = boxes[:, 0] + h_half
+  w_half *= scale
+  h_half *= scale
+  return tf.cast(tf.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], 1), tf.int32)
+
+
+def _resize_window(start: tf.Tensor, end: tf.Tensor, padded: int, length: tf.Tensor):
+  """crop_and_resize's normalised [from, to] that samples a padded mask along one axis.
+
+  Detectron resizes the padded mask (`padded` cells) to the box's end - start + 1
+  pixels with cv2's bilinear resize, whose pixel p samples the mask at
+  (p + 0.5) * padded / size - 0.5 (clamped, and the border is zero). Over the
+  whole canvas of `length` pixels that is canvas pixel c -> (c - start + 0.5) *
+  padded / size - 0.5: pixels outside the box fall outside the mask and get
+  crop_and_resize's extrapolation value 0, as Detectron leaves them.
+  """
+  size = tf.cast(tf.maximum(end - start + 1, 1), tf.float32)
+  step = padded / size
+  first = (0.5 - tf.cast(start, tf.float32)) * step - 0.5
+  last = first + tf.cast(length - 1, tf.float32) * step
+  return first / (padded - 1), last / (padded - 1)
+
+
+def paste_masks(
+  masks: tf.Tensor, boxes: tf.Tensor, image_size: tf.Tensor, canvas_size: tf.Tensor
+) -> tf.Tensor:
+  """Pastes crop masks into an image's pixels (graph ops; Detectron's paste).
+
+  The same pixels as Model Garden's numpy `mask_ops.paste_instance_masks`, the
+  paste its COCO evaluator (and ours, by default) scores masks with, up to the
+  rounding of bilinear weights for a pixel whose probability is within ~1e-6 of 0.5.
+  One mask at a time, so the float memory is one canvas per parallel iteration.
+
+  Args:
+    masks: float [N, m, m] probabilities over each box (Mask R-CNN: 28 x 28).
+    boxes: [N, 4] (ymin, xmin, ymax, xmax) in the image's pixels.
+    image_size: int [2] (height, width) of the image; nothing is pasted beyond it.
+    canvas_size: int [2] of the output, at least image_size (a batch's largest image).
+
+  Returns:
+    uint8 [N, canvas height, canvas width], 1 inside the object.
+  """
+  mask_size = masks.shape[1:3].as_list()
+  padded = tf.pad(tf.cast(masks, tf.float32), [[0, 0], [1, 1], [1, 1]])[..., None]
+  corners = _detectron_pixel_boxes(boxes, mask_size)
+  image_size = tf.cast(image_size, tf.int32)
+  canvas_size = tf.cast(canvas_size, tf.int32)
+  y_from, y_to = _resize_window(corners[:, 1], corners[:, 3], mask_size[0] + 2, canvas_size[0])
+  x_from, x_to = _resize_window(corners[:, 0], corners[:, 2], mask_size[1] + 2, canvas_size[1])
+  windows = tf.stack([y_from, x_from, y_to, x_to], axis=1)
+  inside = tf.logical_and(
+    tf.range(canvas_size[0])[:, None] < image_size[0],
+    tf.range(canvas_size[1])[None, :] < image_size[1],
+  )
+
+  def one_mask(index):
+    pasted = tf.image.crop_and_resize(
+      padded, windows[index][None], index[None], canvas_size, extrapolation_value=0.0
+    )[0, :, :, 0]
+    return tf.cast(tf.logical_and(pasted > MASK_THRESHOLD, inside), tf.uint8)
+
+  return tf.map_fn(
+    one_mask, tf.range(tf.shape(masks)[0]), fn_output_signature=tf.TensorSpec(None, tf.uint8)
+  )
+
+
+def paste_batch_masks(masks: tf.Tensor, boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+  """`paste_masks` over a batch whose images may differ in size.
+
+  Args:
+    masks: float [B, N, m, m] crop masks.
+    boxes: [B, N, 4] in original-image pixels.
+    image_info: [B, 4, 2]; row 0 is each image's original (height, width).
+
+  Returns:
+    uint8 [B, N, H, W], H and W the largest original height and width of the batch;
+    each image's masks are zero beyond its own size.
+  """
+  sizes = tf.cast(image_info[:, 0, :], tf.int32)
+  canvas_size = tf.reduce_max(sizes, axis=0)
+  return tf.map_fn(
+    lambda elems: paste_masks(elems[0], elems[1], elems[2], canvas_size),
+    (masks, boxes, sizes),
+    fn_output_signature=tf.TensorSpec([masks.shape[1], None, None], tf.uint8),
+  )
+
+
+def zero_padding(detections: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """Detections with every entry past num_detections zero, classes and count int32.
+
+  Model Garden's NMS pads its outputs with class 1 (background 0 + 1); the exports
+  promise zero padding.
+
+  Args:
+    detections: num_detections [B] and tensors [B, N, ...] (boxes, scores, classes,
+      masks).
+  """
+  count = tf.cast(detections['num_detections'], tf.int32)
+  valid = tf.sequence_mask(count, tf.shape(detections['detection_scores'])[1])
+  result = {'num_detections': count}
+  for key, value in detections.items():
+    if key == 'num_detections':
+      continue
+    if key == 'detection_classes':
+      value = tf.cast(value, tf.int32)
+    keep = tf.reshape(
+      valid, tf.concat([tf.shape(valid), tf.ones([value.shape.rank - 2], tf.int32)], 0)
+    )
+    result[key] = tf.where(keep, value, tf.zeros_like(value))
+  return result
+
+
+def image_masks(
+  masks: np.ndarray, boxes: np.ndarray, image_size: Tuple[int, int]
+) -> Iterator[np.ndarray]:
+  """Each detection's mask in the image's pixels, one at a time (host side, numpy).
+
+  Args:
+    masks: crop masks float [N, m, m] (probabilities over each box, pasted here with
+      Model Garden's `mask_ops.paste_instance_masks`, as `paste_masks` does in the
+      graph), or masks already pasted by the export, [N, height, width] 0 / 1.
+    boxes: [N, 4] (ymin, xmin, ymax, xmax) in the image's pixels.
+    image_size: (height, width).
+
+  Yields:
+    uint8 [height, width] per detection, 1 inside the object.
+  """
+  height, width = (int(s) for s in image_size)
+  masks = np.asarray(masks)
+  if masks.shape[1:] == (height, width) and not np.issubdtype(masks.dtype, np.floating):
+    for mask in masks:
+      yield (mask != 0).astype(np.uint8)
+    return
+  paste = instance_masks.paste_function('detectron')
+  for mask, (ymin, xmin, ymax, xmax) in zip(masks, np.asarray(boxes, np.float64)):
+    box = np.array([[xmin, ymin, xmax - xmin, ymax - ymin]])
+    yield paste(mask[None].astype(np.float32), box, height, width)[0]

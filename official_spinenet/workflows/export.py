@@ -11,8 +11,11 @@ post-processing inside). The operative gin config goes to
 Everything cheap is checked before the model is built: gin bindings (an unknown name
 or parameter fails), the checkpoint's existence, the export options, the target
 folder and the category names. The NMS options default to the task's evaluation
-settings (RetinaNetTask.pre_nms_score_threshold, ...); whatever is used is recorded in
-`assets.extra/export_config.json`.
+settings (RetinaNetTask.pre_nms_score_threshold, ...; a Mask R-CNN config's
+DetectionGenerator bindings); whatever is used is recorded in
+`assets.extra/export_config.json`. A Mask R-CNN export adds detection_masks: crop masks
+by default, or masks pasted into the image's pixels (mask_output='pasted'; see
+serving/export_lib.py and docs/serving.md).
 """
 
 from typing import Dict, Optional, Sequence
@@ -21,6 +24,7 @@ from official_spinenet.serving import client_lib
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
 from official_spinenet.tasks import anytime_retinanet_task
+from official_spinenet.tasks import maskrcnn_task
 from official_spinenet.utils import checkpoint_paths
 from official_spinenet.workflows import loading
 
@@ -50,6 +54,23 @@ def _check_exit_index(task, exit_index: Optional[int]) -> None:
     )
 
 
+def _check_mask_options(task, mask_output: str, apply_nms: bool) -> bool:
+  """Whether the model has masks; ValueError for options it cannot export with."""
+  is_maskrcnn = isinstance(task, maskrcnn_task.MaskRCNNTask)
+  has_masks = is_maskrcnn and task.include_mask
+  if mask_output != export_lib.DEFAULT_MASK_OUTPUT and not has_masks:
+    raise ValueError(
+      f'--mask_output={mask_output} needs a model with masks; the gin config builds a '
+      f'{type(task).__name__} without a mask head.'
+    )
+  if not apply_nms and is_maskrcnn:
+    raise ValueError(
+      f'--noapply_nms exports every anchor of a RetinaNet; a {type(task).__name__} '
+      'detects with NMS inside the model.'
+    )
+  return has_masks
+
+
 def _check_export_dir(export_dir: str, overwrite: bool) -> None:
   if not export_dir:
     raise ValueError('No export folder given: pass --export_dir (e.g. /models/name/1).')
@@ -72,6 +93,7 @@ def export_from_checkpoint(
   category_names: client_lib.CategoryNamesSource = None,
   overwrite: bool = False,
   exit_index: Optional[int] = None,
+  mask_output: str = export_lib.DEFAULT_MASK_OUTPUT,
 ) -> str:
   """gin + checkpoint -> SavedModel.
 
@@ -79,8 +101,9 @@ def export_from_checkpoint(
     gin_files, gin_params, checkpoint: see loading.load_model.
     export_dir: the SavedModel folder (for TF Serving a version folder, .../name/1).
     score_threshold, max_detections, nms_iou_threshold, pre_nms_top_k: NMS options;
-      None takes the task's evaluation setting.
-    apply_nms: False exports decoded boxes and scores of every anchor instead.
+      None takes the task's evaluation setting (Mask R-CNN: its DetectionGenerator's).
+    apply_nms: False exports decoded boxes and scores of every anchor instead
+      (RetinaNet only).
     batch_size: None for a dynamic batch.
     max_image_pixels: larger images are refused at serving time.
     category_names: see client_lib.load_category_names (a JSON file, a mapping, a
@@ -89,6 +112,8 @@ def export_from_checkpoint(
     exit_index: for an anytime NAS-FPN model (AnytimeRetinaNetTask), the exit the
       export detects with (1-based, negative from the end); only the NAS-FPN repeats
       up to it are in the exported graph. None: the task's eval_exit.
+    mask_output: Mask R-CNN: 'crop' (default: float32 [B, N, 28, 28] over each box)
+      or 'pasted' (uint8 [B, N, H, W] in the image's pixels).
 
   Returns:
     The absolute export_dir.
@@ -107,7 +132,11 @@ def export_from_checkpoint(
     max_image_pixels=max_image_pixels,
     batch_size=batch_size,
   )
-  export_lib.ExportConfig(input_image_size=tuple(task.image_size), **options).validate()
+  if _check_mask_options(task, mask_output, apply_nms):
+    options['mask_output'] = mask_output
+  # None: the model's own NMS setting (Mask R-CNN), known once the model is built.
+  given = {k: v for k, v in options.items() if v is not None or k == 'batch_size'}
+  export_lib.ExportConfig(input_image_size=tuple(task.image_size), **given).validate()
   _check_export_dir(export_dir, overwrite)
   names = client_lib.load_category_names(category_names)
   _check_category_ids(names, task.num_classes)

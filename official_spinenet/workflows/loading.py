@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from official_spinenet import configurables
+from official_spinenet.serving import export_lib
 from official_spinenet.utils import checkpoint_paths
 
 # How many characters of a checkpoint library error go into our message.
@@ -28,8 +29,10 @@ class LoadedModel:
   """A task's model with checkpoint weights.
 
   Attributes:
-    task: the RetinaNetTask the gin config built (image_size, nms_settings, ...).
-    model: the built RetinaNetModel holding the checkpoint's weights.
+    task: the task the gin config built (RetinaNetTask, MaskRCNNTask, ...: image_size,
+      num_classes, ...).
+    model: the built model (RetinaNetModel, MaskRCNNModel) holding the checkpoint's
+      weights.
     checkpoint_path: the checkpoint prefix that was read (e.g. '.../ckpt-1500').
     operative_config: gin's operative config after the model was built, with a header
       naming the checkpoint, gin files and bindings.
@@ -119,19 +122,24 @@ def task_nms_options(
 ) -> Dict[str, Any]:
   """The NMS options, each None replaced by the task's evaluation setting.
 
+  A task without `nms_settings` (MaskRCNNTask: its NMS is the model's gin-bound
+  DetectionGenerator) leaves them None, which export_lib.make_export_config reads
+  from the built model.
+
   Returns:
     {'score_threshold', 'max_detections', 'nms_iou_threshold', 'pre_nms_top_k'}
     (the names export_lib and tflite_export take).
   """
-  nms = task.nms_settings
+  nms = getattr(task, 'nms_settings', {})
   given = {
-    'score_threshold': (score_threshold, 'pre_nms_score_threshold'),
-    'max_detections': (max_detections, 'max_num_detections'),
-    'nms_iou_threshold': (nms_iou_threshold, 'nms_iou_threshold'),
-    'pre_nms_top_k': (pre_nms_top_k, 'pre_nms_top_k'),
+    'score_threshold': score_threshold,
+    'max_detections': max_detections,
+    'nms_iou_threshold': nms_iou_threshold,
+    'pre_nms_top_k': pre_nms_top_k,
   }
   return {
-    name: nms[setting] if value is None else value for name, (value, setting) in given.items()
+    name: nms.get(export_lib.NMS_PARAMETERS[name]) if value is None else value
+    for name, value in given.items()
   }
 
 

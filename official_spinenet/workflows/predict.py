@@ -7,12 +7,18 @@ and padded as at evaluation, and boxes come back in the pixels of each file.
 
 `run_predict` writes to its output folder:
   detections.json   COCO results: [{"image_id", "category_id", "bbox": [x, y, w, h],
-                    "score"}, ...] in original-image pixels (pycocotools loadRes reads it)
+                    "score"}, ...] in original-image pixels (pycocotools loadRes reads it);
+                    a Mask R-CNN model adds "segmentation", the mask in the image's
+                    pixels as compressed COCO RLE ({"size": [h, w], "counts": str})
   images.json       {"images": [{"id", "file_name", "path", "height", "width",
                     "num_detections", "drawing"}], "categories": [...], "failed": [...]}:
                     the image id of each file (1, 2, ... in the order of the images, or
                     the ids of the annotation file, matched by file name)
   <image name>.png  each image with its detections scoring >= draw_min_score drawn
+                    (masks filled in the class colour)
+Crop masks (the default export, and a checkpoint) are pasted on the host with Model
+Garden's `mask_ops.paste_instance_masks`, the Detectron paste the COCO evaluator scores
+with, so detections.json scores as the training evaluation does.
 Every file is written atomically (utils.files). An image that fails (corrupt, too
 large) is reported in images.json["failed"] and the others carry on.
 """
@@ -25,9 +31,11 @@ from absl import logging
 import tensorflow as tf
 
 from official_spinenet.data import coco_tfrecord
+from official_spinenet.evaluation import instance_masks
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import drawing
 from official_spinenet.serving import export_lib
+from official_spinenet.serving import postprocessing
 from official_spinenet.serving import preprocessing
 from official_spinenet.utils import files
 from official_spinenet.workflows import loading
@@ -125,13 +133,15 @@ def checkpoint_predictor(
 ) -> Predictor:
   """The gin config's model with checkpoint weights, run through the serving module.
 
-  The NMS options default to the task's evaluation settings, as in spinenet-export.
+  The NMS options default to the task's evaluation settings, as in spinenet-export;
+  Mask R-CNN's masks come as crop masks (pasted on the host).
   """
   loaded = loading.load_model(gin_files, gin_params, checkpoint)
-  config = export_lib.ExportConfig(
-    input_image_size=tuple(loaded.task.image_size),
+  config = export_lib.make_export_config(
+    loaded.model,
+    loaded.task.image_size,
     **loading.task_nms_options(loaded.task, score_threshold, max_detections, nms_iou_threshold),
-    max_image_pixels=int(max_image_pixels),
+    max_image_pixels=max_image_pixels,
   )
   module = export_lib.DetectionServingModule(loaded.model, config)
   serve = tf.function(
@@ -187,7 +197,13 @@ def assign_image_ids(
 
 
 def coco_results(image_id: int, detections: client_lib.ImageDetections) -> List[Dict[str, Any]]:
-  """COCO results entries (bbox = [x, y, width, height] pixels) of one image."""
+  """COCO results entries (bbox = [x, y, width, height] pixels) of one image.
+
+  With masks, each entry also has 'segmentation': the mask in the image's pixels as
+  compressed RLE. pycocotools' loadRes then takes the entry's area from the bbox;
+  COCO's own segm results files carry no bbox, so their areas are the masks' (for
+  APs / APm / APl of masks exactly as COCO scores them, drop 'bbox' before loadRes).
+  """
   results = []
   for (ymin, xmin, ymax, xmax), score, cls in zip(
     detections.boxes, detections.scores, detections.classes
@@ -200,6 +216,10 @@ def coco_results(image_id: int, detections: client_lib.ImageDetections) -> List[
         'score': float(score),
       }
     )
+  if detections.masks is not None:
+    masks = postprocessing.image_masks(detections.masks, detections.boxes, detections.image_size)
+    for result, mask in zip(results, masks):
+      result['segmentation'] = instance_masks.encode_rle(mask)
   return results
 
 

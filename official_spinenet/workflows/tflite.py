@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from official_spinenet.data import retinanet_input
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import tflite_export
+from official_spinenet.tasks import retinanet_task
 from official_spinenet.utils import checkpoint_paths
 from official_spinenet.workflows import loading
 
@@ -62,6 +63,11 @@ def export_tflite_from_checkpoint(
     ValueError, FileExistsError: naming the problem.
   """
   task = loading.build_task(gin_files, gin_params)
+  if not isinstance(task, retinanet_task.RetinaNetTask):
+    raise ValueError(
+      f'TFLite export supports RetinaNet configs only; the gin config builds a '
+      f'{type(task).__name__} (export it as a SavedModel with spinenet-export).'
+    )
   checkpoint_path = checkpoint_paths.resolve_checkpoint(checkpoint)
   nms = loading.task_nms_options(task, score_threshold, max_detections, nms_iou_threshold)
   del nms['pre_nms_top_k']  # the TFLite op keeps detections_per_class instead
