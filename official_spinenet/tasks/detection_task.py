@@ -92,6 +92,27 @@ class DetectionTask(base_task.Task):
         raise ValueError(f'{self._name}.annotation_file {self.annotation_file!r} does not exist.')
     return splits
 
+  def split_input_args(
+    self, is_training: bool, input_context: Optional[tf.distribute.InputContext]
+  ) -> Dict[str, Any]:
+    """The input-pipeline arguments every detection task passes for one split."""
+    config = self.train_data if is_training else self.eval_data
+    return dict(
+      file_pattern=config.file_pattern,
+      is_training=is_training,
+      global_batch_size=config.global_batch_size,
+      image_size=self.image_size,
+      min_level=self.min_level,
+      max_level=self.max_level,
+      aug_scale_min=config.aug_scale_min,
+      aug_scale_max=config.aug_scale_max,
+      aug_rand_hflip=config.aug_rand_hflip,
+      input_context=input_context,
+      shuffle_buffer_size=config.shuffle_buffer_size,
+      seed=config.seed,
+      dtype=self.image_dtype,
+    )
+
   def kernel_regularizer(self) -> Optional[tf_keras.regularizers.Regularizer]:
     """L2 on kernels: l2_weight_decay / 2 * sum(w^2), as Model Garden (tf.nn.l2_loss)."""
     return tf_keras.regularizers.l2(self.l2_weight_decay / 2.0) if self.l2_weight_decay else None

@@ -145,24 +145,11 @@ class RetinaNetTask(detection_task.DetectionTask):
   def build_inputs(
     self, is_training: bool, input_context: Optional[tf.distribute.InputContext] = None
   ) -> tf.data.Dataset:
-    config = self.train_data if is_training else self.eval_data
     return retinanet_input.build_retinanet_dataset(
-      config.file_pattern,
-      is_training=is_training,
-      global_batch_size=config.global_batch_size,
-      image_size=self.image_size,
-      min_level=self.min_level,
-      max_level=self.max_level,
       num_scales=self.num_scales,
       aspect_ratios=self.aspect_ratios,
       anchor_size=self.anchor_size,
-      aug_scale_min=config.aug_scale_min,
-      aug_scale_max=config.aug_scale_max,
-      aug_rand_hflip=config.aug_rand_hflip,
-      input_context=input_context,
-      shuffle_buffer_size=config.shuffle_buffer_size,
-      seed=config.seed,
-      dtype=self.image_dtype,
+      **self.split_input_args(is_training, input_context),
     )
 
   def build_losses(self, outputs, labels, model) -> Dict[str, tf.Tensor]:
