@@ -12,9 +12,13 @@ INSTALL_REQUIRES = [
   'numpy',
   'matplotlib>=3.7',
   'pillow>=9',
+  # The architecture search's spaces and algorithms (official_spinenet.search).
+  'pyglove>=0.4.4',
 ]
 
 SERVING_REQUIRES = ['tensorflow-serving-api~=2.20.0']
+# spinenet-search runs its trials on Ray Tune, on one machine or a Ray cluster.
+SEARCH_REQUIRES = ['ray[tune]>=2.9']
 LINT_REQUIRES = ['ruff==0.17.6']
 
 # The top-level gin_configs/ folder ships inside the package as
@@ -36,6 +40,7 @@ CONSOLE_SCRIPTS = {
   'spinenet-create-coco-tfrecord': 'create_coco_tfrecord',
   'spinenet-export-tflite': 'export_tflite',
   'spinenet-draw-architecture': 'draw_architecture',
+  'spinenet-search': 'search',
 }
 
 setuptools.setup(
@@ -52,7 +57,11 @@ setuptools.setup(
   extras_require={
     # The gRPC path of spinenet-serve-client; REST needs nothing extra.
     'serving': SERVING_REQUIRES,
-    'test': ['pytest>=7', 'pytest-xdist>=3', 'build>=1'] + SERVING_REQUIRES + LINT_REQUIRES,
+    'search': SEARCH_REQUIRES,
+    'test': ['pytest>=7', 'pytest-xdist>=3', 'build>=1']
+    + SERVING_REQUIRES
+    + SEARCH_REQUIRES
+    + LINT_REQUIRES,
   },
   entry_points={
     'console_scripts': [

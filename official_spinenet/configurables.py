@@ -15,6 +15,7 @@ Gin names (module `official_spinenet`, usable unqualified in gin files):
   RPNHead, DetectionHead,        Model Garden's R-CNN heads and RoI pipeline layers,
   MaskHead, MultilevelROIGenerator,  bound by their own parameter names
   ROISampler, DetectionGenerator
+  SearchConfig, ProxyConfig      the architecture search (spinenet-search) and its proxy trial
 
 A gin file binds parameters of these; the layers themselves never import gin.
 """
@@ -33,6 +34,8 @@ from official_spinenet.modeling.backbones import spinenet
 from official_spinenet.modeling.backbones import spinenet_mobile
 from official_spinenet.modeling.decoders import nasfpn
 from official_spinenet.modeling.heads import retinanet_head
+from official_spinenet.search import proxy_config
+from official_spinenet.search import search_config as search_config_lib
 from official_spinenet.tasks import anytime_retinanet_task
 from official_spinenet.tasks import base_task
 from official_spinenet.tasks import maskrcnn_task
@@ -80,6 +83,8 @@ _register(trainer.TrainerConfig, 'TrainerConfig')
 _register(optimization.build_learning_rate, 'learning_rate')
 _register(optimization.build_sgd_optimizer, 'sgd')
 _register(optimization.build_adam_optimizer, 'adam')
+_register(proxy_config.ProxyConfig, 'ProxyConfig')
+_SEARCH_CONFIG = _register(search_config_lib.SearchConfig, 'SearchConfig')
 
 
 @gin.configurable(module=MODULE)
@@ -143,3 +148,11 @@ def build_experiment() -> Dict[str, Any]:
 def operative_config_str() -> str:
   """The bindings the last built objects used (gin's operative config), as gin text."""
   return gin.operative_config_str()
+
+
+def search_config() -> search_config_lib.SearchConfig:
+  """The SearchConfig the parsed bindings describe (what spinenet-search runs)."""
+  try:
+    return _SEARCH_CONFIG()
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'Bad gin configuration: {e}') from e

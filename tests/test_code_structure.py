@@ -33,6 +33,7 @@ LAYERS = [
   'evaluation',
   'tasks',
   'training',
+  'search',
   'configurables.py',
   'serving',
   'workflows',

@@ -4,11 +4,15 @@ r"""spinenet-draw-architecture: draws a scale-permuted architecture as PNG and S
   spinenet-draw-architecture --model=spinenet_mobile --output=docs/spinenet_mobile49
   spinenet-draw-architecture --block_specs_json=found.json --output=/tmp/found \
       --title='Searched architecture'
+  spinenet-draw-architecture --model=nasfpn --output=docs/nasfpn_cells
+  spinenet-draw-architecture --block_specs_json=best/1.json --stem_levels=2,2,3,3 --output=/tmp/rsp
 
 SpineNet Fig. 4 style (`official_spinenet.visualize.architecture`). With
 --block_specs_json the specs come from a file written by
-`spinenet_specs.save_block_specs`; --model then only chooses the stem. Prints the
-paths written.
+`spinenet_specs.save_block_specs` (for --model=nasfpn, cell specs); --model then
+only chooses the stem, which --stem_levels may replace (the R-SP stems of the
+search). spinenet-search draws its best architectures itself. Prints the paths
+written.
 """
 
 from absl import app
@@ -26,12 +30,18 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum(
     'model',
     'spinenet',
-    sorted(architecture.ARCHITECTURES),
-    'Architecture family: its built-in block specs and its stem.',
+    architecture.FAMILIES,
+    'Architecture family: its built-in block specs (NAS-FPN: cells) and its stem.',
     **fv,
   )
   flags.DEFINE_string(
-    'block_specs_json', None, 'Optional JSON block-spec file; replaces the built-in table.', **fv
+    'block_specs_json',
+    None,
+    'Optional JSON block-spec (cell-spec for nasfpn) file; replaces the built-in table.',
+    **fv,
+  )
+  flags.DEFINE_list(
+    'stem_levels', None, "Stem block levels instead of the family's, e.g. 2,2,3,3.", **fv
   )
   flags.DEFINE_string(
     'output', 'spinenet49', 'Output path prefix; writes <output>.png and <output>.svg.', **fv
@@ -53,6 +63,7 @@ def main(argv) -> None:
     title=FLAGS.title,
     min_level=FLAGS.min_level,
     max_level=FLAGS.max_level,
+    stem_levels=[int(level) for level in FLAGS.stem_levels or ()],
   )
   for path in paths:
     print(path)

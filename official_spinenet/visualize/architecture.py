@@ -27,6 +27,7 @@ import numpy as np
 
 from official_spinenet.modeling import topology
 from official_spinenet.modeling.backbones import spinenet_specs
+from official_spinenet.modeling.decoders import nasfpn_specs
 from official_spinenet.utils import files
 
 BlockSpec = spinenet_specs.BlockSpec
@@ -36,6 +37,10 @@ BLOCK_COLORS = {
   spinenet_specs.BOTTLENECK: '#a6cee3',
   spinenet_specs.RESIDUAL: '#fdbf6f',
   spinenet_specs.MBCONV: '#b2df8a',
+  # NAS-FPN: merging cells by binary op; the input pyramid (from the backbone).
+  nasfpn_specs.SUM: '#cab2d6',
+  nasfpn_specs.GLOBAL_ATTENTION: '#fb9a99',
+  'input': '#e0e0e0',
 }
 # Edge colours per resampling direction (parent level -> block level).
 EDGE_COLORS = {
@@ -253,7 +258,7 @@ def _block_patch(block_fn: str, transform) -> patches.Patch:
   """A shape centred on (0, 0) in inches, one per block type."""
   face = BLOCK_COLORS.get(block_fn, '#dddddd')
   common = dict(facecolor=face, edgecolor='black', linewidth=1.0, transform=transform, zorder=3)
-  if block_fn == spinenet_specs.RESIDUAL:
+  if block_fn in (spinenet_specs.RESIDUAL, nasfpn_specs.GLOBAL_ATTENTION):
     return patches.Ellipse(
       (0, 0), 2 * _BLOCK_HALF_HEIGHT + 0.02, 2 * _BLOCK_HALF_HEIGHT + 0.02, **common
     )
@@ -389,7 +394,12 @@ def _draw_edges(
 
 
 def _style_axes(
-  ax, num_blocks: int, num_stem: int, levels: Sequence[int], title: Optional[str]
+  ax,
+  num_blocks: int,
+  num_stem: int,
+  levels: Sequence[int],
+  title: Optional[str],
+  words: Tuple[str, str] = ('stem', 'block order (scale-permuted) \u2192'),
 ) -> None:
   low, high = min(1, min(levels)), max(7, max(levels))
   ax.set_xlim(-0.7, num_blocks - 0.3)
@@ -398,13 +408,13 @@ def _style_axes(
   ax.set_yticklabels([f'L{l}' for l in range(low, high + 1)])
   ax.set_ylabel('feature level (resolution 1/2^L)')
   ax.set_xticks([])
-  ax.set_xlabel('block order (scale-permuted) \u2192')
+  ax.set_xlabel(words[1])
   for l in range(low, high + 1):
     ax.axhline(l, color='#eeeeee', linewidth=0.8, zorder=0)
   # Shade the stem so it is clear where the searched blocks start.
   ax.axvspan(-0.5, num_stem - 0.5, color='#f2f2f2', zorder=0)
   ax.text(
-    (num_stem - 1) / 2, high + 0.45, 'stem', ha='center', va='center', fontsize=9, color='#555555'
+    (num_stem - 1) / 2, high + 0.45, words[0], ha='center', va='center', fontsize=9, color='#555555'
   )
   for side in ('top', 'right'):
     ax.spines[side].set_visible(False)
@@ -412,11 +422,15 @@ def _style_axes(
     ax.set_title(title)
 
 
-def _legend_handles(show_unused: bool, show_merges: bool) -> List[Line2D]:
+def _legend_handles(
+  show_unused: bool, show_merges: bool, node_types: Sequence[str] = spinenet_specs.BLOCK_TYPES
+) -> List[Line2D]:
   markers = {
     spinenet_specs.BOTTLENECK: 's',
     spinenet_specs.RESIDUAL: 'o',
     spinenet_specs.MBCONV: 'h',
+    nasfpn_specs.SUM: 's',
+    nasfpn_specs.GLOBAL_ATTENTION: 'o',
   }
   handles = [
     Line2D(
@@ -429,7 +443,7 @@ def _legend_handles(show_unused: bool, show_merges: bool) -> List[Line2D]:
       markeredgecolor='black',
       label=fn,
     )
-    for fn in spinenet_specs.BLOCK_TYPES
+    for fn in node_types
   ]
   handles.append(
     Line2D(
@@ -465,6 +479,62 @@ def _legend_handles(show_unused: bool, show_merges: bool) -> List[Line2D]:
   return handles
 
 
+@dataclasses.dataclass(frozen=True)
+class _Network:
+  """What the figure shows: specs, one level and node type per node, the rules' output."""
+
+  specs: Sequence
+  levels: Sequence[int]
+  node_fns: Sequence[str]
+  num_inputs: int
+  merges: Sequence[Tuple[int, int]]
+  unused: Set[int]
+  words: Tuple[str, str] = ('stem', 'block order (scale-permuted) \u2192')
+  node_types: Sequence[str] = spinenet_specs.BLOCK_TYPES
+
+
+def _render(
+  net: _Network, output_path_prefix: str, title: Optional[str], endpoint_levels: Tuple[int, int]
+) -> List[str]:
+  """Draws `net` and writes `<prefix>.png` and `<prefix>.svg`; returns the paths."""
+  min_level, max_level = endpoint_levels
+  specs, levels, num_stem, merges, unused = (
+    net.specs,
+    net.levels,
+    net.num_inputs,
+    net.merges,
+    net.unused,
+  )
+  outputs = {num_stem + i for i, s in enumerate(specs) if s.is_output}
+  fig = Figure(figsize=(14, 5))
+  FigureCanvasAgg(fig)
+  ax = fig.add_axes((0.06, 0.16, 0.92, 0.76))
+  _style_axes(ax, len(levels), num_stem, levels, title, net.words)
+  drawn = _draw_blocks(fig, ax, levels, net.node_fns, outputs, unused, min_level, max_level)
+  _draw_edges(fig, ax, specs, levels, num_stem, merges, drawn, outputs, unused)
+  handles = _legend_handles(bool(unused), bool(merges), net.node_types)
+  fig.legend(
+    handles=handles,
+    loc='lower center',
+    bbox_to_anchor=(0.5, 0.0),
+    ncol=len(handles),
+    frameon=False,
+    fontsize=8.5,
+    handlelength=2.2,
+    columnspacing=1.2,
+  )
+
+  paths = [f'{output_path_prefix}.png', f'{output_path_prefix}.svg']
+  # A fixed hash salt and no date keep the SVG byte-identical across runs, so a
+  # regenerated docs/ figure only shows up in a diff when the drawing changed.
+  with matplotlib.rc_context({'svg.hashsalt': 'official_spinenet'}):
+    with files.atomic_output(paths[0]) as tmp:
+      fig.savefig(tmp, format='png', dpi=150)
+    with files.atomic_output(paths[1]) as tmp:
+      fig.savefig(tmp, format='svg', metadata={'Date': None})
+  return paths
+
+
 def draw_architecture(
   block_specs: Sequence,
   stem_levels: Sequence[int],
@@ -495,37 +565,18 @@ def draw_architecture(
   num_stem = len(stem_levels)
   levels = block_levels(specs, stem_levels)
   block_fns = _stem_block_fns(stem_block_fn, num_stem) + [s.block_fn for s in specs]
-  outputs = {num_stem + i for i, s in enumerate(specs) if s.is_output}
   merges = zero_out_degree_merges(specs, stem_levels, stem_block_fn)
   unused = set(unused_blocks(specs, stem_levels, min_level, max_level, stem_block_fn))
-
-  fig = Figure(figsize=(14, 5))
-  FigureCanvasAgg(fig)
-  ax = fig.add_axes((0.06, 0.16, 0.92, 0.76))
-  _style_axes(ax, len(levels), num_stem, levels, title)
-  drawn = _draw_blocks(fig, ax, levels, block_fns, outputs, unused, min_level, max_level)
-  _draw_edges(fig, ax, specs, levels, num_stem, merges, drawn, outputs, unused)
-  handles = _legend_handles(bool(unused), bool(merges))
-  fig.legend(
-    handles=handles,
-    loc='lower center',
-    bbox_to_anchor=(0.5, 0.0),
-    ncol=len(handles),
-    frameon=False,
-    fontsize=8.5,
-    handlelength=2.2,
-    columnspacing=1.2,
+  return _render(
+    _Network(specs, levels, block_fns, num_stem, merges, unused),
+    output_path_prefix,
+    title,
+    (min_level, max_level),
   )
 
-  paths = [f'{output_path_prefix}.png', f'{output_path_prefix}.svg']
-  # A fixed hash salt and no date keep the SVG byte-identical across runs, so a
-  # regenerated docs/ figure only shows up in a diff when the drawing changed.
-  with matplotlib.rc_context({'svg.hashsalt': 'official_spinenet'}):
-    with files.atomic_output(paths[0]) as tmp:
-      fig.savefig(tmp, format='png', dpi=150)
-    with files.atomic_output(paths[1]) as tmp:
-      fig.savefig(tmp, format='svg', metadata={'Date': None})
-  return paths
+
+# Families `draw_published` draws: the scale-permuted ones and NAS-FPN's cells.
+FAMILIES = tuple(sorted(ARCHITECTURES)) + ('nasfpn',)
 
 
 def draw_published(
@@ -535,36 +586,138 @@ def draw_published(
   title: Optional[str] = None,
   min_level: int = 3,
   max_level: int = 7,
+  stem_levels: Optional[Sequence[int]] = None,
 ) -> List[str]:
   """Draws a family's published architecture, or specs from a file on its stem.
 
   Args:
-    family: a key of ARCHITECTURES ('spinenet', 'spinenet_mobile'): the stem, and
-      the block specs unless block_specs_json is given.
+    family: one of FAMILIES: a key of ARCHITECTURES ('spinenet', 'spinenet_mobile'):
+      the stem, and the block specs unless block_specs_json is given; or 'nasfpn':
+      the paper's merging cells unless block_specs_json gives cell specs.
     output_path_prefix: writes `<prefix>.png` and `<prefix>.svg`.
-    block_specs_json: optional file written by `spinenet_specs.save_block_specs`.
+    block_specs_json: optional file written by `spinenet_specs.save_block_specs`
+      (`nasfpn_specs.save_cell_specs` for 'nasfpn').
     title: figure title; default: the model name, or the JSON file's name.
     min_level: lowest endpoint level.
     max_level: highest endpoint level.
+    stem_levels: the stem's levels instead of the family's, e.g. (2, 2, 3, 3)
+      for a scale-permuted ResNet (R35-SP18's stem); not for 'nasfpn'.
 
   Returns:
     The written paths: [png, svg].
   """
-  if family not in ARCHITECTURES:
-    raise ValueError(
-      f'Unknown architecture family {family!r}; choose one of {sorted(ARCHITECTURES)}.'
-    )
+  if family not in FAMILIES:
+    raise ValueError(f'Unknown architecture family {family!r}; choose one of {list(FAMILIES)}.')
+  default_title = 'NAS-FPN' if family == 'nasfpn' else ARCHITECTURES[family].title
+  if block_specs_json:
+    default_title = os.path.splitext(os.path.basename(block_specs_json))[0]
+  title = default_title if title is None else title
+  if family == 'nasfpn':
+    if stem_levels:
+      raise ValueError('NAS-FPN has no stem: its inputs are the pyramid levels.')
+    cells = nasfpn_specs.NASFPN_CELL_SPECS
+    if block_specs_json:
+      cells = nasfpn_specs.load_cell_specs(block_specs_json)
+    return draw_cells(cells, output_path_prefix, title, min_level, max_level)
   preset = ARCHITECTURES[family]
-  specs, default_title = preset.block_specs, preset.title
+  specs = preset.block_specs
   if block_specs_json:
     specs = spinenet_specs.load_block_specs(block_specs_json)
-    default_title = os.path.splitext(os.path.basename(block_specs_json))[0]
   return draw_architecture(
     specs,
-    preset.stem_levels,
+    tuple(stem_levels) if stem_levels else preset.stem_levels,
     preset.stem_block_fn,
     output_path_prefix,
-    title=default_title if title is None else title,
+    title=title,
     min_level=min_level,
     max_level=max_level,
+  )
+
+
+def draw_cells(
+  cell_specs: Sequence,
+  output_path_prefix: str,
+  title: Optional[str] = None,
+  min_level: int = 3,
+  max_level: int = 7,
+) -> List[str]:
+  """Draws a NAS-FPN pyramid network (Fig. 6 of the paper, unrolled) as PNG and SVG.
+
+  The input pyramid P<min_level>..P<max_level> comes first (shaded), then the
+  merging cells in build order at their output level, shaped by binary op; the
+  dashed arrows are the unconsumed nodes an output cell absorbs (NAS-FPN Sec. 3.1,
+  `topology.merge_unconsumed`, the rule `decoders/nasfpn.py` builds with).
+
+  Args:
+    cell_specs: CellSpecs (or tuples/dicts accepted by `CellSpec.from_any`).
+    output_path_prefix: writes `<prefix>.png` and `<prefix>.svg`.
+    title: optional figure title.
+    min_level: the pyramid's lowest level.
+    max_level: its highest level.
+
+  Returns:
+    The written paths: [png, svg].
+  """
+  specs = [nasfpn_specs.CellSpec.from_any(s) for s in cell_specs]
+  inputs = [topology.Node(level) for level in range(min_level, max_level + 1)]
+  num_inputs = len(inputs)
+  merges = [
+    (source, num_inputs + i)
+    for i, absorbed in enumerate(topology.merge_unconsumed(specs, inputs))
+    for source in absorbed
+  ]
+  unused = set(
+    topology.unused_nodes(specs, inputs, lambda s: topology.Node(s.level), min_level, max_level)
+  )
+  net = _Network(
+    specs,
+    [node.level for node in inputs] + [s.level for s in specs],
+    ['input'] * num_inputs + [s.binary_op for s in specs],
+    num_inputs,
+    merges,
+    unused,
+    ('input pyramid', 'merging cells in build order \u2192'),
+    nasfpn_specs.BINARY_OPS,
+  )
+  return _render(net, output_path_prefix, title, (min_level, max_level))
+
+
+# Stems of the searchable families when the search point does not set one.
+_DEFAULT_STEMS = {
+  'spinenet': ARCHITECTURES['spinenet'],
+  'spinenet_mobile': ARCHITECTURES['spinenet_mobile'],
+}
+
+
+def draw_searched(
+  specs: Sequence,
+  builder: str,
+  output_path_prefix: str,
+  title: Optional[str] = None,
+  builder_overrides: Optional[Dict] = None,
+) -> List[str]:
+  """Draws an architecture the search found, on the stem of its builder.
+
+  Args:
+    specs: block specs ('spinenet', 'spinenet_mobile') or cell specs ('nasfpn').
+    builder: the gin builder the specs go to.
+    output_path_prefix: writes `<prefix>.png` and `<prefix>.svg`.
+    title: figure title.
+    builder_overrides: the search point's other builder arguments; a
+      'stem_block_levels' entry gives the stem's levels (R-SP stems are bottlenecks).
+
+  Returns:
+    The written paths: [png, svg].
+  """
+  if builder == 'nasfpn':
+    return draw_cells(specs, output_path_prefix, title)
+  if builder not in _DEFAULT_STEMS:
+    raise ValueError(
+      f'Cannot draw {builder!r} architectures; choose one of '
+      + f'{sorted(_DEFAULT_STEMS) + ["nasfpn"]}.'
+    )
+  preset = _DEFAULT_STEMS[builder]
+  stem_levels = (builder_overrides or {}).get('stem_block_levels') or preset.stem_levels
+  return draw_architecture(
+    specs, tuple(stem_levels), preset.stem_block_fn, output_path_prefix, title
   )

@@ -4,16 +4,18 @@ Xianzhi Du, Tsung-Yi Lin, Pengchong Jin, Golnaz Ghiasi, Mingxing Tan, Yin Cui,
 Quoc V. Le, Xiaodan Song. SpineNet: Learning Scale-Permuted Backbone for Recognition
 and Localization. https://arxiv.org/abs/1912.05027
 
-The network is a fixed stem (7x7 conv, max pool, two level-2 bottleneck groups)
-followed by blocks whose levels, types and parents come from block specs (Sec. 3.1);
-each block sums its two resampled parents (Sec. 3.2), and each output block also
-takes, unresampled, every earlier block of its level and width that nothing consumed.
+The network is a stem (7x7 conv, max pool, then bottleneck groups: two of level 2,
+or, for the scale-permuted ResNets R35-SP18 ... R0-SP53 (Sec. 3.3), the groups of
+`stem_block_levels`) followed by blocks whose levels, types and parents come from
+block specs (Sec. 3.1); each block sums its two resampled parents (Sec. 3.2), and
+each output block also takes, unresampled, every earlier block of its level and
+width that nothing consumed.
 One 1x1 conv per level maps the output blocks to the endpoint width. The walk over the
 specs is `scale_permuted.ScalePermutedBackbone`'s; this module supplies SpineNet's
 stem, resampling (`resample.resample_with_alpha`) and residual block groups.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -26,6 +28,30 @@ from official_spinenet.modeling.layers import resample
 STEM_LEVEL = 2
 NUM_STEM_BLOCKS = 2
 STEM_FILTERS = 64
+DEFAULT_STEM_BLOCK_LEVELS = (STEM_LEVEL,) * NUM_STEM_BLOCKS
+
+
+def check_stem_block_levels(levels: Sequence[int], max_level: int) -> Tuple[int, ...]:
+  """The stem levels as a tuple, or a ValueError saying what a stem must look like.
+
+  A stem is scale-decreasing like ResNet's: it starts at level 2 (after the max
+  pool) and each bottleneck group keeps the level or rises by one (stride 2), up to
+  max_level at most. E.g. R35-SP18's stem is (2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5).
+  """
+  levels = tuple(int(level) for level in levels)
+  steps = [b - a for a, b in zip(levels, levels[1:])]
+  if (
+    not levels
+    or levels[0] != STEM_LEVEL
+    or any(step not in (0, 1) for step in steps)
+    or levels[-1] > max_level
+  ):
+    raise ValueError(
+      f'stem_block_levels {levels} is not a stem: it must start at level {STEM_LEVEL}, '
+      f'each next level must equal the previous one or exceed it by 1, and no level '
+      f'may exceed max_level {max_level}; e.g. (2, 2) or (2, 3, 4, 5).'
+    )
+  return levels
 
 
 @tf_keras.utils.register_keras_serializable(package='official_spinenet')
@@ -61,6 +87,7 @@ class SpineNet(scale_permuted.ScalePermutedBackbone):
     use_sync_bn: bool = False,
     norm_momentum: float = 0.99,
     norm_epsilon: float = 0.001,
+    stem_block_levels: Sequence[int] = DEFAULT_STEM_BLOCK_LEVELS,
     **kwargs,
   ):
     """Builds SpineNet; block_specs None means SpineNet-49.
@@ -71,26 +98,46 @@ class SpineNet(scale_permuted.ScalePermutedBackbone):
     Args:
       resample_alpha: cross-scale resampling factor alpha (Sec. 3.2).
       block_repeats: blocks per block group (block repeat, Sec. 4.1).
+      stem_block_levels: levels of the stem's bottleneck groups after the max pool,
+        each one a stem block (an input node of the block specs, which index them
+        first); see `check_stem_block_levels`. The default (2, 2) is SpineNet's.
       **kwargs: passed to tf_keras.Model.
     """
     self._resample_alpha = resample_alpha
     self._block_repeats = block_repeats
+    self._stem_block_levels = check_stem_block_levels(stem_block_levels, max_level)
+    # Per instance: the stem's blocks are the input nodes of the spec walk.
+    self.STEM_BLOCKS = tuple(  # pylint: disable=invalid-name
+      (level, spinenet_specs.BOTTLENECK) for level in self._stem_block_levels
+    )
     super().__init__(locals(), **kwargs)
 
+  def _store_config(self, arguments, **normalized) -> None:
+    super()._store_config(arguments, **normalized)
+    # SpineNet's own stem stays out of the config, which is then what it was before
+    # the argument existed; another stem is stored as a list, as JSON gives it back.
+    if self._stem_block_levels == DEFAULT_STEM_BLOCK_LEVELS:
+      del self._config_dict['stem_block_levels']
+    else:
+      self._config_dict['stem_block_levels'] = list(self._stem_block_levels)
+
   def _build_stem(self, inputs: tf.Tensor) -> List[tf.Tensor]:
-    """7x7/2 conv, BN, act, 3x3/2 max pool, then two level-2 bottleneck groups."""
+    """7x7/2 conv, BN, act, 3x3/2 max pool, then a bottleneck group per stem level."""
     f = self._factory
     x = f.conv_norm_act(inputs, STEM_FILTERS, 7, strides=2)
     x = tf_keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same')(x)
     net = []
-    for _ in range(NUM_STEM_BLOCKS):
+    level = STEM_LEVEL
+    for next_level in self._stem_block_levels:
       x = blocks.block_group(
         x,
         spinenet_specs.BOTTLENECK,
-        self._filters(STEM_LEVEL),
+        self._filters(next_level),
         self._block_repeats,
+        strides=2 ** (next_level - level),
         **f.layer_kwargs(),
       )
+      level = next_level
       net.append(x)
     return net
 

@@ -1,0 +1,1 @@
+"""Architecture search: PyGlove search spaces, algorithms, proxy trials and the Ray runner."""
