@@ -38,6 +38,8 @@ CONSOLE_SCRIPTS = {
   'spinenet-serve-client': 'serve_client',
   'spinenet-convert-checkpoint': 'convert_checkpoint',
   'spinenet-create-coco-tfrecord': 'create_coco_tfrecord',
+  'spinenet-create-classification-tfrecord': 'create_classification_tfrecord',
+  'spinenet-check-data': 'check_data',
   'spinenet-export-tflite': 'export_tflite',
   'spinenet-draw-architecture': 'draw_architecture',
   'spinenet-search': 'search',

@@ -12,6 +12,7 @@ Gin names (module `official_spinenet`, usable unqualified in gin files):
   resnet                         Model Garden's ResNet backbone (for R-50 NAS-FPN)
   AnytimeRetinaNetTask           RetinaNet with a head after every NAS-FPN repeat
   MaskRCNNTask                   Mask R-CNN (Faster R-CNN without a mask head)
+  ClassificationTask             image classification (SpineNet's classification head)
   RPNHead, DetectionHead,        Model Garden's R-CNN heads and RoI pipeline layers,
   MaskHead, MultilevelROIGenerator,  bound by their own parameter names
   ROISampler, DetectionGenerator
@@ -38,6 +39,7 @@ from official_spinenet.search import proxy_config
 from official_spinenet.search import search_config as search_config_lib
 from official_spinenet.tasks import anytime_retinanet_task
 from official_spinenet.tasks import base_task
+from official_spinenet.tasks import classification_task
 from official_spinenet.tasks import maskrcnn_task
 from official_spinenet.tasks import retinanet_task
 from official_spinenet.training import optimization
@@ -78,6 +80,7 @@ _register(retinanet_head.RetinaNetHead, 'RetinaNetHead')
 _register(retinanet_task.RetinaNetTask, 'RetinaNetTask')
 _register(anytime_retinanet_task.AnytimeRetinaNetTask, 'AnytimeRetinaNetTask')
 _register(maskrcnn_task.MaskRCNNTask, 'MaskRCNNTask')
+_register(classification_task.ClassificationTask, 'ClassificationTask')
 _register(base_task.InputConfig, 'InputConfig')
 _register(trainer.TrainerConfig, 'TrainerConfig')
 _register(optimization.build_learning_rate, 'learning_rate')

@@ -23,6 +23,7 @@ MODULES = {
   'focal_loss': 'official.vision.losses.focal_loss',
   'loss_utils': 'official.vision.losses.loss_utils',
   'retinanet_input': 'official.vision.dataloaders.retinanet_input',
+  'classification_input': 'official.vision.dataloaders.classification_input',
   'tf_example_decoder': 'official.vision.dataloaders.tf_example_decoder',
   'detection_generator': 'official.vision.modeling.layers.detection_generator',
   'resnet': 'official.vision.modeling.backbones.resnet',

@@ -49,12 +49,16 @@ def _all_gin_files():
     os.path.relpath(p, GIN_DIR)
     for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'), recursive=True)
   )
-  # Mask R-CNN configs build and are counted in tests/test_maskrcnn_configs.py; search
-  # run configs (SearchConfig) are parsed in tests/test_search_run.py.
+  # Mask R-CNN configs build and are counted in tests/test_maskrcnn_configs.py,
+  # classification configs in tests/test_classification_configs.py; search run
+  # configs (SearchConfig) are parsed in tests/test_search_run.py.
   return [
     f
     for f in files
-    if not f.endswith('base.gin') and 'maskrcnn' not in f and not _is_search_run_config(f)
+    if not f.endswith('base.gin')
+    and 'maskrcnn' not in f
+    and 'classification' not in f
+    and not _is_search_run_config(f)
   ]
 
 

@@ -122,7 +122,7 @@ class SpineNetConfigTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, 'Unknown activation'):
       spinenet.SpineNet(activation='gelu2')
     with self.assertRaisesRegex(ValueError, 'not divisible by 2\\^max_level = 128'):
-      spinenet.SpineNet(input_specs=[None, 200, 256, 3])
+      spinenet.SpineNet(input_specs=[None, 200, None, 3])
     with self.assertRaisesRegex(ValueError, "Unknown SpineNet model_id '48'"):
       spinenet.build_spinenet('48')
     bad_specs = list(spinenet_specs.SPINENET_BLOCK_SPECS)

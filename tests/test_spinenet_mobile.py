@@ -344,9 +344,9 @@ class SpineNetMobileTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, 'not divisible by 2\\^max_level = 128'):
-      spinenet_mobile.SpineNetMobile(input_specs=[None, 200, 256, 3])
+      spinenet_mobile.SpineNetMobile(input_specs=[None, 200, None, 3])
     with self.assertRaisesRegex(ValueError, 'divisible'):
-      spinenet_mobile.build_spinenet_mobile('49XS', input_specs=[None, 192, 192, 3])
+      spinenet_mobile.build_spinenet_mobile('49XS', input_specs=[None, 192, None, 3])
     with self.assertRaisesRegex(
       ValueError, "Unknown SpineNet-Mobile model_id '50'.*'49', '49S', '49XS'"
     ):

@@ -10,7 +10,11 @@ r"""spinenet-export: gin config + checkpoint -> SavedModel for TF Serving.
 See workflows/export.py (the library call) and docs/serving.md (signatures, outputs,
 TF Serving). The NMS options default to the task's evaluation settings. A Mask R-CNN
 config (e.g. --gin_file=demo/maskrcnn_spinenet_shapes.gin) adds detection_masks, crop
-masks unless --mask_output=pasted.
+masks unless --mask_output=pasted. A classification config exports a classifier (top-k
+classes, scores and names per image; --top_k), e.g.
+
+  spinenet-export --gin_file=demo/classification_spinenet_shapes.gin \
+    --checkpoint=/tmp/spinenet_demo_cls/model --export_dir=/models/shapes_cls/1
 """
 
 from absl import app
@@ -65,7 +69,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     'box), pasted = uint8 [B, N, H, W] in the image\'s pixels.',
     **fv,
   )
-  flag_groups.define_category_names_flag(flag_values, 'Class names recorded in the export')
+  flags.DEFINE_integer(
+    'top_k',
+    None,
+    'Classifiers (ClassificationTask): classes returned per image (default: the task\'s top_k).',
+    lower_bound=1,
+    **fv,
+  )
+  flag_groups.define_category_names_flag(
+    flag_values, 'Detectors: class names recorded in the export'
+  )
   flags.mark_flags_as_required(['checkpoint', 'export_dir'], flag_values=flag_values)
 
 
@@ -86,6 +99,7 @@ def main(argv) -> None:
       overwrite=FLAGS.overwrite,
       exit_index=FLAGS.exit_index,
       mask_output=FLAGS.mask_output,
+      top_k=FLAGS.top_k,
     )
   print(f'Exported a SavedModel to {export_dir}')
 

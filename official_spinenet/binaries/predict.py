@@ -17,6 +17,10 @@ failures) and one PNG per image with its detections drawn (off with --nodraw); a
 R-CNN model adds each mask as COCO RLE ("segmentation") and fills it in the drawings; see
 workflows/predict.py. An image that fails (corrupt, too large) is reported and the
 others carry on; the exit status is then 1.
+
+A classifier (its export, or a classification gin config + checkpoint) prints each image's
+top-k classes and scores and writes them to --output_dir/classifications.jsonl (one JSON
+line per image: path, classes, scores, class_names).
 """
 
 import sys
@@ -24,6 +28,7 @@ import sys
 from absl import app
 from absl import flags
 
+from official_spinenet.serving import client_lib
 from official_spinenet.utils import flags as flag_groups
 from official_spinenet.workflows import predict
 
@@ -86,11 +91,17 @@ def main(argv) -> None:
       draw=FLAGS.draw,
       draw_min_score=FLAGS.draw_min_score,
     )
-  print(
-    f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
-    f'{summary["detections_file"]}, {summary["images_file"]}'
-    + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else '')
-  )
+  if 'classifications_file' in summary:  # a classifier: its top-k per image
+    for line in summary['images']:
+      top_k = client_lib.ImageClassification(line['classes'], line['scores'], line['class_names'])
+      print(client_lib.format_classification(line['path'], top_k))
+    print(f'{len(summary["images"])} image(s) classified: {summary["classifications_file"]}')
+  else:
+    print(
+      f'{len(summary["images"])} image(s), {summary["num_detections"]} detections: '
+      f'{summary["detections_file"]}, {summary["images_file"]}'
+      + (f', drawings in {FLAGS.output_dir}' if FLAGS.draw else '')
+    )
   if summary['failed']:
     sys.exit(
       f'{len(summary["failed"])} image(s) failed: '

@@ -7,12 +7,12 @@ to their boxes); the tf.data pipeline is the one every detection task shares
 (`retinanet_input.parsed_batches`).
 """
 
-import struct
 from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from official_spinenet import model_garden
+from official_spinenet.data import record_check
 from official_spinenet.data import retinanet_input
 
 MASK_FEATURE = 'image/object/mask'
@@ -43,6 +43,7 @@ def build_maskrcnn_dataset(
   max_num_instances: int = 100,
   seed: Optional[int] = None,
   dtype: str = 'float32',
+  skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
   """A dataset of (images [B, H', W', 3], labels) for Mask R-CNN.
 
@@ -70,6 +71,8 @@ def build_maskrcnn_dataset(
     input_context, shuffle_buffer_size, seed: as for RetinaNet.
     max_num_instances: ground-truth padding.
     dtype: image dtype.
+    skip_corrupt_records: drop (count and log) records that cannot be read or
+      decoded (`retinanet_input.parsed_batches`).
 
   Returns:
     tf.data.Dataset of (images, labels).
@@ -105,21 +108,27 @@ def build_maskrcnn_dataset(
     seed,
     decoder.decode,
     parser.parse_fn(is_training),
+    skip_corrupt_records=skip_corrupt_records,
   )
 
 
 def check_instance_masks(file_pattern: str, what: str) -> None:
   """Raises ValueError unless each file's first record with objects has masks.
 
-  Reads one record per file (cheap, before any model is built), so a Mask
-  R-CNN run on box-only TFRecords fails at once, naming the file.
+  Reads one record per file (plain file I/O, cheap, before any model is built), so a
+  Mask R-CNN run on box-only TFRecords fails at once, naming the file. A file whose
+  first record cannot be read is left to `DetectionTask.validate` (which names it, or
+  lets the pipeline skip it with skip_corrupt_records).
 
   Args:
     file_pattern: TFRecord glob(s).
     what: the setting the pattern came from, for the message.
   """
   for path in retinanet_input.list_files(file_pattern):
-    serialized = _first_record(path)
+    try:
+      serialized = record_check.first_record(path)
+    except record_check.CorruptFileError:
+      continue
     if serialized is not None:
       features = tf.train.Example.FromString(serialized).features.feature
       num_objects = len(features[CLASS_FEATURE].int64_list.value)
@@ -131,21 +140,3 @@ def check_instance_masks(file_pattern: str, what: str) -> None:
           'object (spinenet-create-coco-tfrecord --include_masks writes them); '
           'train a box-only model with a RetinaNet config instead.'
         )
-
-
-def _first_record(path: str) -> Optional[bytes]:
-  """The first record of a TFRecord file (None if empty), read with plain file I/O.
-
-  Not with tf.data: validation runs before the distribution strategy exists, and
-  an eager TensorFlow op now would stop MultiWorkerMirroredStrategy from
-  configuring its collectives. A TFRecord is [uint64 length][uint32 CRC][data]...
-  """
-  size = tf.io.gfile.stat(path).length
-  if not size:
-    return None
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    header = f.read(12)
-    length = struct.unpack('<Q', header[:8])[0] if len(header) == 12 else size
-    if length > size - 12:  # e.g. a PNG named .tfrecord: a header of nonsense
-      raise ValueError(f'{path} is not a TFRecord file or is truncated (its first record).')
-    return f.read(length)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from official_spinenet import model_garden
+from official_spinenet.data import record_check
 
 
 def list_files(file_pattern: str) -> Sequence[str]:
@@ -43,6 +44,7 @@ def build_retinanet_dataset(
   max_num_instances: int = 100,
   seed: Optional[int] = None,
   dtype: str = 'float32',
+  skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
   """A dataset of (images [B, H', W', 3], labels) for RetinaNet.
 
@@ -67,6 +69,8 @@ def build_retinanet_dataset(
     max_num_instances: ground truth padding for eval labels.
     seed: optional shuffle seed.
     dtype: image dtype ('float32' or 'bfloat16').
+    skip_corrupt_records: drop (count and log) records that cannot be read or
+      decoded instead of failing (see `parsed_batches`).
 
   Returns:
     tf.data.Dataset of (images, labels).
@@ -101,6 +105,7 @@ def build_retinanet_dataset(
     seed,
     decoder.decode,
     parser.parse_fn(is_training),
+    skip_corrupt_records=skip_corrupt_records,
   )
 
 
@@ -113,12 +118,19 @@ def parsed_batches(
   seed: Optional[int],
   decode_fn: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
   parse_fn: Callable[[Dict[str, tf.Tensor]], Any],
+  skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
   """Batches of parse_fn(decode_fn(record)) over this input pipeline's records.
 
   The one tf.data pipeline of every detection task: per-worker file sharding,
   shuffling and repeat for training (see `_records`), parallel decode and parse,
   batches of the per-replica batch size (remainder dropped for training).
+
+  With skip_corrupt_records, a file that cannot be read to its end (truncated, bit
+  flip, not a TFRecord: TensorFlow's DataLossError) gives the records before the bad
+  one, and a record that does not decode or parse is dropped; each is logged and
+  counted (`record_check.skipped_records()`). Without it (the default) the pipeline
+  is the plain one and the first such record stops it with TensorFlow's error.
 
   Raises:
     ValueError: if file_pattern matches no file, or global_batch_size < 1.
@@ -131,10 +143,17 @@ def parsed_batches(
     if input_context
     else global_batch_size
   )
-  dataset = _records(files, is_training, input_context, shuffle_buffer_size, seed)
-  dataset = dataset.map(
-    lambda serialized: parse_fn(decode_fn(serialized)), num_parallel_calls=tf.data.AUTOTUNE
+  dataset = _records(
+    files, is_training, input_context, shuffle_buffer_size, seed, skip_corrupt_records
   )
+
+  def parse(serialized):
+    return parse_fn(decode_fn(serialized))
+
+  if skip_corrupt_records:
+    dataset = _parse_skipping_errors(dataset, parse, file_pattern)
+  else:
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=is_training)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -145,10 +164,12 @@ def _records(
   input_context: Optional[tf.distribute.InputContext],
   shuffle_buffer_size: int,
   seed: Optional[int],
+  skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
   """Serialized records of this input pipeline's share of `files`.
 
   Training: shuffled (files and records) and repeated; eval: read once, in order.
+  skip_corrupt_records: each file is read up to its first unreadable record.
   """
   pipelines = input_context.num_input_pipelines if input_context else 1
   pipeline_id = input_context.input_pipeline_id if input_context else 0
@@ -157,13 +178,19 @@ def _records(
   # the all-reduce), so then every pipeline reads all files in the same order and
   # keeps every pipelines-th record.
   shard_records = pipelines > 1 and len(files) < pipelines
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if skip_corrupt_records:
+    sizes = tf.constant([tf.io.gfile.stat(f).length for f in files], tf.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((files, sizes))
+    read_file = _readable_records
+  else:
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    read_file = tf.data.TFRecordDataset
   if pipelines > 1 and not shard_records:
     dataset = dataset.shard(pipelines, pipeline_id)
   if is_training and not shard_records:
     dataset = dataset.shuffle(len(files), seed=seed).repeat()
   dataset = dataset.interleave(
-    tf.data.TFRecordDataset,
+    read_file,
     cycle_length=min(len(files), 8),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=not is_training or shard_records,
@@ -175,3 +202,74 @@ def _records(
   if is_training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
   return dataset
+
+
+def _readable_records(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+  """The records of one file up to its first unreadable one (which is logged and counted).
+
+  TensorFlow's reader gives up on a file at its first DataLossError (the framing
+  cannot be resynced), and silently at a partial header; a file whose records do
+  not add up to its size therefore ended early.
+  """
+  records = tf.data.TFRecordDataset(path).ignore_errors().map(lambda r: (r, False))
+  end = tf.data.Dataset.from_tensors((tf.constant(b''), True))
+  framing = record_check.HEADER_BYTES + record_check.FOOTER_BYTES
+
+  def count(state, item):
+    num_records, offset, reports = state
+    record, is_end = item
+    if_record = tf.cast(tf.logical_not(is_end), tf.int64)
+    num_records += if_record
+    offset += if_record * (tf.cast(tf.strings.length(record), tf.int64) + framing)
+    reports += tf.cond(
+      tf.logical_and(is_end, offset < size),
+      lambda: tf.py_function(
+        record_check.note_unreadable, [path, num_records, offset, size], tf.int64
+      ),
+      lambda: tf.constant(0, tf.int64),
+    )
+    return (num_records, offset, reports), item
+
+  zero = tf.constant(0, tf.int64)
+  dataset = records.concatenate(end).scan((zero, zero, zero), count)
+  return dataset.filter(lambda record, is_end: tf.logical_not(is_end)).map(lambda r, _: r)
+
+
+def _parse_skipping_errors(
+  records: tf.data.Dataset, parse: Callable[[tf.Tensor], Any], file_pattern: str
+) -> tf.data.Dataset:
+  """parse(record) of each record that decodes and parses; the others are logged and counted.
+
+  A failing map call cannot be caught in the graph, only dropped (ignore_errors), so the
+  records are numbered before the map (which keeps their order) and a gap in the numbers
+  after it counts the drops; an end marker, which bypasses parse, closes the count at the
+  end of a finite (eval) pass.
+  """
+  spec = records.map(parse).element_spec
+
+  def blank():
+    return tf.nest.map_structure(
+      lambda s: tf.zeros([d or 0 for d in s.shape.as_list()] if s.shape.rank else [], s.dtype),
+      spec,
+    )
+
+  def guarded(index, item):
+    record, is_end = item
+    return index, is_end, tf.cond(is_end, blank, lambda: parse(record))
+
+  def count(last, item):
+    index, _, _ = item
+    gap = index - last - 1
+    noted = tf.cond(
+      gap > 0,
+      lambda: tf.py_function(record_check.note_undecodable, [gap, file_pattern], tf.int64),
+      lambda: tf.constant(0, tf.int64),
+    )
+    return index + 0 * noted, item[1:]
+
+  marked = records.map(lambda r: (r, False)).concatenate(
+    tf.data.Dataset.from_tensors((tf.constant(b''), True))
+  )
+  parsed = marked.enumerate().map(guarded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  parsed = parsed.ignore_errors().scan(tf.constant(-1, tf.int64), count)
+  return parsed.filter(lambda is_end, _: tf.logical_not(is_end)).map(lambda _, out: out)

@@ -138,8 +138,8 @@ def shape_mask(
   raise ValueError(f'Unknown shape category id {category_id}.')
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-  """Returns a `[H, W, 3]` float32 textured background in [0, 255]."""
+def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  """Returns a `[H, W, 3]` float32 background in [0, 255]: noise, gradient or stripes."""
   kind = rng.integers(3)
   colour_a = rng.uniform(0, 255, size=3).astype(np.float32)
   colour_b = rng.uniform(0, 255, size=3).astype(np.float32)
@@ -219,7 +219,7 @@ def render_shapes_image(
       f'size_range ({min_size}, {max_size}) must satisfy 4 <= min <= max <= '
       f'min(height, width) = {min(height, width)}.'
     )
-  image = _background(rng, height, width)
+  image = render_background(rng, height, width)
   background_mean = image.reshape(-1, 3).mean(axis=0)
   visible, full_areas, classes = [], [], []
   for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -481,14 +481,29 @@ def ensure_shapes_dataset(
     'image_size': list(image_sizes.parse_image_size(image_size)),
     'seed': seed,
   }
-  marker = os.path.join(data_dir, DATASET_MARKER)
-  if tf.io.gfile.exists(marker):
-    recorded = files.read_json(marker, 'Shapes dataset marker')
-    if recorded.get('settings') == settings:
-      logging.info('Using the shapes dataset in %s.', data_dir)
-      return recorded['splits']
+  recorded = finished_copy(data_dir, settings, 'Shapes dataset')
+  if recorded:
+    return recorded['splits']
   paths = make_shapes_dataset(
     data_dir, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
   )
+  marker = os.path.join(data_dir, DATASET_MARKER)
   files.write_json_atomically({'settings': settings, 'splits': paths}, marker, indent=2)
   return paths
+
+
+def finished_copy(data_dir: str, settings: Dict[str, Any], what: str) -> Optional[Dict[str, Any]]:
+  """The marker `<data_dir>/dataset.json` if it records `settings`, else None.
+
+  A generated dataset writes its marker last, as {'settings': ..., <contents>}; a
+  marker with the same settings means a finished copy to reuse (`what` names the
+  dataset in the log and in errors).
+  """
+  marker = os.path.join(data_dir, DATASET_MARKER)
+  if not tf.io.gfile.exists(marker):
+    return None
+  recorded = files.read_json(marker, f'{what} marker')
+  if recorded.get('settings') != settings:
+    return None
+  logging.info('Using the %s in %s.', what.lower(), data_dir)
+  return recorded

@@ -21,15 +21,18 @@ papers report; `compute_rows` counts ours (`model_stats`) beside them, and
                   inference pass: the box head runs on the 1000 test proposals,
                   the mask head on the 100 detections (the count the published
                   figures use; docs/model_stats.md).
-  classification  ImageNet: backbone at 224 + global average pool of the level-7
-                  endpoint + Dense(1001). 224 is not divisible by 2^7, so the
-                  backbone is counted at 256 and the multiply-adds scaled by
-                  (224/256)^2 (conv multiply-adds are proportional to the area).
+  classification  ImageNet: `ClassificationModel` at 224: the backbone built for
+                  224 (levels 3-7 are 28, 14, 7, 4, 2 wide) + the paper's head
+                  (P3-P7 fused, global average pool, Dense(1001); the fusion has
+                  no parameters or counted multiply-adds, so tf-models-official's
+                  top-level head counts the same).
 
 Multiply-adds are those of conv and dense layers for one image (the papers'
 "FLOPs"; see `model_stats`). Counting only traces the model (no arithmetic) and
-each backbone is built once, for any input size, so the 1280-pixel models take
-seconds to count; building SpineNet-190 takes the longest.
+the detection rows share one backbone built for any input size (a multiple of
+2^7), so the 1280-pixel models take seconds to count; a classification row at a
+size that is not a multiple of 2^7 builds its own backbone for that size.
+Building SpineNet-190 takes the longest.
 """
 
 import dataclasses
@@ -43,10 +46,12 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from official_spinenet.modeling import classification_model
 from official_spinenet.modeling import maskrcnn_model
 from official_spinenet.modeling import model_stats
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.decoders import nasfpn
+from official_spinenet.modeling.heads import classification_head
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.utils import tables
 
@@ -171,13 +176,15 @@ def resolve_names(values: Iterable[str], allowed: Iterable[str], what: str) -> L
   return [lookup[v.upper()] for v in values]
 
 
-def _build_backbone(entry: ModelEntry) -> tf_keras.Model:
-  """The backbone for any input size: one build serves every resolution counted.
+def _build_backbone(entry: ModelEntry, resolution: Optional[int] = None) -> tf_keras.Model:
+  """The backbone for a square input size; None: any multiple of 2^7 (one build for all).
 
   The factory imports only the entry's family: SpineNet rows do not load the
   mobile module, and only the NAS-FPN rows load Model Garden's ResNet (slow).
   """
-  return factory.build_backbone(entry.family, entry.model_id, input_specs=[None, None, None, 3])
+  return factory.build_backbone(
+    entry.family, entry.model_id, input_specs=[None, resolution, resolution, 3]
+  )
 
 
 def _feature_shapes(model: tf_keras.Model, resolution: int) -> Dict[str, list]:
@@ -186,11 +193,6 @@ def _feature_shapes(model: tf_keras.Model, resolution: int) -> Dict[str, list]:
     level: [1, resolution // 2 ** int(level), resolution // 2 ** int(level), int(shape[-1])]
     for level, shape in model.output_specs.items()
   }
-
-
-def _counted_resolution(resolution: int, stride: int = 2**MAX_LEVEL) -> int:
-  """The smallest multiple of the backbone's coarsest stride at least `resolution`."""
-  return -(-resolution // stride) * stride
 
 
 def _count(model, input_shape) -> Tuple[int, float]:
@@ -449,27 +451,32 @@ def _maskrcnn_row(key: str, entry: ModelEntry, backbone: tf_keras.Model, resolut
 
 
 def _classification_row(
-  key: str, entry: ModelEntry, backbone: tf_keras.Model, resolution: int
+  key: str, entry: ModelEntry, backbone: Optional[tf_keras.Model], resolution: int
 ) -> dict:
-  """ImageNet classifier: the backbone + GAP of the level-7 endpoint + Dense(1001)."""
+  """ImageNet classifier: the backbone + the paper's head (SpineNet Sec. 5) + Dense(1001).
+
+  Args:
+    key: the MODELS key.
+    entry: its entry.
+    backbone: the entry's backbone built for any multiple of 2^7, or None; used if
+      `resolution` is one, otherwise a backbone is built for `resolution`.
+    resolution: the square input size (ImageNet: 224).
+  """
   start = time.time()
-  counted = _counted_resolution(resolution)
-  inputs = tf_keras.Input([None, None, 3])
-  features = backbone(inputs)[str(MAX_LEVEL)]
-  pooled = tf_keras.layers.GlobalAveragePooling2D()(features)
-  logits = tf_keras.layers.Dense(NUM_IMAGENET_CLASSES)(pooled)
-  params, madds = _count(tf_keras.Model(inputs, logits), [1, counted, counted, 3])
-  note = f'GAP(P{MAX_LEVEL}) + Dense({NUM_IMAGENET_CLASSES})'
-  if counted != resolution:
-    # The backbone needs sizes divisible by 2^7; conv multiply-adds scale with area.
-    madds *= (resolution / counted) ** 2
-    note += f'; counted at {counted}, scaled by ({resolution}/{counted})^2'
+  if backbone is None or resolution % 2**MAX_LEVEL:
+    backbone = _build_backbone(entry, resolution)
+  head = classification_head.ClassificationHead(
+    NUM_IMAGENET_CLASSES, min_level=MIN_LEVEL, max_level=MAX_LEVEL
+  )
+  model = classification_model.ClassificationModel(backbone, head)
+  counts = _count(model, [1, resolution, resolution, 3])
+  note = f'P{MIN_LEVEL}-P{MAX_LEVEL} fused, GAP, Dense({NUM_IMAGENET_CLASSES})'
   return _row(
     key,
     entry,
     'classification',
     resolution,
-    (params, madds),
+    counts,
     entry.published_classification,
     {},
     note,
@@ -500,12 +507,17 @@ def compute_rows(
     detection_kinds = [k for k in kinds if k in ('retinanet', 'backbone')]
     maskrcnn = 'maskrcnn' in kinds and entry.maskrcnn is not None
     classify = 'classification' in kinds and entry.family == 'spinenet'
+    cls_resolution = resolution_override or IMAGENET_RESOLUTION
     if not (detection_kinds or maskrcnn or classify):
       continue
+    # Built for any multiple of 2^7, unless only a 224 classification row needs one.
+    shared = detection_kinds or maskrcnn or not cls_resolution % 2**MAX_LEVEL
     try:
-      start = time.time()
-      backbone = _build_backbone(entry)
-      logging.info('Built %s in %.1f s.', key, time.time() - start)
+      backbone = None
+      if shared:
+        start = time.time()
+        backbone = _build_backbone(entry)
+        logging.info('Built %s in %.1f s.', key, time.time() - start)
     except ImportError as e:
       logging.warning('Skipping %s: %s', key, e)
       rows.append(
@@ -526,7 +538,6 @@ def compute_rows(
       logging.info('Counting %s Mask R-CNN at %d.', key, mask_resolution)
       rows.append(_maskrcnn_row(key, entry, backbone, mask_resolution))
     if classify:
-      cls_resolution = resolution_override or IMAGENET_RESOLUTION
       logging.info('Counting %s classification at %d.', key, cls_resolution)
       rows.append(_classification_row(key, entry, backbone, cls_resolution))
     del backbone

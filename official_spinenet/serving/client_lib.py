@@ -8,7 +8,10 @@ gRPC requests are `tensorflow_serving.apis.predict_pb2.PredictRequest`s (package
 nor TensorFlow).
 
 Signatures and input names are those of `export_lib` (image_bytes: string [B];
-image_tensor: uint8 [B, H, W, 3], one image size per request).
+image_tensor: uint8 [B, H, W, 3], one image size per request). A reply is parsed into
+one `ImageDetections` per image for a detector, or one `ImageClassification` (the top-k
+classes, scores and names, best first) for a classifier (classification_export: its
+outputs are CLASSIFICATION_KEYS).
 """
 
 import base64
@@ -38,6 +41,8 @@ OUTPUT_KEYS = (
   'image_info',
 )
 MASK_KEY = 'detection_masks'  # Mask R-CNN exports only
+# A classifier export's outputs (serving/classification_export.py), each [B, k].
+CLASSIFICATION_KEYS = ('classes', 'scores', 'class_names')
 # A JSON file, {class id: name}, or the names of class ids 1, 2, ...
 CategoryNamesSource = Union[None, str, Mapping[Any, Any], Sequence[str]]
 
@@ -69,6 +74,27 @@ class ImageDetections:
       self.image_size,
       None if self.masks is None else self.masks[keep],
     )
+
+
+@dataclasses.dataclass
+class ImageClassification:
+  """One image's top-k classes, best first.
+
+  classes: int [k] 0-based label ids; scores: float32 [k] softmax probabilities;
+  class_names: k names (the export's class-names file, or 'class_<i>').
+  """
+
+  classes: np.ndarray
+  scores: np.ndarray
+  class_names: List[str]
+
+  def as_json(self) -> Dict[str, list]:
+    """{'classes', 'scores', 'class_names'} as JSON-ready lists."""
+    return {
+      'classes': [int(c) for c in self.classes],
+      'scores': [float(s) for s in self.scores],
+      'class_names': list(self.class_names),
+    }
 
 
 def find_images(patterns: Sequence[str]) -> List[str]:
@@ -250,8 +276,50 @@ def detections_from_outputs(outputs: Mapping[str, Any]) -> List[ImageDetections]
   return results
 
 
-def parse_rest_response(response: Mapping[str, Any]) -> List[ImageDetections]:
-  """Detections from a REST predict reply (row "predictions" or columnar "outputs").
+def _name(value: Any) -> str:
+  """A class name from a reply: bytes (gRPC, in-process) or str (REST)."""
+  return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
+
+
+def classifications_from_outputs(outputs: Mapping[str, Any]) -> List[ImageClassification]:
+  """Per-image top-k from a classifier's batched outputs (CLASSIFICATION_KEYS, [B, k])."""
+  classes = np.asarray(outputs['classes'])
+  scores = np.asarray(outputs['scores'])
+  names = outputs['class_names']
+  return [
+    ImageClassification(
+      classes=classes[i].astype(np.int64),
+      scores=scores[i].astype(np.float32),
+      class_names=[_name(n) for n in names[i]],
+    )
+    for i in range(len(classes))
+  ]
+
+
+def is_classification(outputs: Mapping[str, Any]) -> bool:
+  """Whether outputs (or their keys) are a classifier's rather than a detector's."""
+  return 'class_names' in outputs and 'detection_boxes' not in outputs
+
+
+def _reply_keys(outputs: Mapping[str, Any]) -> Sequence[str]:
+  return CLASSIFICATION_KEYS if is_classification(outputs) else _output_keys(outputs)
+
+
+def results_from_outputs(
+  outputs: Mapping[str, Any],
+) -> Union[List[ImageDetections], List[ImageClassification]]:
+  """Per-image results of a detector's or a classifier's batched outputs."""
+  if is_classification(outputs):
+    return classifications_from_outputs(outputs)
+  return detections_from_outputs(outputs)
+
+
+def parse_rest_response(
+  response: Mapping[str, Any],
+) -> Union[List[ImageDetections], List[ImageClassification]]:
+  """Per-image results from a REST predict reply (row "predictions" or columnar "outputs").
+
+  Detections for a detector's export, top-k classifications for a classifier's.
 
   Raises:
     RuntimeError: the reply is an error ({"error": message}).
@@ -259,19 +327,19 @@ def parse_rest_response(response: Mapping[str, Any]) -> List[ImageDetections]:
   if 'error' in response:
     raise RuntimeError(f'TF Serving error: {response["error"]}')
   if 'outputs' in response:
-    return detections_from_outputs(response['outputs'])
+    return results_from_outputs(response['outputs'])
   rows = response['predictions']
-  return detections_from_outputs(
-    {k: [row[k] for row in rows] for k in _output_keys(rows[0] if rows else {})}
+  return results_from_outputs(
+    {k: [row[k] for row in rows] for k in _reply_keys(rows[0] if rows else {})}
   )
 
 
-def parse_grpc_response(response) -> List[ImageDetections]:
-  """Detections from a tensorflow_serving PredictResponse."""
+def parse_grpc_response(response) -> Union[List[ImageDetections], List[ImageClassification]]:
+  """Per-image results (detections or classifications) from a PredictResponse."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  keys = _output_keys(response.outputs)
-  return detections_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in keys})
+  keys = _reply_keys(response.outputs)
+  return results_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in keys})
 
 
 _ASSERTION = re.compile(r'assertion failed: \[(.*?)\]\s*(?:\n|$)', re.DOTALL)
@@ -384,3 +452,11 @@ def format_detections(
   if len(detections.scores) > max_lines:
     lines.append(f'  ... {len(detections.scores) - max_lines} more')
   return '\n'.join(lines)
+
+
+def format_classification(name: str, result: ImageClassification) -> str:
+  """One line: the image, then its top-k classes with their scores, best first."""
+  best = ', '.join(
+    f'{label} {score:.3f}' for label, score in zip(result.class_names, result.scores)
+  )
+  return f'{name}: {best}'

@@ -6,12 +6,15 @@ against the SavedModel); this module sends them and writes the results. REST nee
 neither TensorFlow nor tensorflow-serving-api; gRPC needs the latter. TensorFlow is
 loaded only to write --output_dir / --output_json (utils.files, atomic and gs://-able)
 and to paste a Mask R-CNN export's masks (drawn in the class colour, returned as RLE).
+A classifier export's replies (top-k classes, scores and names) are printed one line per
+image and returned as they are; min_score, label_map and output_dir (drawings) apply to
+detections only.
 """
 
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import urllib.error
 import urllib.request
 
@@ -24,7 +27,8 @@ _GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # large photos in one batch
 SIGNATURES = ('image_bytes', 'image_tensor')
 PROTOCOLS = ('rest', 'grpc')
 
-Predict = Callable[[Sequence], List[client_lib.ImageDetections]]
+# images -> one ImageDetections (detector) or ImageClassification (classifier) per image.
+Predict = Callable[[Sequence], List[Any]]
 
 
 @dataclasses.dataclass
@@ -68,7 +72,7 @@ class ClientOptions:
 
 
 def predict_rest(images, url: str, signature: str, columnar: bool, timeout: float):
-  """POSTs one REST predict request; returns per-image detections."""
+  """POSTs one REST predict request; returns per-image results."""
   body = json.dumps(client_lib.rest_predict_payload(images, signature, columnar)).encode()
   request = urllib.request.Request(url, data=body, headers={'Content-Type': 'application/json'})
   try:
@@ -136,6 +140,22 @@ def _result_entry(detections: client_lib.ImageDetections) -> Dict[str, list]:
   return entry
 
 
+def _handle_reply(options, category_names, path: str, data: bytes, reply, drawing_name: str):
+  """Prints one image's reply; draws detections if asked; returns its JSON entry."""
+  if isinstance(reply, client_lib.ImageClassification):
+    print(client_lib.format_classification(path, reply))
+    return reply.as_json()
+  detections = reply.above(options.min_score)
+  print(client_lib.format_detections(path, detections, category_names))
+  if options.output_dir:
+    from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
+
+    drawing.save_drawing(
+      data, detections, category_names, os.path.join(options.output_dir, drawing_name)
+    )
+  return _result_entry(detections)
+
+
 def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
   """Sends the images, prints (and optionally draws / writes) the detections.
 
@@ -146,7 +166,8 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
     ({image path: {'boxes_ymin_xmin_ymax_xmax', 'scores', 'classes'[,
     'segmentations']}} above min_score, [paths of images whose request failed]);
     'segmentations' (a Mask R-CNN export) holds each mask as COCO RLE
-    ({'size': [h, w], 'counts': str}) in the image's pixels.
+    ({'size': [h, w], 'counts': str}) in the image's pixels. A classifier's entries are
+    {'classes', 'scores', 'class_names'}: its top-k, best first.
 
   Raises:
     ValueError: no images found, a bad label map, protocol or signature.
@@ -176,16 +197,8 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
       failed.extend(batch_paths)
       print(f'FAILED {", ".join(batch_paths)}: {e}')
       continue
-    for path, data, detections in zip(batch_paths, encoded, replies):
-      detections = detections.above(options.min_score)
-      print(client_lib.format_detections(path, detections, category_names))
-      results[path] = _result_entry(detections)
-      if options.output_dir:
-        from official_spinenet.serving import drawing  # pylint: disable=g-import-not-at-top
-
-        drawing.save_drawing(
-          data, detections, category_names, os.path.join(options.output_dir, drawings[path])
-        )
+    for path, data, reply in zip(batch_paths, encoded, replies):
+      results[path] = _handle_reply(options, category_names, path, data, reply, drawings[path])
   if options.output_json:
     from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
 

@@ -369,17 +369,38 @@ class DetectionServingModule(tf.Module):
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     """Signature name -> concrete function (serving_default = image_bytes)."""
-    functions = {
-      'image_tensor': self.serve_images,
-      'image_bytes': self.serve_image_bytes,
-      'tf_example': self.serve_tf_examples,
-    }
-    signatures = {}
-    for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items():
-      spec = tf.TensorSpec([self._config.batch_size] + shape, dtype, name=input_name)
-      signatures[name] = tf.function(functions[name], autograph=False).get_concrete_function(spec)
-    signatures['serving_default'] = signatures[DEFAULT_SIGNATURE]
-    return signatures
+    return concrete_signatures(self, self._config.batch_size)
+
+
+def concrete_signatures(
+  module, batch_size: Optional[int]
+) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """The SIGNATURE_INPUTS signatures of a serving module, serving_default = image_bytes.
+
+  Args:
+    module: has serve_images (uint8 [B, H, W, 3]), serve_image_bytes (string [B]) and
+      serve_tf_examples (string [B]); a detection or a classification serving module.
+    batch_size: None for a dynamic batch.
+  """
+  functions = {
+    'image_tensor': module.serve_images,
+    'image_bytes': module.serve_image_bytes,
+    'tf_example': module.serve_tf_examples,
+  }
+  signatures = {}
+  for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items():
+    spec = tf.TensorSpec([batch_size] + shape, dtype, name=input_name)
+    signatures[name] = tf.function(functions[name], autograph=False).get_concrete_function(spec)
+  signatures['serving_default'] = signatures[DEFAULT_SIGNATURE]
+  return signatures
+
+
+def signature_descriptions(batch_size: Optional[int]) -> Dict[str, Any]:
+  """Each signature's input name, dtype and shape, as export_config.json records them."""
+  return {
+    name: {'input': {'name': input_name, 'dtype': dtype.name, 'shape': [batch_size] + shape}}
+    for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items()
+  }
 
 
 def _check_model_input_size(model, model_input_size, max_level: int) -> None:
@@ -418,10 +439,7 @@ def export_config_dict(
 ) -> Dict[str, Any]:
   """The JSON-ready description written to assets.extra/export_config.json."""
   model = module.model
-  signatures = {
-    name: {'input': {'name': input_name, 'dtype': dtype.name, 'shape': [config.batch_size] + shape}}
-    for name, (input_name, dtype, shape) in SIGNATURE_INPUTS.items()
-  }
+  signatures = signature_descriptions(config.batch_size)
   outputs = (
     ['detection_boxes', 'detection_scores', 'detection_classes', 'num_detections']
     if config.apply_nms
@@ -515,14 +533,14 @@ def _move_into_place(tmp_dir: str, export_dir: str) -> None:
 
 
 def _write_export(
-  module: DetectionServingModule, folder: str, extra_assets: Mapping[str, str], category_names
+  module: tf.Module, folder: str, assets: Mapping[str, str], custom_gradients: bool = True
 ) -> None:
-  """The SavedModel and assets.extra/ (export_config.json, extra_assets) in folder."""
-  tf.saved_model.save(module, folder, signatures=module.signatures())
+  """The SavedModel (module.signatures()) and assets.extra/<name> files in folder."""
+  options = tf.saved_model.SaveOptions(experimental_custom_gradients=custom_gradients)
+  tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
   assets_dir = os.path.join(folder, EXTRA_ASSETS_DIR)
   os.makedirs(assets_dir, exist_ok=True)
-  description = export_config_dict(module, module.config, category_names, list(extra_assets))
-  for name, text in {**extra_assets, EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}.items():
+  for name, text in assets.items():
     with open(os.path.join(assets_dir, name), 'w') as f:
       f.write(text)
 
@@ -606,11 +624,50 @@ def export_saved_model(
   )
   extra_assets = dict(extra_assets or {})
   _check_asset_names(extra_assets)
-  export_dir = check_export_dir(export_dir, overwrite)
+  check_export_dir(export_dir, overwrite)
   module = DetectionServingModule(model, config)
+  description = export_config_dict(module, config, category_names, list(extra_assets))
+  return save_atomically(module, export_dir, description, extra_assets, overwrite)
+
+
+def save_atomically(
+  module: tf.Module,
+  export_dir: str,
+  description: Mapping[str, Any],
+  extra_assets: Optional[Mapping[str, str]] = None,
+  overwrite: bool = False,
+  custom_gradients: bool = True,
+) -> str:
+  """Saves a serving module with its assets.extra/ into export_dir, all or nothing.
+
+  Every export (detection here, classification in classification_export.py) is
+  written to a temporary folder beside export_dir and moved into place with
+  os.replace, so a reader (TF Serving polling a model folder) never sees half of it.
+
+  Args:
+    module: a tf.Module with a `signatures()` method (name -> concrete function).
+    export_dir: local folder to create (or replace, with overwrite).
+    description: JSON-ready, written as assets.extra/export_config.json.
+    extra_assets: file name -> text, written to assets.extra/.
+    overwrite: replace a non-empty export_dir.
+    custom_gradients: save the gradients of ops with custom gradients (e.g. swish)
+      too (tf.saved_model.SaveOptions.experimental_custom_gradients); serving never
+      differentiates, and tracing them can take half of the save.
+
+  Returns:
+    The absolute export_dir.
+
+  Raises:
+    FileExistsError: export_dir is not empty and overwrite is False.
+    ValueError: a remote export_dir, or an asset name that is not a plain file name.
+  """
+  extra_assets = dict(extra_assets or {})
+  _check_asset_names(extra_assets)
+  export_dir = check_export_dir(export_dir, overwrite)
+  assets = {**extra_assets, EXPORT_CONFIG_FILE: json.dumps(description, indent=2)}
   tmp_dir = _make_sibling_dir(export_dir, 'tmp')
   try:
-    _write_export(module, tmp_dir, extra_assets, category_names)
+    _write_export(module, tmp_dir, assets, custom_gradients)
     check_export_dir(export_dir, overwrite)  # someone may have written there meanwhile
     _move_into_place(tmp_dir, export_dir)
   except BaseException:

@@ -8,10 +8,14 @@ of gin: `configurables.py` exposes their constructors to gin files.
 
 import abc
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import tensorflow as tf
 import tf_keras
+
+from official_spinenet.data import record_check
+from official_spinenet.data import retinanet_input
 
 
 @dataclasses.dataclass
@@ -25,6 +29,11 @@ class InputConfig:
     aug_rand_hflip: random horizontal flips (training only).
     shuffle_buffer_size: examples in the shuffle buffer (training only).
     seed: optional shuffle seed (reproducible input order).
+    skip_corrupt_records: drop records that cannot be read (truncated or corrupt
+      shards, files that are not TFRecords: the rest of such a file) or decoded
+      instead of stopping the run; each is logged with its file and counted
+      (`data.record_check.skipped_records()`). Off by default: the first such record
+      stops the run, and `record_check.data_error_message` names its file.
   """
 
   file_pattern: str = ''
@@ -34,6 +43,7 @@ class InputConfig:
   aug_rand_hflip: bool = True
   shuffle_buffer_size: int = 1000
   seed: Optional[int] = None
+  skip_corrupt_records: bool = False
 
 
 class Evaluator(abc.ABC):
@@ -58,14 +68,94 @@ class Task(abc.ABC):
     self.train_data = train_data
     self.eval_data = eval_data
 
+  @property
+  def _name(self) -> str:
+    return type(self).__name__
+
   def validate(self, mode: str) -> None:
     """Raises ValueError for a bad configuration, before any heavy work.
 
     Args:
       mode: 'train', 'eval', 'train_and_eval' or 'continuous_eval'; only the
-        data the mode reads must exist.
+        data the mode reads must exist ('export' and other modes read none).
     """
     del mode  # A task with nothing to check accepts every mode.
+
+  def kernel_regularizer(self) -> Optional[tf_keras.regularizers.Regularizer]:
+    """L2 on kernels: l2_weight_decay / 2 * sum(w^2), as Model Garden (tf.nn.l2_loss)."""
+    decay = getattr(self, 'l2_weight_decay', 0.0)
+    return tf_keras.regularizers.l2(decay / 2.0) if decay else None
+
+  @staticmethod
+  def weight_decay_loss(model: tf_keras.Model) -> tf.Tensor:
+    """This replica's share of the L2 loss: every replica holds the same weights, so
+    the decay is divided by the replicas to count once in the trainer's sum."""
+    if not model.losses:
+      return tf.constant(0.0)
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / num_replicas
+
+  def splits_read(self, mode: str) -> List[Tuple[str, InputConfig]]:
+    """[(name, InputConfig)] of the splits `mode` reads; ValueError if one is missing."""
+    splits = []
+    if mode in ('train', 'train_and_eval'):
+      splits.append(('train_data', self.train_data))
+    if mode in ('eval', 'train_and_eval', 'continuous_eval'):
+      if self.eval_data is None:
+        raise ValueError(f'--mode={mode} needs {self._name}.eval_data.')
+      splits.append(('eval_data', self.eval_data))
+    return splits
+
+  def split_input_args(
+    self, is_training: bool, input_context: Optional[tf.distribute.InputContext]
+  ) -> Dict[str, Any]:
+    """The input-pipeline arguments every task takes from one split's InputConfig."""
+    config = self.train_data if is_training else self.eval_data
+    return dict(
+      file_pattern=config.file_pattern,
+      is_training=is_training,
+      global_batch_size=config.global_batch_size,
+      input_context=input_context,
+      shuffle_buffer_size=config.shuffle_buffer_size,
+      seed=config.seed,
+      aug_rand_hflip=config.aug_rand_hflip,
+      skip_corrupt_records=config.skip_corrupt_records,
+    )
+
+  def check_input_splits(self, mode: str) -> None:
+    """ValueError naming the split whose files or batch size cannot work.
+
+    Settings first (file pattern, batch size, empty files), then the files' first
+    record headers (e.g. a PNG named .tfrecord): a bad setting is the likelier mistake.
+    """
+    splits = self.splits_read(mode)
+    for name, config in splits:
+      where = f'{self._name}.{name}'
+      if not config.file_pattern:
+        raise ValueError(
+          f'{where}.file_pattern is empty; set it in the gin file or with --gin_param.'
+        )
+      files = retinanet_input.list_files(config.file_pattern)
+      empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
+      if empty:
+        raise ValueError(f'{where}: empty data file(s) {empty[:3]}.')
+      if config.global_batch_size < 1:
+        raise ValueError(f'{where}.global_batch_size must be >= 1, got {config.global_batch_size}.')
+    for name, config in splits:
+      self._check_first_records(name, config, retinanet_input.list_files(config.file_pattern))
+
+  def _check_first_records(self, name: str, config: InputConfig, files: Sequence[str]) -> None:
+    """Raises ValueError (or warns, when the split skips corrupt records) naming the files
+    whose first record header is not TFRecord framing (e.g. a PNG named .tfrecord)."""
+    problems = record_check.first_record_problems(files)
+    if not problems:
+      return
+    text = '; '.join(str(p) for p in problems[:3]) + (' ...' if len(problems) > 3 else '')
+    where = f'{self._name}.{name}.file_pattern'
+    if config.skip_corrupt_records:
+      logging.warning('%s: %s; they will be skipped (skip_corrupt_records).', where, text)
+      return
+    raise ValueError(f'{where}: {text}. {record_check.fix_hint(name.replace("_data", ""))}')
 
   @abc.abstractmethod
   def build_model(self) -> tf_keras.Model:

@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from official_spinenet.data import retinanet_input
 from official_spinenet.tasks import base_task
 from official_spinenet.utils import image_sizes
 
@@ -46,10 +45,6 @@ class DetectionTask(base_task.Task):
     self.per_category_metrics = per_category_metrics
     self.image_dtype = image_dtype
 
-  @property
-  def _name(self) -> str:
-    return type(self).__name__
-
   def validate(self, mode: str) -> None:
     stride = 2**self.max_level
     if any(s % stride for s in self.image_size):
@@ -65,29 +60,12 @@ class DetectionTask(base_task.Task):
         f'{self._name}.num_classes counts the background class too and must be '
         f'>= 2, got {self.num_classes}.'
       )
-    for name, config in self.splits_read(mode):
-      if not config.file_pattern:
-        raise ValueError(
-          f'{self._name}.{name}.file_pattern is empty; set it in the gin file or with --gin_param.'
-        )
-      files = retinanet_input.list_files(config.file_pattern)
-      empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
-      if empty:
-        raise ValueError(f'{self._name}.{name}: empty data file(s) {empty[:3]}.')
-      if config.global_batch_size < 1:
-        raise ValueError(
-          f'{self._name}.{name}.global_batch_size must be >= 1, got {config.global_batch_size}.'
-        )
+    self.check_input_splits(mode)
 
   def splits_read(self, mode: str):
-    """[(name, InputConfig)] of the splits `mode` reads; ValueError if one is missing."""
-    splits = []
-    if mode in ('train', 'train_and_eval'):
-      splits.append(('train_data', self.train_data))
-    if mode in ('eval', 'train_and_eval', 'continuous_eval'):
-      if self.eval_data is None:
-        raise ValueError(f'--mode={mode} needs {self._name}.eval_data.')
-      splits.append(('eval_data', self.eval_data))
+    """The base task's splits; evaluation also needs annotation_file to exist if set."""
+    splits = super().splits_read(mode)
+    if any(name == 'eval_data' for name, _ in splits):
       if self.annotation_file and not tf.io.gfile.exists(self.annotation_file):
         raise ValueError(f'{self._name}.annotation_file {self.annotation_file!r} does not exist.')
     return splits
@@ -98,24 +76,14 @@ class DetectionTask(base_task.Task):
     """The input-pipeline arguments every detection task passes for one split."""
     config = self.train_data if is_training else self.eval_data
     return dict(
-      file_pattern=config.file_pattern,
-      is_training=is_training,
-      global_batch_size=config.global_batch_size,
+      super().split_input_args(is_training, input_context),
       image_size=self.image_size,
       min_level=self.min_level,
       max_level=self.max_level,
       aug_scale_min=config.aug_scale_min,
       aug_scale_max=config.aug_scale_max,
-      aug_rand_hflip=config.aug_rand_hflip,
-      input_context=input_context,
-      shuffle_buffer_size=config.shuffle_buffer_size,
-      seed=config.seed,
       dtype=self.image_dtype,
     )
-
-  def kernel_regularizer(self) -> Optional[tf_keras.regularizers.Regularizer]:
-    """L2 on kernels: l2_weight_decay / 2 * sum(w^2), as Model Garden (tf.nn.l2_loss)."""
-    return tf_keras.regularizers.l2(self.l2_weight_decay / 2.0) if self.l2_weight_decay else None
 
   def build_pyramid(
     self,
@@ -140,15 +108,6 @@ class DetectionTask(base_task.Task):
         input_specs=backbone.output_specs, kernel_regularizer=kernel_regularizer, **levels
       )
     return backbone, decoder
-
-  @staticmethod
-  def weight_decay_loss(model: tf_keras.Model) -> tf.Tensor:
-    """This replica's share of the L2 loss: every replica holds the same weights, so
-    the decay is divided by the replicas to count once in the trainer's sum."""
-    if not model.losses:
-      return tf.constant(0.0)
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / num_replicas
 
 
 class DetectionEvaluator(base_task.Evaluator):

@@ -16,19 +16,38 @@ DetectionGenerator bindings); whatever is used is recorded in
 `assets.extra/export_config.json`. A Mask R-CNN export adds detection_masks: crop masks
 by default, or masks pasted into the image's pixels (mask_output='pasted'; see
 serving/export_lib.py and docs/serving.md).
+
+A ClassificationTask config exports a classifier instead
+(`serving.classification_export`: the same signatures, returning the top_k classes,
+softmax scores and class names of each image; the names from
+ClassificationTask.class_names_file). The detection options (NMS, apply_nms, exit_index,
+mask_output, category names) are refused for it; top_k is refused for a detector.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from official_spinenet.serving import classification_export
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import preprocessing
 from official_spinenet.tasks import anytime_retinanet_task
+from official_spinenet.tasks import classification_task
 from official_spinenet.tasks import maskrcnn_task
 from official_spinenet.utils import checkpoint_paths
 from official_spinenet.workflows import loading
 
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
+# export_from_checkpoint's detection-only arguments -> the spinenet-export flag that sets them.
+_DETECTION_FLAGS = {
+  'score_threshold': '--score_threshold',
+  'max_detections': '--max_detections',
+  'nms_iou_threshold': '--nms_iou_threshold',
+  'pre_nms_top_k': '--pre_nms_top_k',
+  'apply_nms': '--noapply_nms',
+  'exit_index': '--exit_index',
+  'mask_output': '--mask_output',
+  'category_names': '--category_names_json',
+}
 
 
 def _check_category_ids(names: Dict[int, str], num_classes: int) -> None:
@@ -77,6 +96,47 @@ def _check_export_dir(export_dir: str, overwrite: bool) -> None:
   export_lib.check_export_dir(export_dir, overwrite, how_to_overwrite='--overwrite')
 
 
+def _check_classifier_options(task, detection_options: Dict[str, Any]) -> None:
+  """ValueError naming the detection-only options (_DETECTION_FLAGS) given for a classifier."""
+  defaults = {'apply_nms': True, 'mask_output': export_lib.DEFAULT_MASK_OUTPUT}
+  given = [
+    _DETECTION_FLAGS[name]
+    for name, value in detection_options.items()
+    if value is not None and value != defaults.get(name)
+  ]
+  if given:
+    raise ValueError(
+      f'{", ".join(given)}: detection options, but the gin config builds a '
+      f'{type(task).__name__} (a classifier). It exports with --top_k, --batch_size and '
+      '--max_image_pixels; its class names come from ClassificationTask.class_names_file.'
+    )
+
+
+def _export_classifier(
+  task, gin_files, gin_params, checkpoint_path: str, export_dir: str, overwrite: bool, **options
+) -> str:
+  """A ClassificationTask's checkpoint -> classifier SavedModel (cheap checks first)."""
+  if options['top_k'] is None:
+    options['top_k'] = task.top_k
+  classification_export.ClassificationExportConfig(
+    input_image_size=tuple(task.image_size), **options
+  ).validate(task.num_classes)
+  _check_export_dir(export_dir, overwrite)
+  names = classification_export.check_class_names(
+    task.class_names(), task.num_classes, task.class_names_file
+  )
+  loaded = loading.build_and_restore(task, checkpoint_path, gin_files, gin_params)
+  return classification_export.export_classifier(
+    loaded.model,
+    export_dir,
+    task.image_size,
+    class_names=names,
+    extra_assets={OPERATIVE_CONFIG_FILE: loaded.operative_config},
+    overwrite=overwrite,
+    **options,
+  )
+
+
 def export_from_checkpoint(
   gin_files: Sequence[str],
   gin_params: Sequence[str],
@@ -94,8 +154,9 @@ def export_from_checkpoint(
   overwrite: bool = False,
   exit_index: Optional[int] = None,
   mask_output: str = export_lib.DEFAULT_MASK_OUTPUT,
+  top_k: Optional[int] = None,
 ) -> str:
-  """gin + checkpoint -> SavedModel.
+  """gin + checkpoint -> SavedModel (a detector's, or a ClassificationTask's classifier).
 
   Args:
     gin_files, gin_params, checkpoint: see loading.load_model.
@@ -114,6 +175,7 @@ def export_from_checkpoint(
       up to it are in the exported graph. None: the task's eval_exit.
     mask_output: Mask R-CNN: 'crop' (default: float32 [B, N, 28, 28] over each box)
       or 'pasted' (uint8 [B, N, H, W] in the image's pixels).
+    top_k: classifiers only: classes returned per image (None: the task's top_k).
 
   Returns:
     The absolute export_dir.
@@ -124,6 +186,17 @@ def export_from_checkpoint(
   """
   task = loading.build_task(gin_files, gin_params)
   checkpoint_path = checkpoint_paths.resolve_checkpoint(checkpoint)
+  if isinstance(task, classification_task.ClassificationTask):
+    detection = {k: v for k, v in locals().items() if k in _DETECTION_FLAGS}
+    _check_classifier_options(task, detection)
+    return _export_classifier(
+      task, gin_files, gin_params, checkpoint_path, export_dir, overwrite,
+      top_k=top_k, batch_size=batch_size, max_image_pixels=max_image_pixels,
+    )  # fmt: skip
+  if top_k is not None:
+    raise ValueError(
+      f'--top_k={top_k} is for classifiers; the gin config builds a {type(task).__name__}.'
+    )
   options = dict(
     **loading.task_nms_options(
       task, score_threshold, max_detections, nms_iou_threshold, pre_nms_top_k

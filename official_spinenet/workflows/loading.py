@@ -29,10 +29,10 @@ class LoadedModel:
   """A task's model with checkpoint weights.
 
   Attributes:
-    task: the task the gin config built (RetinaNetTask, MaskRCNNTask, ...: image_size,
-      num_classes, ...).
-    model: the built model (RetinaNetModel, MaskRCNNModel) holding the checkpoint's
-      weights.
+    task: the task the gin config built (RetinaNetTask, MaskRCNNTask,
+      ClassificationTask, ...: image_size, num_classes, ...).
+    model: the built model (RetinaNetModel, MaskRCNNModel, ClassificationModel)
+      holding the checkpoint's weights.
     checkpoint_path: the checkpoint prefix that was read (e.g. '.../ckpt-1500').
     operative_config: gin's operative config after the model was built, with a header
       naming the checkpoint, gin files and bindings.
@@ -52,9 +52,9 @@ def _short(error: BaseException) -> str:
 def restore_weights(checkpoint_path: str, items: Mapping[str, tf.Module]) -> str:
   """Reads model weights (no optimizer state) from a training or converted checkpoint.
 
-  Training checkpoints hold the whole model under 'model' (see training/trainer.py);
-  spinenet-convert-checkpoint writes only named parts ('backbone', 'decoder', 'head').
-  The first that fits every variable of the model wins.
+  Training checkpoints hold the whole model under 'model' (see training/trainer.py; a
+  classifier's as a detector's); spinenet-convert-checkpoint writes only named parts
+  ('backbone', 'decoder', 'head'). The first that fits every variable of the model wins.
 
   Args:
     checkpoint_path: a checkpoint prefix.

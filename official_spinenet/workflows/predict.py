@@ -1,4 +1,4 @@
-"""A detector over image files: COCO results, images.json and drawings (spinenet-predict).
+"""A detector or a classifier over image files (spinenet-predict): COCO results, or top-k.
 
 The detector is an exported SavedModel (`saved_model_predictor`, its `image_bytes`
 signature) or a gin config + checkpoint (`checkpoint_predictor`, the same serving module,
@@ -21,29 +21,47 @@ Garden's `mask_ops.paste_instance_masks`, the Detectron paste the COCO evaluator
 with, so detections.json scores as the training evaluation does.
 Every file is written atomically (utils.files). An image that fails (corrupt, too
 large) is reported in images.json["failed"] and the others carry on.
+
+A classifier (a classification export, or a ClassificationTask config + checkpoint; then
+`ClassifierPredictor`, through `classification_export.ClassificationServingModule`: the
+eval preprocessing, softmax, top-k) makes `run_classify` write instead:
+  classifications.jsonl  JSON lines, one per image in the order of the images:
+                         {"path", "file_name", "classes": [k ids, 0-based], "scores":
+                         [k softmax probabilities], "class_names": [k names]}, best
+                         first; an image that failed: {"path", "file_name", "error"}
+and spinenet-predict prints one line per image ("<path>: <name> <score>, ..."). JSON
+lines stream (a line per image, readable with `jq` or pandas.read_json(lines=True)) and
+keep the failures in their place. Drawings, --annotation_file and category names are for
+detectors; a classifier's names come from its export (its class-names file).
 """
 
 import dataclasses
+import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow as tf
 
 from official_spinenet.data import coco_tfrecord
 from official_spinenet.evaluation import instance_masks
+from official_spinenet.serving import classification_export
 from official_spinenet.serving import client_lib
 from official_spinenet.serving import drawing
 from official_spinenet.serving import export_lib
 from official_spinenet.serving import postprocessing
 from official_spinenet.serving import preprocessing
+from official_spinenet.tasks import classification_task
+from official_spinenet.utils import checkpoint_paths
 from official_spinenet.utils import files
 from official_spinenet.workflows import loading
 
 DETECTIONS_FILE = 'detections.json'
 IMAGES_FILE = 'images.json'
+CLASSIFICATIONS_FILE = 'classifications.jsonl'
 
 Detect = Callable[[Sequence[bytes]], List[client_lib.ImageDetections]]
+Classify = Callable[[Sequence[bytes]], List[client_lib.ImageClassification]]
 
 
 @dataclasses.dataclass
@@ -63,10 +81,30 @@ class Predictor:
   description: str
 
 
+@dataclasses.dataclass
+class ClassifierPredictor:
+  """A classifier over encoded images.
+
+  Attributes:
+    classify: list of JPEG / PNG bytes (any sizes) -> one ImageClassification per image
+      (its top-k classes, softmax scores and names, best first). Raises
+      tf.errors.InvalidArgumentError for a bad image in the batch.
+    description: where the model came from (for logs).
+  """
+
+  classify: Classify
+  description: str
+
+
 def _detect_fn(
-  signature: Callable[..., Dict[str, tf.Tensor]], fixed_batch_size: Optional[int]
+  signature: Callable[..., Dict[str, tf.Tensor]],
+  fixed_batch_size: Optional[int],
+  parse: Callable[..., list] = client_lib.detections_from_outputs,
 ) -> Detect:
-  """Wraps a string [B] -> outputs function; pads a short batch to a fixed batch size."""
+  """Wraps a string [B] -> outputs function; pads a short batch to a fixed batch size.
+
+  parse turns the numpy outputs into per-image results (detections by default).
+  """
 
   def detect(encoded: Sequence[bytes]) -> List[client_lib.ImageDetections]:
     encoded = list(encoded)
@@ -79,13 +117,16 @@ def _detect_fn(
         )
       encoded += [encoded[-1]] * (fixed_batch_size - count)
     outputs = signature(tf.constant(encoded, dtype=tf.string))
-    return client_lib.detections_from_outputs({k: v.numpy() for k, v in outputs.items()})[:count]
+    return parse({k: v.numpy() for k, v in outputs.items()})[:count]
 
   return detect
 
 
-def saved_model_predictor(export_dir: str) -> Predictor:
+def saved_model_predictor(export_dir: str) -> Union[Predictor, ClassifierPredictor]:
   """The `image_bytes` signature of a spinenet-export SavedModel.
+
+  Returns:
+    A Predictor for a detector's export, a ClassifierPredictor for a classifier's.
 
   Raises:
     ValueError: no SavedModel there, no image_bytes signature, or an export without
@@ -101,16 +142,16 @@ def saved_model_predictor(export_dir: str) -> Predictor:
       'spinenet-export.'
     )
   signature = loaded.signatures[export_lib.DEFAULT_SIGNATURE]
-  if 'detection_boxes' not in signature.structured_outputs:
+  outputs = signature.structured_outputs
+  classifier = client_lib.is_classification(outputs)
+  if 'detection_boxes' not in outputs and not classifier:
     raise ValueError(
-      f'The SavedModel in {export_dir} returns '
-      f'{sorted(signature.structured_outputs)}, not detections (exported with '
-      'apply_nms=False?); export it again with NMS.'
+      f'The SavedModel in {export_dir} returns {sorted(outputs)}, neither detections '
+      '(exported with apply_nms=False?) nor classes; export it again with NMS.'
     )
   input_name = export_lib.SIGNATURE_INPUTS[export_lib.DEFAULT_SIGNATURE][0]
   config_path = os.path.join(export_dir, export_lib.EXTRA_ASSETS_DIR, export_lib.EXPORT_CONFIG_FILE)
   config = export_lib.read_export_config(export_dir) if os.path.exists(config_path) else {}
-  names = client_lib.load_category_names(config.get('category_names'))
   batch_size = config.get('options', {}).get('batch_size')
 
   def call(encoded):
@@ -118,7 +159,12 @@ def saved_model_predictor(export_dir: str) -> Predictor:
 
   # The loaded object owns the variables the signature reads: keep it alive.
   call.loaded = loaded
-  return Predictor(_detect_fn(call, batch_size), names, f'SavedModel {export_dir}')
+  description = f'SavedModel {export_dir}'
+  if classifier:
+    parse = client_lib.classifications_from_outputs
+    return ClassifierPredictor(_detect_fn(call, batch_size, parse), description)
+  names = client_lib.load_category_names(config.get('category_names'))
+  return Predictor(_detect_fn(call, batch_size), names, description)
 
 
 def checkpoint_predictor(
@@ -130,13 +176,28 @@ def checkpoint_predictor(
   max_detections: Optional[int] = None,
   nms_iou_threshold: Optional[float] = None,
   max_image_pixels: int = preprocessing.DEFAULT_MAX_IMAGE_PIXELS,
-) -> Predictor:
+) -> Union[Predictor, ClassifierPredictor]:
   """The gin config's model with checkpoint weights, run through the serving module.
 
   The NMS options default to the task's evaluation settings, as in spinenet-export;
-  Mask R-CNN's masks come as crop masks (pasted on the host).
+  Mask R-CNN's masks come as crop masks (pasted on the host). A ClassificationTask
+  config gives a ClassifierPredictor (the task's top_k and class names).
+
+  Raises:
+    ValueError: bad gin config or checkpoint, or NMS options for a classifier.
   """
-  loaded = loading.load_model(gin_files, gin_params, checkpoint)
+  task = loading.build_task(gin_files, gin_params)
+  path = checkpoint_paths.resolve_checkpoint(checkpoint)
+  if isinstance(task, classification_task.ClassificationTask):
+    nms = dict(
+      score_threshold=score_threshold,
+      max_detections=max_detections,
+      nms_iou_threshold=nms_iou_threshold,
+    )
+    _refuse_for_classifier(task, {f'--{k}': v for k, v in nms.items()})
+    loaded = loading.build_and_restore(task, path, gin_files, gin_params)
+    return _classifier_from_checkpoint(loaded, max_image_pixels)
+  loaded = loading.build_and_restore(task, path, gin_files, gin_params)
   config = export_lib.make_export_config(
     loaded.model,
     loaded.task.image_size,
@@ -149,6 +210,37 @@ def checkpoint_predictor(
   )
   return Predictor(
     _detect_fn(serve, None), {}, f'checkpoint {loaded.checkpoint_path} ({", ".join(gin_files)})'
+  )
+
+
+def _refuse_for_classifier(model: Any, options: Dict[str, Any]) -> None:
+  """ValueError naming the detector-only options (flag -> value) given for a classifier."""
+  given = [name for name, value in options.items() if value not in (None, '', [], (), {})]
+  if given:
+    what = type(model).__name__ if not isinstance(model, str) else model
+    raise ValueError(
+      f'{", ".join(given)}: for detectors, but the model is a classifier ({what}); it '
+      'predicts the top-k classes of each image with the names of its class-names file.'
+    )
+
+
+def _classifier_from_checkpoint(
+  loaded: loading.LoadedModel, max_image_pixels: int
+) -> ClassifierPredictor:
+  """A ClassificationTask's model through the classifier serving module (its top_k)."""
+  task = loaded.task
+  config = classification_export.ClassificationExportConfig(
+    input_image_size=tuple(task.image_size), top_k=task.top_k, max_image_pixels=max_image_pixels
+  )
+  module = classification_export.ClassificationServingModule(
+    loaded.model, config, task.class_names()
+  )
+  serve = tf.function(
+    module.serve_image_bytes, autograph=False, input_signature=[tf.TensorSpec([None], tf.string)]
+  )
+  return ClassifierPredictor(
+    _detect_fn(serve, None, client_lib.classifications_from_outputs),
+    f'checkpoint {loaded.checkpoint_path} ({type(task).__name__})',
   )
 
 
@@ -223,17 +315,20 @@ def coco_results(image_id: int, detections: client_lib.ImageDetections) -> List[
   return results
 
 
-def _detect_batch(predictor: Predictor, paths: Sequence[str], encoded: Sequence[bytes]):
-  """[(path, detections or None, error or None)]; a refused batch is retried image by image."""
+def _detect_batch(detect: Callable, paths: Sequence[str], encoded: Sequence[bytes]):
+  """[(path, result or None, error or None)]; a refused batch is retried image by image.
+
+  detect: a Predictor's detect or a ClassifierPredictor's classify.
+  """
   try:
-    return [(p, d, None) for p, d in zip(paths, predictor.detect(encoded))]
+    return [(p, d, None) for p, d in zip(paths, detect(encoded))]
   except tf.errors.InvalidArgumentError as e:
     if len(paths) == 1:
       return [(paths[0], None, client_lib.error_summary(e.message))]
   results = []
   for path, data in zip(paths, encoded):
     try:
-      results.append((path, predictor.detect([data])[0], None))
+      results.append((path, detect([data])[0], None))
     except tf.errors.InvalidArgumentError as e:
       results.append((path, None, client_lib.error_summary(e.message)))
   return results
@@ -304,7 +399,7 @@ def run_predict(
   for batch_paths in client_lib.batches(paths, batch_size):
     encoded = client_lib.read_files(batch_paths)
     for (path, detections, error), data in zip(
-      _detect_batch(predictor, batch_paths, encoded), encoded
+      _detect_batch(predictor.detect, batch_paths, encoded), encoded
     ):
       if error is not None:
         logging.warning('%s failed: %s', path, error)
@@ -341,6 +436,56 @@ def run_predict(
     'detections_file': detections_file,
     'images_file': images_file,
   }
+
+
+def run_classify(
+  predictor: ClassifierPredictor,
+  images: Sequence[str],
+  output_dir: str,
+  *,
+  batch_size: int = 8,
+  show_progress: bool = True,
+) -> Dict[str, Any]:
+  """Runs a classifier over the images and writes classifications.jsonl (module docstring).
+
+  Args:
+    predictor: a ClassifierPredictor (saved_model_predictor or checkpoint_predictor).
+    images: files, folders (their .jpg / .jpeg / .png) and globs.
+    output_dir: created if missing.
+    batch_size: images per call.
+    show_progress: a progress line on stderr (absl log lines when not a terminal).
+
+  Returns:
+    {'images': [the JSON line of each image classified], 'failed': [{'path', 'error'}],
+     'classifications_file': path}.
+
+  Raises:
+    ValueError: no images found.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  paths = client_lib.find_images(images)
+  tf.io.gfile.makedirs(output_dir)
+  logging.info('Classifying %d image(s) with %s.', len(paths), predictor.description)
+  lines, entries, failed = [], [], []
+  progress = coco_tfrecord.TextProgress(len(paths), 'Classifying', enabled=show_progress)
+  for batch_paths in client_lib.batches(paths, batch_size):
+    encoded = client_lib.read_files(batch_paths)
+    for path, result, error in _detect_batch(predictor.classify, batch_paths, encoded):
+      line = {'path': path, 'file_name': os.path.basename(path)}
+      if error is not None:
+        logging.warning('%s failed: %s', path, error)
+        failed.append({'path': path, 'error': error})
+        line['error'] = error
+      else:
+        line.update(result.as_json())
+        entries.append(line)
+      lines.append(line)
+    progress.update(len(batch_paths))
+  progress.close()
+  classifications_file = os.path.join(output_dir, CLASSIFICATIONS_FILE)
+  files.atomic_write(classifications_file, ''.join(json.dumps(line) + '\n' for line in lines))
+  return {'images': entries, 'failed': failed, 'classifications_file': classifications_file}
 
 
 def _check_model_source(
@@ -380,6 +525,9 @@ def predict(
 ) -> Dict[str, Any]:
   """What spinenet-predict runs: cheap checks, then the predictor, then run_predict.
 
+  A classifier (a classification export or config) runs run_classify instead; draw and
+  draw_min_score are then unused.
+
   Images, class names and the annotation file are checked before the model loads.
 
   Args:
@@ -392,7 +540,7 @@ def predict(
     **run_options: batch_size, draw, draw_min_score, show_progress (see run_predict).
 
   Returns:
-    run_predict's summary.
+    run_predict's summary (a classifier: run_classify's).
 
   Raises:
     ValueError: naming the problem (model, images, names, annotation file).
@@ -406,6 +554,16 @@ def predict(
     predictor = saved_model_predictor(saved_model)
   else:
     predictor = checkpoint_predictor(gin_files, gin_params, checkpoint, **(nms_options or {}))
+  if isinstance(predictor, ClassifierPredictor):
+    given = {'--annotation_file': annotation_file, '--category_names_json': category_names}
+    _refuse_for_classifier(predictor.description, given)
+    return run_classify(
+      predictor,
+      paths,
+      output_dir,
+      batch_size=run_options.get('batch_size', 8),
+      show_progress=run_options.get('show_progress', True),
+    )
   return run_predict(
     predictor,
     paths,

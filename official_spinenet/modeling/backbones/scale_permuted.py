@@ -66,6 +66,11 @@ def feature_width(input_width: Optional[int], level: int, max_block_level: int) 
   return int(math.ceil(input_width / 2**level))
 
 
+def feature_height(input_height: Optional[int], level: int) -> Optional[int]:
+  """Static height of a level-`level` map, ceil(H / 2^level); None if H is dynamic."""
+  return None if input_height is None else int(math.ceil(input_height / 2**level))
+
+
 @dataclasses.dataclass(frozen=True)
 class Feature:
   """Where a block's output lives: what resampling from or into it needs.
@@ -74,19 +79,24 @@ class Feature:
     level: feature level.
     block_fn: block type.
     width: nominal spatial width (`feature_width`).
+    height: static spatial height (`feature_height`); None if dynamic.
   """
 
   level: int
   block_fn: str
   width: int
+  height: Optional[int] = None
 
 
 class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model):
   """Base of the scale-permuted backbones, as functional Keras models.
 
-  Input: images [B, H, W, 3], H and W divisible by 2^max(max_level, block levels).
-  Output: dict str(level) -> [B, H / 2^level, W / 2^level, endpoints_num_filters]
-  for level in [min_level, max_level].
+  Input: images [B, H, W, 3]. A size given in input_specs may be any size of at
+  least 2^L, L = max(max_level, block levels) (e.g. 224, the paper's ImageNet
+  size): where sizes do not divide, resampling resizes to the target block's size.
+  A dynamic (None) size must be a multiple of 2^L at call time.
+  Output: dict str(level) -> [B, ceil(H / 2^level), ceil(W / 2^level),
+  endpoints_num_filters] for level in [min_level, max_level].
 
   Constructor arguments every family takes (in a subclass's signature, passed on
   through `locals()`):
@@ -134,7 +144,7 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
 
     inputs = tf_keras.Input(shape=input_shape[1:], batch_size=input_shape[0])
     outputs = self._build_blocks(
-      self._build_stem(inputs), input_shape[2], arguments['init_stochastic_depth_rate']
+      self._build_stem(inputs), input_shape[1:3], arguments['init_stochastic_depth_rate']
     )
     # A 1x1 conv, BN and activation per level to a common endpoint width.
     endpoints = {
@@ -159,13 +169,39 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
         f'{self.NAME} has block widths for levels up to '
         f'{max(self.FILTER_SIZE_MAP)}; got level {self._max_block_level}.'
       )
-    spinenet_specs.validate_input_size(input_shape, self._max_block_level, self.NAME)
+    self._check_input_size(input_shape)
     narrowest = min(self.FILTER_SIZE_MAP.values())
     if self._filter_size_scale <= 0 or int(narrowest * self._filter_size_scale) < 1:
       raise ValueError(
         f'filter_size_scale {self._filter_size_scale} leaves a block without '
         f'channels; it must be >= {1.0 / narrowest}.'
       )
+
+  def _check_input_size(self, input_shape: Sequence[Optional[int]]) -> None:
+    """Static sizes: at least 2^L; one dynamic side: the static one a multiple of 2^L.
+
+    Below 2^L the coarsest levels would all be 1 pixel and the resampling would not
+    know how many halvings lie between them. With one side dynamic, resampling
+    works on nominal sizes, which the other side must then divide like.
+    """
+    stride = 2**self._max_block_level
+    sizes = input_shape[1:3]
+    for axis, size in zip(('height', 'width'), sizes):
+      if size is not None and size < stride:
+        raise ValueError(
+          f'{self.NAME}: input {axis} {size} is smaller than 2^max_level = {stride}; '
+          f'resize or pad the image to at least {stride}.'
+        )
+    if None in sizes:
+      # The resampling layers are chosen at build time, so with a dynamic side only
+      # the power-of-two path is possible and every static side must divide too.
+      try:
+        spinenet_specs.validate_input_size(input_shape, self._max_block_level, self.NAME)
+      except ValueError as e:
+        raise ValueError(
+          f'{e} Sizes that are not multiples of {stride} (e.g. 224) need both height and '
+          'width given in input_specs.'
+        ) from None
 
   def _filters(self, level: int) -> int:
     """Block width at `level` (a bottleneck outputs 4x this)."""
@@ -178,11 +214,21 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
     )
 
   def _build_blocks(
-    self, stem: Sequence[tf.Tensor], input_width: Optional[int], init_drop_rate: float
+    self,
+    stem: Sequence[tf.Tensor],
+    input_size: Sequence[Optional[int]],
+    init_drop_rate: float,
   ) -> Dict[int, tf.Tensor]:
-    """Walks the block specs after the stem; returns {level: output block}."""
-    width = lambda level: feature_width(input_width, level, self._max_block_level)
-    features = [Feature(level, block_fn, width(level)) for level, block_fn in self.STEM_BLOCKS]
+    """Walks the block specs after the stem; returns {level: output block}.
+
+    input_size: the image's static (height, width), None where dynamic.
+    """
+
+    def feature(level: int, block_fn: str) -> Feature:
+      width = feature_width(input_size[1], level, self._max_block_level)
+      return Feature(level, block_fn, width, feature_height(input_size[0], level))
+
+    features = [feature(level, block_fn) for level, block_fn in self.STEM_BLOCKS]
     merges = topology.merge_unconsumed(
       self._specs,
       [self._node(f.level, f.block_fn) for f in features],
@@ -191,7 +237,7 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
     net = list(stem)
     outputs = {}
     for i, spec in enumerate(self._specs):
-      target = Feature(spec.level, spec.block_fn, width(spec.level))
+      target = feature(spec.level, spec.block_fn)
       parents = [self._resample(net[j], features[j], target) for j in spec.input_offsets]
       # Unconsumed blocks of the output block's level and channels join unresampled.
       parents += [net[j] for j in merges[i]]
@@ -228,8 +274,13 @@ class ScalePermutedBackbone(constructor_config.ConstructorConfig, tf_keras.Model
   # Keras model interface.
 
   def call(self, inputs, training=None, mask=None):
-    # A clear error for a bad image size rather than a shape clash deep inside.
-    spinenet_specs.validate_input_size(inputs.shape, self._max_block_level, self.NAME)
+    # A clear error for a bad image size rather than a shape clash deep inside: a
+    # side built dynamic is resampled by integer factors, so must divide by 2^L.
+    built = self._config_dict['input_specs']
+    dynamic = [
+      size if built_size is None else None for size, built_size in zip(inputs.shape, built)
+    ]
+    spinenet_specs.validate_input_size(dynamic, self._max_block_level, self.NAME)
     return super().call(inputs, training=training, mask=mask)
 
   @property

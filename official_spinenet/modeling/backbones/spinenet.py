@@ -58,9 +58,10 @@ def check_stem_block_levels(levels: Sequence[int], max_level: int) -> Tuple[int,
 class SpineNet(scale_permuted.ScalePermutedBackbone):
   """SpineNet backbone as a functional Keras model.
 
-  Input: images [B, H, W, 3], H and W divisible by 2^max(max_level, block levels).
-  Output: dict str(level) -> [B, H / 2^level, W / 2^level, endpoints_num_filters]
-  for level in [min_level, max_level].
+  Input: images [B, H, W, 3]; static H and W of any size >= 2^max(max_level, block
+  levels) (e.g. 224), dynamic ones multiples of it (see ScalePermutedBackbone).
+  Output: dict str(level) -> [B, ceil(H / 2^level), ceil(W / 2^level),
+  endpoints_num_filters] for level in [min_level, max_level].
   """
 
   NAME = 'SpineNet'
@@ -153,6 +154,8 @@ class SpineNet(scale_permuted.ScalePermutedBackbone):
       target.block_fn,
       self._resample_alpha,
       self._factory,
+      input_height=parent.height,
+      target_height=target.height,
     )
 
   def _block(

@@ -36,10 +36,11 @@ SE_GATING_ACTIVATION = 'hard_sigmoid_rounded'
 class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
   """SpineNet-Mobile backbone as a functional Keras model.
 
-  Input: images [B, H, W, 3], H and W divisible by 2^max(max_level, block levels)
-  (128 for the published specs).
-  Output: dict str(level) -> [B, H / 2^level, W / 2^level, endpoints_num_filters]
-  for level in [min_level, max_level].
+  Input: images [B, H, W, 3]; static H and W of any size >= 2^max(max_level, block
+  levels) (128 for the published specs; e.g. 224), dynamic ones multiples of it
+  (see ScalePermutedBackbone).
+  Output: dict str(level) -> [B, ceil(H / 2^level), ceil(W / 2^level),
+  endpoints_num_filters] for level in [min_level, max_level].
   """
 
   NAME = 'SpineNetMobile'
@@ -113,7 +114,13 @@ class SpineNetMobile(scale_permuted.ScalePermutedBackbone):
     self, x: tf.Tensor, parent: scale_permuted.Feature, target: scale_permuted.Feature
   ) -> tf.Tensor:
     return mobile_resample.resample_depthwise(
-      x, parent.width, target.width, self._filters(target.level), self._factory
+      x,
+      parent.width,
+      target.width,
+      self._filters(target.level),
+      self._factory,
+      input_height=parent.height,
+      target_height=target.height,
     )
 
   def _sum(self, parents):

@@ -3,14 +3,16 @@
 SpineNet-Mobile resamples parents more cheaply than SpineNet (whose 1x1 alpha
 narrowing and full 3x3 convs are in `resample.py`): no alpha conv; downsampling by
 2^k is k rounds of {depthwise 3x3 stride 2, BN, activation}; upsampling is
-nearest-neighbour; a final 1x1 conv and BN (no activation) match the target width.
+nearest-neighbour (a size-matching resize where the sizes do not divide, see
+`resample.upsample`); a final 1x1 conv and BN (no activation) match the target width.
 """
+
+from typing import Optional
 
 import tensorflow as tf
 
 from official_spinenet.modeling.layers import conv_norm_act
-from official_spinenet.modeling.layers import graph_layout
-from official_spinenet.modeling.layers.resample import NearestUpsampling
+from official_spinenet.modeling.layers import resample
 
 
 def resample_depthwise(
@@ -19,16 +21,19 @@ def resample_depthwise(
   target_width: int,
   target_filters: int,
   factory: conv_norm_act.LayerFactory,
+  input_height: Optional[int] = None,
+  target_height: Optional[int] = None,
 ) -> tf.Tensor:
   """Resamples a parent's output to a target block's resolution and width.
 
   Args:
     inputs: functional-graph tensor [B, H_in, W_in, C_in].
     input_width: the parent's (nominal) spatial width.
-    target_width: the target block's (nominal) spatial width; the ratio to
-      input_width must be a power of two.
+    target_width: the target block's (nominal) spatial width.
     target_filters: channels of the result.
     factory: conv/norm/activation settings.
+    input_height: the parent's spatial height (None: dynamic).
+    target_height: the target block's spatial height (None: dynamic).
 
   Returns:
     [B, H_t, W_t, target_filters] after BN, without activation.
@@ -42,11 +47,5 @@ def resample_depthwise(
       x = factory.activation_layer()(x)
       width = -(-width // 2)
   elif input_width < target_width:
-    if target_width % input_width:
-      raise ValueError(
-        f'Cannot upsample width {input_width} to {target_width}: not an integer factor.'
-      )
-    x = NearestUpsampling(target_width // input_width)(x)
-    # The published checkpoints' upsampling is 5 ops deep; keep weight layer order.
-    x = graph_layout.pad_depth(x, graph_layout.UPSAMPLING_DEPTH - 1)
+    x = resample.upsample(x, (input_height, input_width), (target_height, target_width))
   return factory.conv_norm_act(x, target_filters, 1, use_activation=False)

@@ -5,7 +5,16 @@ narrows the parent to alpha times its block width with a 1x1 conv (alpha = 0.5 o
 then changes resolution (nearest-neighbour upsampling, or a stride-2 3x3 conv followed
 by stride-2 max pools for larger factors), then matches the target width with a 1x1
 conv and BN without activation, so that parents can be summed.
+
+Sizes follow 'same' padding: a level-l map of a W-pixel image is ceil(W / 2^l) wide.
+Stride-2 steps always land on the target's size, but upsampling by an integer factor
+does not when W is not a multiple of 2^max_level (224: level 6 is 4 wide, level 5 is
+7); there the parent is resized to the target's size with nearest neighbours instead,
+as the TPU SpineNet codebase does. Where the sizes divide, upsampling stays the exact
+integer-factor repeat (equal to tf-models-official's).
 """
+
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -48,6 +57,72 @@ class NearestUpsampling(tf_keras.layers.Layer):
     return {**super().get_config(), 'scale': self._scale}
 
 
+def resize_nearest(inputs: tf.Tensor, size) -> tf.Tensor:
+  """Nearest-neighbour resize of [B, H, W, C] to [B, size[0], size[1], C], dtype kept.
+
+  For an integer factor this equals `NearestUpsampling` exactly (each source pixel
+  repeated); for other ratios it picks the nearest source pixel (half-pixel centres).
+  """
+  return tf.cast(
+    tf.image.resize(inputs, size, method=tf.image.ResizeMethod.NEAREST_NEIGHBOR), inputs.dtype
+  )
+
+
+@tf_keras.utils.register_keras_serializable(package='official_spinenet')
+class NearestResize(tf_keras.layers.Layer):
+  """Nearest-neighbour resize to a fixed size: [B, H, W, C] -> [B, size[0], size[1], C]."""
+
+  def __init__(self, size: Sequence[int], **kwargs):
+    super().__init__(**kwargs)
+    size = tuple(size)
+    if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
+      raise ValueError(f'NearestResize size must be two positive ints, got {size}.')
+    self._size = size
+
+  def call(self, inputs):
+    return resize_nearest(inputs, self._size)
+
+  def compute_output_shape(self, input_shape):
+    return tf.TensorShape([input_shape[0], *self._size, input_shape[-1]])
+
+  def get_config(self):
+    return {**super().get_config(), 'size': list(self._size)}
+
+
+# (height, width) of a feature map; the height is None where the input's is dynamic.
+Size = Tuple[Optional[int], int]
+
+
+def upsample(x: tf.Tensor, input_size: Size, target_size: Size) -> tf.Tensor:
+  """Nearest upsampling of a functional-graph tensor to the target block's size.
+
+  Args:
+    x: [B, H_in, W_in, C].
+    input_size: (H_in, W_in); the width may be nominal (dynamic input).
+    target_size: (H_t, W_t), larger.
+
+  Returns:
+    [B, H_t, W_t, C]: the integer-factor repeat where the sizes divide, else a
+    resize to (H_t, W_t); either way as deep as the published checkpoints' graph.
+
+  Raises:
+    ValueError: sizes that do not divide with an unknown height.
+  """
+  (in_height, in_width), (height, width) = input_size, target_size
+  scale = width // in_width
+  heights_divide = in_height is None or height is None or height == in_height * scale
+  if width == in_width * scale and heights_divide:
+    x = NearestUpsampling(scale)(x)
+  elif in_height is None or height is None:
+    raise ValueError(
+      f'Cannot upsample width {in_width} to {width} by an integer factor and the height '
+      'is dynamic; give the input height and width, or neither.'
+    )
+  else:
+    x = NearestResize((height, width))(x)
+  return graph_layout.pad_depth(x, graph_layout.UPSAMPLING_DEPTH - 1)
+
+
 def resample_with_alpha(
   inputs: tf.Tensor,
   input_width: int,
@@ -57,6 +132,8 @@ def resample_with_alpha(
   target_block_fn: str,
   alpha: float,
   factory: conv_norm_act.LayerFactory,
+  input_height: Optional[int] = None,
+  target_height: Optional[int] = None,
 ) -> tf.Tensor:
   """Resamples a parent block's output for a target block.
 
@@ -69,6 +146,8 @@ def resample_with_alpha(
     target_block_fn: the target block's type.
     alpha: resampling factor: the intermediate width is alpha x the parent's width.
     factory: conv/norm/activation settings.
+    input_height: the parent's spatial height (None: dynamic).
+    target_height: the target block's spatial height (None: dynamic).
 
   Returns:
     [B, H_t, W_t, block_output_filters(target_block_fn, target_filters)], after BN
@@ -87,7 +166,6 @@ def resample_with_alpha(
       x = tf_keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same')(x)
       width /= 2
   elif input_width < target_width:
-    x = NearestUpsampling(target_width // input_width)(x)
-    x = graph_layout.pad_depth(x, graph_layout.UPSAMPLING_DEPTH - 1)
+    x = upsample(x, (input_height, input_width), (target_height, target_width))
   out_filters = blocks.block_output_filters(target_block_fn, target_filters)
   return factory.conv_norm_act(x, out_filters, 1, use_activation=False)
