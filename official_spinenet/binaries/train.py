@@ -9,14 +9,18 @@ r"""spinenet-train: train and/or evaluate a gin-configured task.
 
 Flags are checked here; everything else (gin bindings, data files, input size)
 by `workflows.train.launch` before anything heavy runs. Running it again resumes
-from the newest checkpoint in --model_dir.
+from the newest checkpoint in --model_dir. On SIGTERM it saves a checkpoint after
+the step in flight and exits with status 42 (preemption.PREEMPTED_EXIT_CODE).
 """
+
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from official_spinenet.training import distribute
+from official_spinenet.training import preemption
 from official_spinenet.training import trainer
 from official_spinenet.utils import flags as flag_groups
 from official_spinenet.workflows import train
@@ -58,16 +62,20 @@ def main(argv) -> None:
     raise app.UsageError('Give at least one --gin_file.')
   if FLAGS.strategy == 'tpu' and not FLAGS.tpu:
     raise app.UsageError('--strategy=tpu needs --tpu.')
-  results = train.launch(
-    FLAGS.gin_file,
-    FLAGS.gin_param,
-    FLAGS.model_dir,
-    FLAGS.mode,
-    FLAGS.strategy,
-    FLAGS.num_gpus,
-    FLAGS.tpu,
-    FLAGS.mixed_precision,
-  )
+  try:
+    results = train.launch(
+      FLAGS.gin_file,
+      FLAGS.gin_param,
+      FLAGS.model_dir,
+      FLAGS.mode,
+      FLAGS.strategy,
+      FLAGS.num_gpus,
+      FLAGS.tpu,
+      FLAGS.mixed_precision,
+    )
+  except preemption.PreemptedError as e:  # SIGTERM: checkpoint saved; not 0, so schedulers rerun it
+    logging.warning('%s', e)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
   logging.info('Done: %s', train.summary(results))
 
 

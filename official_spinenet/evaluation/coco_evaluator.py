@@ -36,7 +36,9 @@ from absl import logging
 import numpy as np
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
+import tensorflow as tf
 
+from official_spinenet.data import retinanet_input
 from official_spinenet.evaluation import instance_masks
 from official_spinenet.utils import files
 
@@ -115,6 +117,103 @@ def _load_annotations(annotation_file: str) -> coco_lib.COCO:
       f'COCO annotation file {annotation_file!r} is not a COCO instances JSON: {e}'
     ) from e
   return coco_gt
+
+
+# The features check_annotations_match_records reads (no image decoding).
+_RECORD_FEATURES = {
+  'image/source_id': tf.io.FixedLenFeature([], tf.string, ''),
+  'image/height': tf.io.FixedLenFeature([], tf.int64, 0),
+  'image/width': tf.io.FixedLenFeature([], tf.int64, 0),
+  **{
+    f'image/object/bbox/{k}': tf.io.VarLenFeature(tf.float32)
+    for k in ('ymin', 'xmin', 'ymax', 'xmax')
+  },
+}
+# Record boxes are normalised floats: a box matches an annotation to within this many pixels.
+_BOX_TOLERANCE = 1.5
+
+
+def _scan_records(file_pattern: str, max_records: int) -> List[Dict[str, Any]]:
+  """[{'id', 'height', 'width', 'boxes' [n, 4] x1 y1 x2 y2 pixels}] of the first records."""
+
+  def parse(serialized):
+    example = tf.io.parse_single_example(serialized, _RECORD_FEATURES)
+    return {
+      k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v for k, v in example.items()
+    }
+
+  records = []
+  dataset = tf.data.TFRecordDataset(retinanet_input.list_files(file_pattern)).map(parse)
+  for example in dataset.take(max_records).as_numpy_iterator():
+    height, width = int(example['image/height']), int(example['image/width'])
+    box = [example[f'image/object/bbox/{k}'] for k in ('xmin', 'ymin', 'xmax', 'ymax')]
+    scale = np.asarray([width, height, width, height], np.float64)
+    records.append(
+      {
+        'id': example['image/source_id'].decode('utf-8', 'replace'),
+        'height': height,
+        'width': width,
+        'boxes': np.stack(box, axis=-1).astype(np.float64) * scale,
+      }
+    )
+  return records
+
+
+def _record_problem(record: Mapping[str, Any], coco_gt: coco_lib.COCO) -> Optional[str]:
+  """Why one record does not match the annotation file (None if it does)."""
+  try:
+    image_id = int(record['id'])
+  except ValueError:
+    return f'source id {record["id"]!r} is not an integer COCO image id'
+  image = coco_gt.imgs.get(image_id)
+  if image is None:
+    return f'image id {image_id} is not in it'
+  if (image.get('height'), image.get('width')) != (record['height'], record['width']):
+    return (
+      f"image {image_id} is {record['height']}x{record['width']} in the records, "
+      f"{image.get('height')}x{image.get('width')} in the file"
+    )
+  boxes = np.asarray(
+    [
+      [x, y, x + w, y + h]
+      for x, y, w, h in (a['bbox'] for a in coco_gt.imgToAnns.get(image_id, []))
+    ],
+    np.float64,
+  ).reshape([-1, 4])
+  for box in record['boxes']:
+    if not len(boxes) or np.abs(boxes - box).max(axis=1).min() > _BOX_TOLERANCE:
+      return f'image {image_id}: the records\' box {np.round(box, 1).tolist()} is not in the file'
+  return None
+
+
+def check_annotations_match_records(
+  annotation_file: str, file_pattern: str, max_records: int = 500
+) -> None:
+  """Refuses an annotation file that does not describe the eval records (before training).
+
+  Reads only the ids, sizes and boxes of the first max_records records (no
+  image decoding) and checks that the annotation file has each image id, with
+  the same size and every box. Evaluating with another split's file (whose ids
+  may overlap, e.g. both numbered from 1) scores AP near 0 without an error.
+
+  Raises:
+    ValueError: naming both files, if the annotation file is not a COCO JSON or
+      most scanned records do not match it.
+  """
+  coco_gt = _load_annotations(annotation_file)
+  _check_coco(coco_gt, f'COCO annotation file {annotation_file!r}', include_mask=False)
+  try:
+    records = _scan_records(file_pattern, max_records)
+  except tf.errors.OpError as e:
+    raise ValueError(f'Cannot read the eval records {file_pattern!r}: {e.message}') from e
+  problems = [p for p in (_record_problem(r, coco_gt) for r in records) if p]
+  # A few records may differ (e.g. boxes clipped on conversion); most must match.
+  if records and len(problems) * 2 > len(records):
+    raise ValueError(
+      f'The annotation file {annotation_file!r} does not describe the eval records '
+      f'{file_pattern!r}: {len(problems)} of the {len(records)} records read do not match it '
+      f'(e.g. {problems[0]}). Is it the annotation file of another split?'
+    )
 
 
 def original_image_boxes(boxes: np.ndarray, image_info: np.ndarray) -> np.ndarray:
@@ -417,7 +516,10 @@ class COCOEvaluator:
     if self._coco_gt is not None:
       unknown = [i for i in image_ids if i not in self._coco_gt.imgs]
       if unknown:
-        raise ValueError(f'Image ids {unknown[:10]} are not in {self._groundtruth_source}.')
+        raise ValueError(
+          f'Image ids {unknown[:10]} of the evaluated records are not in '
+          f'{self._groundtruth_source} (is it the annotation file of another split?).'
+        )
 
   def _add_groundtruths(self, groundtruths: Mapping[str, Any], image_ids: Sequence[int]) -> None:
     """Converts one batch of parser groundtruths to COCO images and annotations."""

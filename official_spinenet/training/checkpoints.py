@@ -45,6 +45,49 @@ def _head_without_classifier(head: tf.Module) -> tf.Module:
   return tf.train.Checkpoint(**parts)
 
 
+def check_model_dir(model_dir: str) -> None:
+  """Creates model_dir and writes a probe file in it, before anything is built.
+
+  Raises:
+    ValueError: naming --model_dir, if it cannot be created or written.
+  """
+  probe = os.path.join(model_dir, f'.write_probe-{os.getpid()}')
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(probe, 'w') as f:
+      f.write('')
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    message = getattr(e, 'message', None) or str(e)
+    raise ValueError(f'--model_dir {model_dir!r} is not writable: {message}') from e
+
+
+def _required_parts(modules: Sequence[str]) -> Sequence[str]:
+  """The top-level checkpoint names the modules need (all: any)."""
+  return sorted({'head' if m == HEAD_WITHOUT_CLASSIFIER else m for m in modules if m != ALL})
+
+
+def check_init_checkpoint(path: str, modules: Sequence[str]) -> str:
+  """Resolves init_checkpoint and checks that it holds the modules asked for (cheap: its index).
+
+  Returns:
+    The checkpoint prefix.
+
+  Raises:
+    ValueError: no checkpoint at path, or one without the named modules.
+  """
+  path = checkpoint_paths.resolve_checkpoint(path, flag=_SETTING)
+  available = {name.split('/', 1)[0] for name, _ in tf.train.list_variables(path)}
+  missing = sorted(set(_required_parts(modules)) - available)
+  if missing:
+    raise ValueError(
+      f'{_SETTING} {path!r} has no {missing} (it holds {sorted(available)}). '
+      'Checkpoints of other codebases must first be converted with '
+      'spinenet-convert-checkpoint.'
+    )
+  return path
+
+
 def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[str]) -> None:
   """Restores the named modules' weights from a checkpoint (no optimizer state).
 
@@ -57,9 +100,9 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
 
   Raises:
     ValueError: no checkpoint at path, an unknown module name, or a module whose
-      variables are missing from or mis-shaped in the checkpoint.
+      variables are missing from or mis-shaped in the checkpoint (a checkpoint of
+      another model).
   """
-  path = checkpoint_paths.resolve_checkpoint(path, flag=_SETTING)
   known = sorted(set(items) - {'model'}) + [ALL, HEAD_WITHOUT_CLASSIFIER]
   parts = {}
   for name in modules:
@@ -71,17 +114,14 @@ def restore_modules(path: str, items: Dict[str, tf.Module], modules: Sequence[st
       parts[name] = items[name]
     else:
       raise ValueError(f'Unknown init_checkpoint_modules entry {name!r}; choose from {known}.')
-  available = {name.split('/', 1)[0] for name, _ in tf.train.list_variables(path)}
-  missing = sorted(set(parts) - available)
-  if missing:
-    raise ValueError(
-      f'{_SETTING} {path!r} has no {missing} (it holds {sorted(available)}). '
-      'Checkpoints of other codebases must first be converted with '
-      'spinenet-convert-checkpoint.'
-    )
-  status = tf.train.Checkpoint(**parts).read(path)
+  path = check_init_checkpoint(path, sorted(parts))
   try:
+    status = tf.train.Checkpoint(**parts).read(path)
     status.expect_partial().assert_existing_objects_matched()
-  except AssertionError as e:
-    raise ValueError(f'{_SETTING} {path!r} does not fit modules {list(modules)}: {e}') from e
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+    first_line = str(e).strip().splitlines()[0][:400]
+    raise ValueError(
+      f'{_SETTING} {path!r} does not fit modules {list(modules)} of this model (was it '
+      f'written by another model or model size?): {first_line}'
+    ) from e
   logging.info('Initialised %s from %s.', ', '.join(sorted(parts)), path)

@@ -80,9 +80,13 @@ def build_learning_rate(
   if decay not in DECAY_SCHEDULES:
     raise ValueError(f'Unknown learning-rate decay {decay!r}; choose one of {DECAY_SCHEDULES}.')
   if total_steps < 1:
-    raise ValueError(f'total_steps must be >= 1, got {total_steps}.')
+    raise ValueError(f'total_steps (TRAIN_STEPS) must be >= 1, got {total_steps}.')
   if not 0 <= warmup_steps <= total_steps:
-    raise ValueError(f'warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}.')
+    raise ValueError(
+      f'learning_rate.warmup_steps={warmup_steps} must be in [0, total_steps]: training has '
+      f'{total_steps} steps (TRAIN_STEPS / TrainerConfig.train_steps); shorten the warm-up '
+      'or train longer.'
+    )
   peak = scaled_learning_rate(base_learning_rate, global_batch_size, reference_batch_size)
 
   if decay == 'step':
