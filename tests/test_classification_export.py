@@ -145,10 +145,12 @@ def test_export_config(setup):
 def test_bad_image_fails_with_a_clear_message(setup):
   with pytest.raises(tf.errors.InvalidArgumentError) as error:
     _call(setup, 'image_bytes', [setup['png'][0], b'not an image'])
-  assert client_lib.error_summary(error.value.message).startswith(
-    'image_bytes: not a JPEG or PNG file (12 bytes'
+  assert client_lib.describe_error(error.value).startswith(
+    'image_bytes[1]: not a JPEG or PNG file (12 bytes'
   )
-  with pytest.raises(tf.errors.InvalidArgumentError, match='empty image bytes'):
+  with pytest.raises(
+    tf.errors.InvalidArgumentError, match=r'tf_examples\[0\]: the tf.Example has no'
+  ):
     _call(setup, 'tf_example', [b''])
 
 

@@ -236,31 +236,37 @@ class ExportTest(tf.test.TestCase):
 
   def test_empty_bytes(self):
     self._assert_refused_then_serves(
-      'image_bytes', [self.png[0], b''], r'image_bytes: empty image bytes'
+      'image_bytes', [self.png[0], b''], r'image_bytes\[1\]: empty image bytes'
     )
 
   def test_non_image_bytes(self):
     self._assert_refused_then_serves(
       'image_bytes',
       [b'hello, I am text, not a picture'],
-      r'image_bytes: not a JPEG or PNG file.*hello',
+      r'image_bytes\[0\]: not a JPEG or PNG file \(31 bytes, starting with 68 65 6c 6c',
     )
 
   def test_corrupt_bytes(self):
     png = self.png[0]
     self._assert_refused_then_serves(
-      'image_bytes', [png[:60] + b'\0' * 40 + png[100:]], r'Invalid PNG data'
+      'image_bytes',
+      [png[:60] + b'\0' * 40 + png[100:]],
+      r'image_bytes\[0\]: the PNG could not be decoded',
     )
-    self._assert_refused_then_serves('image_bytes', [png[:20]], r'truncated PNG')
+    self._assert_refused_then_serves('image_bytes', [png[:20]], r'image_bytes\[0\]: truncated PNG')
     jpeg = self.jpeg[0]
-    self._assert_refused_then_serves('image_bytes', [jpeg[: len(jpeg) // 2]], r'Invalid JPEG data')
-    self._assert_refused_then_serves('image_bytes', [jpeg[:4] + b'\x13' * 200], r'JPEG')
+    self._assert_refused_then_serves(
+      'image_bytes', [jpeg[: len(jpeg) // 2]], r'the JPEG could not be decoded'
+    )
+    self._assert_refused_then_serves(
+      'image_bytes', [jpeg[:4] + b'\x13' * 200], r'JPEG header is corrupt'
+    )
 
   def test_zero_sized_image(self):
     self._assert_refused_then_serves(
       'image_bytes',
       [export_fixtures.zero_width_png()],
-      r'image_bytes: the image is zero-sized \(5x0 pixels',
+      r'image_bytes\[0\]: the image is zero-sized \(5x0 pixels',
     )
     self._assert_refused_then_serves(
       'image_tensor',
@@ -273,7 +279,7 @@ class ExportTest(tf.test.TestCase):
     self._assert_refused_then_serves(
       'image_bytes',
       [export_fixtures.encode(big)],
-      r'image_bytes: the image has 301x400 = 120400 pixels, more than '
+      r'image_bytes\[0\]: the image has 301x400 = 120400 pixels, more than '
       r'max_image_pixels=120000',
     )
     self._assert_refused_then_serves('image_tensor', big[None], r'120400 pixels')
@@ -287,17 +293,19 @@ class ExportTest(tf.test.TestCase):
       classes=[],
     )
     self._assert_refused_then_serves(
-      'tf_example', [example.SerializeToString()], r'tf_examples image/encoded: .*120400 pixels'
+      'tf_example',
+      [example.SerializeToString()],
+      r'tf_examples\[0\] image/encoded: .*120400 pixels',
     )
 
   def test_bad_tf_examples(self):
     self._assert_refused_then_serves(
-      'tf_example', [b'not a tf.Example'], r'Could not parse example'
+      'tf_example', [b'not a tf.Example'], r'tf_examples\[0\]: not a serialized tf.Example'
     )
     self._assert_refused_then_serves(
       'tf_example',
       [tf.train.Example().SerializeToString()],
-      r'tf_examples image/encoded: empty image bytes',
+      r'tf_examples\[0\]: the tf.Example has no image/encoded',
     )
 
   def test_wrong_dtype_is_rejected_by_the_signature(self):

@@ -173,12 +173,16 @@ class MaskRCNNExportTest(tf.test.TestCase):
   def test_bad_inputs_are_refused_as_for_retinanet(self):
     big = np.zeros([301, 400, 3], np.uint8)  # 120400 pixels > 300 * 400
     for signature, values, message in (
-      ('image_bytes', [self.png[0], b''], r'image_bytes: empty image bytes'),
-      ('image_bytes', [b'hello, not a picture'], r'image_bytes: not a JPEG or PNG file'),
+      ('image_bytes', [self.png[0], b''], r'image_bytes\[1\]: empty image bytes'),
+      ('image_bytes', [b'hello, not a picture'], r'image_bytes\[0\]: not a JPEG or PNG file'),
       ('image_bytes', [export_fixtures.zero_width_png()], r'zero-sized \(5x0 pixels'),
       ('image_bytes', [export_fixtures.encode(big)], r'120400 pixels, more than max_image_pixels'),
       ('image_tensor', big[None], r'images: the image has 301x400 = 120400 pixels'),
-      ('tf_example', [tf.train.Example().SerializeToString()], r'image/encoded: empty image'),
+      (
+        'tf_example',
+        [tf.train.Example().SerializeToString()],
+        r'tf_examples\[0\]: the tf.Example has no image/encoded',
+      ),
     ):
       with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
         self._serve(self.crop, signature, values)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,11 +161,15 @@ def test_errors_name_the_problem(setup, tmp_path):
 def test_binary(setup, tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   command = [sys.executable, '-m', 'official_spinenet.binaries.predict']
+  # A GIF among the images (named .png): reported, the others predicted, exit status 1.
+  images = tmp_path / 'images'
+  shutil.copytree(setup['images'], images)
+  Image.new('RGB', (32, 16)).save(images / 'a-gif.png', format='GIF')
   run = subprocess.run(
     command
     + [
       f'--saved_model={setup["saved_model"]}',
-      f'--images={setup["images"]}',
+      f'--images={images}',
       f'--output_dir={tmp_path}',
       '--batch_size=4',
     ],
@@ -173,8 +178,11 @@ def test_binary(setup, tmp_path):
     env=env,
     timeout=600,
   )
-  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.returncode == 1, run.stderr[-3000:]
   assert '6 image(s)' in run.stdout
+  failed = r'^FAILED \S*a-gif.png: image_bytes\[0\]: GIF is not supported; send JPEG or PNG$'
+  assert re.search(failed, run.stdout, re.M), run.stdout
+  assert '1 image(s) failed' in run.stderr and 'UnicodeDecodeError' not in run.stderr
   assert os.path.exists(tmp_path / predict.DETECTIONS_FILE)
   # NMS options are fixed in an export: combining them is a usage error, before loading.
   run = subprocess.run(

@@ -174,7 +174,9 @@ class ServeClientTest(tf.test.TestCase):
         return session.run({k: v.name for k, v in signature.outputs.items()}, feed)
 
       self._assert_outputs_equal(run(requests[0]), want[0])
-      with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'not a JPEG or PNG'):
+      with self.assertRaisesRegex(
+        tf.errors.InvalidArgumentError, r'image_bytes\[0\]: GIF is not supported'
+      ):
         run(bad)
       self._assert_outputs_equal(run(requests[1]), want[1])
 
@@ -279,6 +281,8 @@ class ServeClientTest(tf.test.TestCase):
     bad = os.path.join(self.get_temp_dir(), 'a-bad.png')
     with open(bad, 'wb') as f:
       f.write(b'text, not a PNG')
+    gif = os.path.join(self.get_temp_dir(), 'b-gif.png')
+    Image.fromarray(self.images[0]).save(gif, format='GIF')
 
     def urlopen(request, timeout):
       del timeout
@@ -294,10 +298,17 @@ class ServeClientTest(tf.test.TestCase):
         ) from e
 
     good = os.path.join(self.image_dir, '0.png')
-    with mock.patch('urllib.request.urlopen', side_effect=urlopen):
-      printed, (results, failed) = self._run_binary(f'--images={bad},{good}', '--batch_size=1')
-    self.assertEqual(failed, [bad])
-    self.assertRegex(printed, r'FAILED .*a-bad.png: .*HTTP 400.*not a JPEG or PNG')
+    with mock.patch('urllib.request.urlopen', side_effect=urlopen) as opened:
+      printed, (results, failed) = self._run_binary(f'--images={bad},{gif},{good}')
+    # The refused batch of three is sent again image by image: the good one gets results.
+    self.assertEqual(opened.call_count, 4)
+    self.assertEqual(failed, [bad, gif])
+    self.assertRegex(
+      printed, r'FAILED \S*a-bad.png: image_bytes\[0\]: not a JPEG or PNG file \(15 bytes'
+    )
+    self.assertRegex(
+      printed, r'FAILED \S*b-gif.png: image_bytes\[0\]: GIF is not supported; send JPEG or PNG\n'
+    )
     self.assertEqual(list(results), [good])
 
 

@@ -21,8 +21,10 @@ SavedModel's scores are those of evaluation on the same decoded pixels. Unlike
 tf-models-official's classification export (`official/vision/serving/image_classification.py`:
 outputs `logits` and `probs` [B, num_classes]), the reply is top-k with names: small for
 1000- or 5089-class models and readable as it is. Decoding is the detection export's
-(`preprocessing.decode_image`): JPEG / PNG only, size checked from the header before decoding,
-and a bad image fails the request with an InvalidArgumentError naming the problem.
+(`image_decoding.decode_image`): JPEG / PNG only, size checked from the header before decoding,
+and a bad image fails the request with an InvalidArgumentError naming the input, its index and
+the problem (`image_bytes[1]: GIF is not supported; send JPEG or PNG`). An image with a side
+of one pixel is widened to two before the centre crop, which would otherwise keep nothing.
 
 `assets.extra/export_config.json` describes the export (model_type 'classification', options,
 class names, signatures, outputs); `category_names` there maps the 0-based ids to names, so
@@ -162,29 +164,26 @@ class ClassificationServingModule(tf.Module):
 
   def _preprocess(self, image: tf.Tensor) -> tf.Tensor:
     image = classification_input.preprocess_eval_image(
-      image, tuple(self.model_input_size), dtype=self._image_dtype
+      _widen_one_pixel_sides(image), tuple(self.model_input_size), dtype=self._image_dtype
     )
     return tf.ensure_shape(image, self.model_input_size + [3])
 
-  def _preprocess_batch(self, fn, elems: tf.Tensor) -> tf.Tensor:
+  def _preprocess_batch(self, fn, elems: tf.Tensor, what: str) -> tf.Tensor:
+    """fn(element, name) -> uint8 image over the batch, then the eval preprocessing."""
     spec = tf.TensorSpec(self.model_input_size + [3], self._image_dtype)
-    return tf.map_fn(lambda elem: self._preprocess(fn(elem)), elems, fn_output_signature=spec)
+    return preprocessing.map_images(
+      lambda elem, name: self._preprocess(fn(elem, name)), elems, what, spec
+    )
 
   def serve_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     """uint8 [B, H, W, 3], one size per batch."""
-    shape = tf.shape(images)
-    checks = preprocessing.check_image_size(
-      shape[1], shape[2], self._config.max_image_pixels, 'images'
-    )
-    with tf.control_dependencies(checks):
-      images = tf.identity(images)
-    return self._classify_fn.value(self._preprocess_batch(lambda image: image, images))
+    images = preprocessing.checked_images(images, self._config.max_image_pixels)
+    return self._classify_fn.value(self._preprocess_batch(lambda image, _: image, images, 'images'))
 
-  def _serve_encoded(self, encoded: tf.Tensor, what: str) -> Dict[str, tf.Tensor]:
-    pixels = self._config.max_image_pixels
-    return self._classify_fn.value(
-      self._preprocess_batch(lambda data: preprocessing.decode_image(data, pixels, what), encoded)
-    )
+  def _serve_encoded(self, encoded: tf.Tensor, input_name: str) -> Dict[str, tf.Tensor]:
+    decode = preprocessing.element_decoder(input_name, self._config.max_image_pixels)
+    encoded = preprocessing.checked_batch(encoded, input_name)
+    return self._classify_fn.value(self._preprocess_batch(decode, encoded, input_name))
 
   def serve_image_bytes(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
     """string [B] of JPEG / PNG files, any sizes."""
@@ -192,13 +191,22 @@ class ClassificationServingModule(tf.Module):
 
   def serve_tf_examples(self, tf_examples: tf.Tensor) -> Dict[str, tf.Tensor]:
     """string [B] of serialized tf.Examples (image/encoded holds the JPEG / PNG)."""
-    return self._serve_encoded(
-      preprocessing.encoded_images_from_examples(tf_examples), 'tf_examples image/encoded'
-    )
+    return self._serve_encoded(tf_examples, 'tf_examples')
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     """Signature name -> concrete function (serving_default = image_bytes)."""
     return export_lib.concrete_signatures(self, self._config.batch_size)
+
+
+def _widen_one_pixel_sides(image: tf.Tensor) -> tf.Tensor:
+  """image [H, W, C] with a side of 1 pixel repeated to 2 (other images unchanged).
+
+  The eval centre crop keeps int(0.875 * shorter side) pixels: none of a 1-pixel side,
+  and the resize after it fails. Two copies of the row (column) give a 1-pixel crop of
+  it, the image's own pixels. tf.tile with multiples of 1 passes the image through.
+  """
+  multiples = tf.where(tf.shape(image)[:2] < 2, 2, 1)
+  return tf.tile(image, tf.concat([multiples, [1]], 0))
 
 
 def export_config_dict(

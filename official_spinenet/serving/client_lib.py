@@ -20,7 +20,7 @@ import glob
 import io
 import os
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -342,26 +342,87 @@ def parse_grpc_response(response) -> Union[List[ImageDetections], List[ImageClas
   return results_from_outputs({k: tf.make_ndarray(response.outputs[k]) for k in keys})
 
 
-_ASSERTION = re.compile(r'assertion failed: \[(.*?)\]\s*(?:\n|$)', re.DOTALL)
-_RUNTIME_NOISE = ('Graph execution error', 'Detected at node', '<stack traces unavailable>')
+_ASSERTION = re.compile(r'assertion failed: \[(.*?)\]\s*$')
+# Lines TensorFlow adds around an op's error: the Python caller's header and node
+# traces, the runtime's node names and counts.
+_BOILERPLATE = re.compile(
+  r'(Graph execution error:|Detected at node .* defined at |<stack traces unavailable>'
+  r'|\s*\[\[\{\{|\d+ root error\(s\) found|\d+ successful operations|\d+ derived errors)'
+)
+_STATUS_PREFIX = re.compile(r'^\s*\(\d+\) [A-Z_]+: ')  # '  (0) INVALID_ARGUMENT: '
+_OP_SUFFIX = re.compile(r'\s*(\[\[\{\{.*|\[Op:[^\]]*\].*)$')
 
 
-def error_summary(message: str) -> str:
-  """The line of a TensorFlow runtime error that names the problem.
+def _problem_lines(message: str) -> List[str]:
+  """The lines of a TensorFlow error message that are not its boilerplate."""
+  lines = message.splitlines()
+  traced = bool(lines) and lines[0].startswith('Graph execution error')
+  problems = []
+  for line in lines:
+    line = _STATUS_PREFIX.sub('', line)
+    # In a traced error, indented lines are the Python stack frames of the node.
+    if _BOILERPLATE.match(line) or (traced and line[:1].isspace()):
+      continue
+    line = _OP_SUFFIX.sub('', line).strip()
+    match = _ASSERTION.search(line)
+    problems.append(match.group(1).strip() if match else line)
+  return [p for p in problems if p]
 
-  A SavedModel's InvalidArgument error reads "Graph execution error: ... Detected at
-  node ... assertion failed: [image_bytes: empty image bytes (0 bytes).] [[{{node
-  ...}}]]"; this returns "image_bytes: empty image bytes (0 bytes).". Other errors
-  give their first line that is not runtime boilerplate, without the node suffix.
+
+def describe_error(error: Union[BaseException, str]) -> str:
+  """The problem a serving error reports, on one line, without TensorFlow's boilerplate.
+
+  A SavedModel called from Python raises "Graph execution error:\n\nDetected at node
+  ... defined at (most recent call last):\n<stack traces unavailable>\nassertion
+  failed: [image_bytes[1]: GIF is not supported; send JPEG or PNG]\n\t [[{{node
+  ...}}]] [Op:...]"; TF Serving replies with the part from "assertion failed". Both give
+  "image_bytes[1]: GIF is not supported; send JPEG or PNG". Other errors give their
+  lines without TensorFlow's node names and stack frames, joined by ' '.
+
+  Args:
+    error: an exception (a tf.errors.OpError's `message`, else str(error)) or a message.
   """
-  match = _ASSERTION.search(message)
-  if match:
-    return match.group(1).strip()
-  for line in message.splitlines():
-    line = re.sub(r'\s*\[\[\{\{.*$', '', line).strip()
-    if line and not line.startswith(_RUNTIME_NOISE):
-      return line
-  return message.strip()
+  message = error if isinstance(error, str) else getattr(error, 'message', None)
+  if not isinstance(message, str):
+    message = str(error)
+  problem = ' '.join(_problem_lines(message))
+  if problem:
+    return problem
+  return message.strip() or type(error).__name__
+
+
+def predict_each(
+  predict: Callable[[Sequence[Any]], Sequence[Any]],
+  inputs: Sequence[Any],
+  retry_each: Callable[[Exception], bool] = lambda error: True,
+) -> List[Tuple[Any, Optional[str]]]:
+  """(result, None) or (None, problem) per input; one bad input does not sink the others.
+
+  Calls predict(inputs) once. If it raises (any exception: a refused image, a
+  transport error) and retry_each(error) holds for a batch of several inputs, each
+  input is sent alone, so the good ones still get results.
+
+  Args:
+    predict: inputs -> one result per input.
+    inputs: what one call sends (image bytes or arrays).
+    retry_each: whether an error may lie in one input (a bad request) rather than in
+      the call (a server down: no use sending each image to it).
+
+  Returns:
+    Per input, its result or the problem (describe_error of what was raised).
+  """
+  try:
+    return [(result, None) for result in predict(inputs)]
+  except Exception as error:  # pylint: disable=broad-except
+    if len(inputs) == 1 or not retry_each(error):
+      return [(None, describe_error(error))] * len(inputs)
+  outcomes = []
+  for one in inputs:
+    try:
+      outcomes.append((predict([one])[0], None))
+    except Exception as error:  # pylint: disable=broad-except
+      outcomes.append((None, describe_error(error)))
+  return outcomes
 
 
 def _names_from_data(data: Any, source: str) -> Dict[int, str]:

@@ -71,21 +71,50 @@ class ClientOptions:
   output_json: Optional[str] = None
 
 
+class ServingError(RuntimeError):
+  """TF Serving answered a request with an error (the message is the server's).
+
+  Attributes:
+    bad_request: the request was at fault (HTTP 400, gRPC INVALID_ARGUMENT), e.g. one
+      bad image in it; the other images of its batch may then be fine.
+  """
+
+  def __init__(self, message: str, bad_request: bool):
+    super().__init__(message)
+    self.bad_request = bad_request
+
+
+def _rest_error_message(body: str) -> str:
+  """TF Serving's REST error text: the "error" of its JSON body, else the body."""
+  try:
+    return str(json.loads(body)['error'])
+  except (ValueError, KeyError, TypeError):
+    return body
+
+
 def predict_rest(images, url: str, signature: str, columnar: bool, timeout: float):
-  """POSTs one REST predict request; returns per-image results."""
+  """POSTs one REST predict request; returns per-image results.
+
+  Raises:
+    ServingError: the server answered with an HTTP error.
+  """
   body = json.dumps(client_lib.rest_predict_payload(images, signature, columnar)).encode()
   request = urllib.request.Request(url, data=body, headers={'Content-Type': 'application/json'})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as reply:
       return client_lib.parse_rest_response(json.load(reply))
   except urllib.error.HTTPError as e:  # TF Serving puts the reason in a JSON body
-    raise RuntimeError(f'{url}: HTTP {e.code}: {e.read().decode(errors="replace")}') from e
+    message = _rest_error_message(e.read().decode(errors='replace'))
+    raise ServingError(f'{message} (HTTP {e.code} from {url})', e.code == 400) from e
 
 
 def make_grpc_predict(
   target: str, model_name: str, signature: str, model_version, timeout: float
 ) -> Predict:
-  """A function images -> detections over one gRPC channel to TF Serving."""
+  """A function images -> detections over one gRPC channel to TF Serving.
+
+  It raises ServingError when the server answers with an error status.
+  """
   import grpc  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
 
@@ -100,9 +129,19 @@ def make_grpc_predict(
 
   def predict(images):
     request = client_lib.grpc_predict_request(images, model_name, signature, model_version)
-    return client_lib.parse_grpc_response(stub.Predict(request, timeout=timeout))
+    try:
+      response = stub.Predict(request, timeout=timeout)
+    except grpc.RpcError as e:
+      bad_request = e.code() == grpc.StatusCode.INVALID_ARGUMENT
+      raise ServingError(f'{e.details()} (gRPC {e.code().name} from {target})', bad_request) from e
+    return client_lib.parse_grpc_response(response)
 
   return predict
+
+
+def _is_bad_request(error: Exception) -> bool:
+  """Whether a failed request may hold good images beside a bad one (worth one by one)."""
+  return isinstance(error, ServingError) and error.bad_request
 
 
 def _predict_fn(options: ClientOptions) -> Predict:
@@ -156,11 +195,21 @@ def _handle_reply(options, category_names, path: str, data: bytes, reply, drawin
   return _result_entry(detections)
 
 
+def _send_fn(options: ClientOptions) -> Predict:
+  """encoded images -> results: the files (image_bytes) or their pixels (image_tensor)."""
+  predict = _predict_fn(options)
+  if options.signature == 'image_bytes':
+    return predict
+  # A file PIL cannot read fails here, inside the call, and is reported as the others.
+  return lambda encoded: predict([client_lib.decode_to_array(e) for e in encoded])
+
+
 def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
   """Sends the images, prints (and optionally draws / writes) the detections.
 
-  A refused batch (a corrupt file, a timeout) is printed as FAILED and the other
-  batches carry on.
+  An image that fails (refused by the server, unreadable, a timeout) is printed as
+  `FAILED <path>: <problem>` and the others carry on: a batch the server refuses as a
+  bad request is sent again image by image, so its good images get results.
 
   Returns:
     ({image path: {'boxes_ymin_xmin_ymax_xmax', 'scores', 'classes'[,
@@ -176,31 +225,25 @@ def run_client(options: ClientOptions) -> Tuple[Dict[str, dict], List[str]]:
     raise ValueError(f'signature must be one of {SIGNATURES}, got {options.signature!r}.')
   paths = client_lib.find_images(options.images)
   category_names = client_lib.load_category_names(options.label_map)
-  predict = _predict_fn(options)
+  send = _send_fn(options)
   drawings = dict(zip(paths, client_lib.drawing_names(paths)))
   # image_tensor requests hold one image size, so they go one by one.
   batch_size = options.batch_size if options.signature == 'image_bytes' else 1
-  results, failed = {}, []
+  results, errors = {}, {}
   for batch_paths in client_lib.batches(paths, batch_size):
     encoded = client_lib.read_files(batch_paths)
-    images = (
-      encoded
-      if options.signature == 'image_bytes'
-      else [client_lib.decode_to_array(e) for e in encoded]
-    )
-    logging.info('Sending %d image(s) starting with %s', len(images), batch_paths[0])
-    try:
-      replies = predict(images)
-    except Exception as e:  # pylint: disable=broad-except
-      # One refused batch must not stop the others; the server's InvalidArgument
-      # message names the problem.
-      failed.extend(batch_paths)
-      print(f'FAILED {", ".join(batch_paths)}: {e}')
-      continue
-    for path, data, reply in zip(batch_paths, encoded, replies):
+    logging.info('Sending %d image(s) starting with %s', len(encoded), batch_paths[0])
+    outcomes = client_lib.predict_each(send, encoded, _is_bad_request)
+    for path, data, (reply, problem) in zip(batch_paths, encoded, outcomes):
+      if problem is not None:
+        errors[path] = problem
+        print(f'FAILED {path}: {problem}')
+        continue
       results[path] = _handle_reply(options, category_names, path, data, reply, drawings[path])
   if options.output_json:
     from official_spinenet.utils import files  # pylint: disable=g-import-not-at-top
 
-    files.write_json_atomically({'detections': results, 'failed': failed}, options.output_json)
-  return results, failed
+    files.write_json_atomically(
+      {'detections': results, 'failed': list(errors), 'errors': errors}, options.output_json
+    )
+  return results, list(errors)

@@ -11,7 +11,9 @@ these signatures (dynamic batch unless batch_size is given):
 | `serving_default` | the same function as `image_bytes`              |                   |
 
 tf.Examples are read in the project's layout (data/tfexample.py): the JPEG / PNG in
-`image/encoded`.
+`image/encoded`. A bad request fails with InvalidArgumentError naming the input, the
+image's index and the problem, never holding the request's bytes
+(`image_bytes[1]: GIF is not supported; send JPEG or PNG`; serving/image_decoding.py).
 
 Outputs with NMS (apply_nms=True): detection_boxes float32 [B, max_detections, 4]
 (ymin, xmin, ymax, xmax in original-image pixels), detection_scores float32 [B, max],
@@ -343,29 +345,24 @@ class DetectionServingModule(tf.Module):
       )
     )
 
-  def serve_image_bytes(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """string [B] of JPEG / PNG files, any sizes."""
+  def _serve_encoded(self, encoded: tf.Tensor, input_name: str) -> Dict[str, tf.Tensor]:
     return self._detect_fn.value(
       *preprocessing.preprocess_encoded_batch(
-        image_bytes,
+        encoded,
         self._config.input_image_size,
         self._model_input_size,
         self._config.max_image_pixels,
-        what='image_bytes',
+        what=input_name,
       )
     )
 
+  def serve_image_bytes(self, image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """string [B] of JPEG / PNG files, any sizes."""
+    return self._serve_encoded(image_bytes, 'image_bytes')
+
   def serve_tf_examples(self, tf_examples: tf.Tensor) -> Dict[str, tf.Tensor]:
     """string [B] of serialized tf.Examples (image/encoded holds the JPEG / PNG)."""
-    return self._detect_fn.value(
-      *preprocessing.preprocess_encoded_batch(
-        preprocessing.encoded_images_from_examples(tf_examples),
-        self._config.input_image_size,
-        self._model_input_size,
-        self._config.max_image_pixels,
-        what='tf_examples image/encoded',
-      )
-    )
+    return self._serve_encoded(tf_examples, 'tf_examples')
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
     """Signature name -> concrete function (serving_default = image_bytes)."""

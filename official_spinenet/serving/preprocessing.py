@@ -5,33 +5,33 @@ retinanet_input.Parser._parse_eval_data`) step for step, so a served model sees 
 same input it was evaluated on:
 
   uint8 [H, W, 3] --preprocess_ops.normalize_image--> float32, (x/255 - MEAN_NORM) /
-  STDDEV_NORM --preprocess_ops.resize_and_crop_image--> aspect-preserving bilinear
-  resize into `input_image_size`, zero-padded at the bottom / right to `padded_size`
-  (input size rounded up to a multiple of 2^max_level).
+  STDDEV_NORM --resize_and_pad (preprocess_ops.resize_and_crop_image's arithmetic)-->
+  aspect-preserving bilinear resize into `input_image_size`, zero-padded at the
+  bottom / right to `padded_size` (input size rounded up to a multiple of 2^max_level).
+
+One difference: Model Garden rounds a side that scales to under half a pixel down to 0
+and the resize then fails; here each side keeps at least 1 pixel, so thin images
+(1 x 1000) are served. Every other image gets the eval parser's pixels bit for bit.
 
 Bad requests fail with `tf.errors.InvalidArgumentError` raised by assertion ops in the
 graph (never by Python), so a loaded model reports the problem and keeps answering the
-next request. Encoded images are checked from their header *before* they are decoded:
-an oversized image (a "decompression bomb") is refused without allocating its pixels.
+next request. Messages name the input and its index in the batch (`image_bytes[1]:
+...`) and never carry its bytes; decoding and its checks are `image_decoding`'s.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import tensorflow as tf
 
 from official_spinenet import model_garden
+from official_spinenet.serving import image_decoding
 
 # Refuse images with more pixels than this (height * width) unless the export says
 # otherwise. 40 MP covers every consumer camera; the eval parser normalizes to float32
 # *before* resizing, so one such image already costs ~480 MB of float pixels.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-
-_JPEG_MAGIC = b'\xff\xd8\xff'
-_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-# PNG: 8-byte signature, then the IHDR chunk: length (4), type (4), width (4, big
-# endian), height (4), ... so the size is at bytes 16..23 of any valid PNG.
-_PNG_SIZE_OFFSET = 16
-_PNG_MIN_HEADER_BYTES = 33  # signature + complete IHDR chunk (4 + 4 + 13 + 4)
+# The string signature inputs element_decoder reads.
+ENCODED_INPUTS = ('image_bytes', 'tf_examples')
 
 
 def padded_size(input_image_size: Sequence[int], max_level: int) -> List[int]:
@@ -40,104 +40,65 @@ def padded_size(input_image_size: Sequence[int], max_level: int) -> List[int]:
   return [-(-int(s) // stride) * stride for s in input_image_size]
 
 
-def _assert(condition: tf.Tensor, template: str, values: Sequence[tf.Tensor]) -> tf.Operation:
-  """An assertion op whose InvalidArgumentError message is `template` filled with values."""
-  message = tf.strings.format(template, tuple(values)) if values else template
-  return tf.debugging.Assert(condition, [message], summarize=1)
+def decode_image(
+  encoded: tf.Tensor,
+  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+  what: image_decoding.Name = 'image',
+) -> tf.Tensor:
+  """One JPEG or PNG -> uint8 [H, W, 3] (image_decoding.decode_image, default pixel limit)."""
+  return image_decoding.decode_image(encoded, max_image_pixels, what)
 
 
-def check_image_size(
-  height: tf.Tensor, width: tf.Tensor, max_image_pixels: int, what: str = 'image'
-) -> List[tf.Operation]:
-  """Assertion ops: the image is not zero-sized and has at most max_image_pixels pixels.
+def element_decoder(
+  input_name: str, max_image_pixels: int
+) -> Callable[[tf.Tensor, image_decoding.Name], tf.Tensor]:
+  """(element, its name) -> uint8 [H, W, 3] for a string signature input.
 
   Args:
-    height, width: int scalars.
-    max_image_pixels: the largest height * width accepted.
-    what: names the input in the messages (e.g. 'image_bytes').
+    input_name: 'image_bytes' (a JPEG / PNG file) or 'tf_examples' (a serialized
+      tf.Example holding the file in image/encoded).
+    max_image_pixels: refuse larger images, before decoding.
+  """
+  if input_name == 'image_bytes':
+    return lambda data, name: image_decoding.decode_image(data, max_image_pixels, name)
+  if input_name == 'tf_examples':
+    return lambda data, name: image_decoding.decode_image(
+      image_decoding.example_image_bytes(data, name),
+      max_image_pixels,
+      tf.strings.join([name, ' image/encoded']),
+    )
+  raise ValueError(f'input_name must be one of {ENCODED_INPUTS}, got {input_name!r}.')
+
+
+def resize_and_pad(
+  image: tf.Tensor, input_image_size: Sequence[int], model_input_size: Sequence[int]
+) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Model Garden's resize_and_crop_image (no jitter, keep aspect ratio), sides >= 1 pixel.
+
+  Args:
+    image: [H, W, C], float.
+    input_image_size: (height, width) the image is resized to fit into.
+    model_input_size: (height, width) it is then zero-padded to, at the bottom / right.
 
   Returns:
-    The assertion ops; run them (control dependencies) before using the image.
+    (float32 [model_input_size..., C], image_info float32 [4, 2]): [[original h, w],
+    [input_image_size h, w], [y scale, x scale], [0, 0]], as Model Garden's.
   """
-  height = tf.cast(height, tf.int64)
-  width = tf.cast(width, tf.int64)
-  return [
-    _assert(
-      tf.logical_and(height > 0, width > 0),
-      f'{what}: the image is zero-sized ({{}}x{{}} pixels, height x width).',
-      [height, width],
-    ),
-    _assert(
-      height * width <= max_image_pixels,
-      f'{what}: the image has {{}}x{{}} = {{}} pixels, more than max_image_pixels='
-      f'{max_image_pixels}; send a smaller image or export with a larger '
-      'max_image_pixels.',
-      [height, width, height * width],
-    ),
-  ]
-
-
-def _png_size(encoded: tf.Tensor, what: str) -> tf.Tensor:
-  """[height, width] int32 read from a PNG's IHDR chunk (no decoding)."""
-  long_enough = _assert(
-    tf.strings.length(encoded) >= _PNG_MIN_HEADER_BYTES,
-    f'{what}: truncated PNG ({{}} bytes, the header alone needs {_PNG_MIN_HEADER_BYTES}).',
-    [tf.strings.length(encoded)],
+  image_size = tf.cast(tf.shape(image)[0:2], tf.float32)
+  desired_size = tf.cast(list(input_image_size), tf.float32)
+  scale = tf.minimum(desired_size[0] / image_size[0], desired_size[1] / image_size[1])
+  # Model Garden's tf.round alone gives 0 for a side under half a pixel (1 x 1000 into
+  # 128 x 128), and the resize fails: keep one pixel.
+  scaled_size = tf.maximum(tf.round(image_size * scale), 1.0)
+  image_scale = scaled_size / image_size
+  scaled_image = tf.image.resize(
+    image, tf.cast(scaled_size, tf.int32), method=tf.image.ResizeMethod.BILINEAR
   )
-  with tf.control_dependencies([long_enough]):
-    width_height = tf.io.decode_raw(
-      tf.strings.substr(encoded, _PNG_SIZE_OFFSET, 8), tf.int32, little_endian=False
-    )
-  return tf.reshape(tf.reverse(width_height, [0]), [2])
-
-
-def encoded_image_size(encoded: tf.Tensor, what: str = 'image') -> tf.Tensor:
-  """[height, width] (int32) of a JPEG or PNG, read from its header without decoding.
-
-  Fails (InvalidArgumentError) on empty bytes, bytes that are neither JPEG nor PNG,
-  and a header too corrupt to read.
-
-  Args:
-    encoded: a scalar string, the file bytes.
-    what: names the input in the messages.
-  """
-  not_empty = _assert(tf.strings.length(encoded) > 0, f'{what}: empty image bytes (0 bytes).', [])
-  with tf.control_dependencies([not_empty]):
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
-    is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
-  known_format = _assert(
-    tf.logical_or(is_jpeg, is_png),
-    f'{what}: not a JPEG or PNG file ({{}} bytes, starting with {{}}); only JPEG and '
-    'PNG are accepted.',
-    [tf.strings.length(encoded), tf.strings.substr(encoded, 0, 8)],
+  output_image = tf.image.pad_to_bounding_box(
+    scaled_image, 0, 0, model_input_size[0], model_input_size[1]
   )
-  with tf.control_dependencies([known_format]):
-    # Only the taken branch runs, so the PNG parse never sees JPEG bytes.
-    return tf.cond(
-      is_jpeg, lambda: tf.io.extract_jpeg_shape(encoded)[:2], lambda: _png_size(encoded, what)
-    )
-
-
-def decode_image(
-  encoded: tf.Tensor, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, what: str = 'image'
-) -> tf.Tensor:
-  """Decodes one JPEG or PNG to uint8 [H, W, 3] after validating its header.
-
-  Grey and RGBA images become RGB (channels=3), as in Model Garden's TfExampleDecoder.
-  Corrupt image data fails inside the decoder with its own InvalidArgumentError
-  (e.g. 'Invalid PNG data', 'jpeg::Uncompress failed'), except JPEG scan data damaged
-  after an intact header, which libjpeg decodes with artifacts (as PIL does).
-
-  Args:
-    encoded: a scalar string, the file bytes.
-    max_image_pixels: refuse images with more pixels (checked before decoding).
-    what: names the input in the messages.
-  """
-  size = encoded_image_size(encoded, what)
-  with tf.control_dependencies(check_image_size(size[0], size[1], max_image_pixels, what)):
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
+  image_info = tf.stack([image_size, desired_size, image_scale, tf.zeros([2], tf.float32)])
+  return output_image, image_info
 
 
 def preprocess_image(
@@ -151,33 +112,67 @@ def preprocess_image(
     model_input_size: (height, width) it is then padded to (see `padded_size`).
 
   Returns:
-    (float32 [model_input_size..., 3], image_info float32 [4, 2]) where image_info is
-    [[original h, w], [scaled h, w], [y scale, x scale], [y offset, x offset]].
+    (float32 [model_input_size..., 3], image_info float32 [4, 2]) (see resize_and_pad).
   """
   preprocess_ops = model_garden.load('preprocess_ops')
   image = preprocess_ops.normalize_image(image)
-  image, image_info = preprocess_ops.resize_and_crop_image(
-    image,
-    list(input_image_size),
-    padded_size=list(model_input_size),
-    aug_scale_min=1.0,
-    aug_scale_max=1.0,
-    keep_aspect_ratio=True,
-  )
+  image, image_info = resize_and_pad(image, input_image_size, model_input_size)
   return tf.ensure_shape(image, list(model_input_size) + [3]), image_info
 
 
-def _map_preprocess(
-  fn, elems: tf.Tensor, model_input_size: Sequence[int]
-) -> Tuple[tf.Tensor, tf.Tensor]:
-  """tf.map_fn of fn(elem) -> (image, image_info) over the batch."""
+def checked_batch(elems: tf.Tensor, what: str) -> tf.Tensor:
+  """elems after checks: a batch of the signature input's shape, not empty.
+
+  Neither a loaded SavedModel nor TF Serving checks a fed tensor against the
+  signature's shape, and an assertion on its rank would be folded to true from the
+  static shape: EnsureShape checks it at run time ("Shape of tensor images [8,8,3] is
+  not compatible with expected shape [?,?,?,3]").
+
+  Args:
+    elems: string [B] ('image_bytes', 'tf_examples') or uint8 [B, H, W, 3] ('images').
+    what: the signature's input name.
+  """
+  elems = tf.ensure_shape(elems, [None, None, None, 3] if what == 'images' else [None])
+  not_empty = image_decoding.assert_that(
+    tf.shape(elems)[0] > 0, what, 'empty batch (0 images); send at least one image'
+  )
+  with tf.control_dependencies([not_empty]):
+    return tf.identity(elems)
+
+
+def checked_images(images: tf.Tensor, max_image_pixels: int, what: str = 'images') -> tf.Tensor:
+  """uint8 [B, H, W, 3] after checks: shape, batch not empty, size of the images."""
+  images = checked_batch(images, what)
+  shape = tf.shape(images)
+  checks = image_decoding.check_image_size(shape[1], shape[2], max_image_pixels, what)
+  with tf.control_dependencies(checks):
+    return tf.identity(images)
+
+
+def map_images(fn, elems: tf.Tensor, what: str, fn_output_signature):
+  """tf.map_fn of fn(element, name) over a batch; name is 'what[i]'.
+
+  Args:
+    fn: (element, string scalar naming it, e.g. 'image_bytes[2]') -> outputs.
+    elems: the batch [B, ...] (checked_batch'ed).
+    what: the input's name.
+    fn_output_signature: as tf.map_fn's.
+
+  Returns:
+    fn's outputs stacked over the batch.
+  """
+  indices = tf.range(tf.shape(elems)[0])
   return tf.map_fn(
-    fn,
-    elems,
-    fn_output_signature=(
-      tf.TensorSpec(list(model_input_size) + [3], tf.float32),
-      tf.TensorSpec([4, 2], tf.float32),
-    ),
+    lambda pair: fn(pair[1], image_decoding.input_name(what, pair[0])),
+    (indices, elems),
+    fn_output_signature=fn_output_signature,
+  )
+
+
+def _preprocessed_spec(model_input_size: Sequence[int]):
+  return (
+    tf.TensorSpec(list(model_input_size) + [3], tf.float32),
+    tf.TensorSpec([4, 2], tf.float32),
   )
 
 
@@ -189,13 +184,11 @@ def preprocess_image_batch(
   what: str = 'images',
 ) -> Tuple[tf.Tensor, tf.Tensor]:
   """uint8 [B, H, W, 3] (one size for the batch) -> ([B, Hm, Wm, 3], image_info [B, 4, 2])."""
-  shape = tf.shape(images)
-  with tf.control_dependencies(check_image_size(shape[1], shape[2], max_image_pixels, what)):
-    images = tf.identity(images)
-  return _map_preprocess(
-    lambda image: preprocess_image(image, input_image_size, model_input_size),
-    images,
-    model_input_size,
+  return map_images(
+    lambda image, _: preprocess_image(image, input_image_size, model_input_size),
+    checked_images(images, max_image_pixels, what),
+    what,
+    _preprocessed_spec(model_input_size),
   )
 
 
@@ -206,25 +199,19 @@ def preprocess_encoded_batch(
   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
   what: str = 'image_bytes',
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-  """string [B] JPEG/PNG bytes, any sizes -> ([B, Hm, Wm, 3], image_info [B, 4, 2])."""
-  return _map_preprocess(
-    lambda data: preprocess_image(
-      decode_image(data, max_image_pixels, what), input_image_size, model_input_size
-    ),
-    encoded,
-    model_input_size,
-  )
+  """string [B] -> ([B, Hm, Wm, 3], image_info [B, 4, 2]); images of any sizes.
 
-
-def encoded_images_from_examples(serialized: tf.Tensor) -> tf.Tensor:
-  """string [B] serialized tf.Examples -> string [B] of their `image/encoded` bytes.
-
-  The project's records (data/tfexample.py, the layout Model Garden's
-  TfExampleDecoder reads) keep the JPEG/PNG file under `image/encoded`; the other
-  features (boxes, ids) are not needed to predict. A missing image/encoded reads as
-  empty bytes and fails with the empty-bytes message.
+  Args:
+    encoded: JPEG / PNG files (what='image_bytes') or serialized tf.Examples holding
+      one in image/encoded (what='tf_examples'); see element_decoder.
+    input_image_size, model_input_size: see preprocess_image.
+    max_image_pixels: refuse larger images, before decoding.
+    what: the signature's input name, which also names the elements in messages.
   """
-  features = tf.io.parse_example(
-    serialized, {'image/encoded': tf.io.FixedLenFeature([], tf.string, default_value='')}
+  decode = element_decoder(what, max_image_pixels)
+  return map_images(
+    lambda data, name: preprocess_image(decode(data, name), input_image_size, model_input_size),
+    checked_batch(encoded, what),
+    what,
+    _preprocessed_spec(model_input_size),
   )
-  return features['image/encoded']

@@ -52,6 +52,7 @@ import tensorflow as tf
 
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.serving import client_lib
+from official_spinenet.serving import image_decoding
 from official_spinenet.serving import postprocessing
 from official_spinenet.serving import preprocessing
 from official_spinenet.utils import files
@@ -292,8 +293,8 @@ def representative_images(
 
   def generate():
     count = 0
-    for serialized in tf.data.TFRecordDataset(files).take(num_images).batch(1):
-      encoded = preprocessing.encoded_images_from_examples(serialized)[0]
+    for serialized in tf.data.TFRecordDataset(files).take(num_images):
+      encoded = image_decoding.example_image_bytes(serialized)
       yield [prepare_input(preprocessing.decode_image(encoded), input_image_size, input_size)[0]]
       count += 1
     if not count:

@@ -20,7 +20,10 @@ Crop masks (the default export, and a checkpoint) are pasted on the host with Mo
 Garden's `mask_ops.paste_instance_masks`, the Detectron paste the COCO evaluator scores
 with, so detections.json scores as the training evaluation does.
 Every file is written atomically (utils.files). An image that fails (corrupt, too
-large) is reported in images.json["failed"] and the others carry on.
+large, a format other than JPEG / PNG, or any other error) is printed as
+`FAILED <path>: <problem>` (client_lib.describe_error: the export's message, e.g.
+`image_bytes[0]: GIF is not supported; send JPEG or PNG`), listed in
+images.json["failed"], and the others carry on.
 
 A classifier (a classification export, or a ClassificationTask config + checkpoint; then
 `ClassifierPredictor`, through `classification_export.ClassificationServingModule`: the
@@ -316,22 +319,19 @@ def coco_results(image_id: int, detections: client_lib.ImageDetections) -> List[
 
 
 def _detect_batch(detect: Callable, paths: Sequence[str], encoded: Sequence[bytes]):
-  """[(path, result or None, error or None)]; a refused batch is retried image by image.
+  """[(path, result or None, problem or None)]; a failed batch is retried image by image.
 
-  detect: a Predictor's detect or a ClassifierPredictor's classify.
+  detect: a Predictor's detect or a ClassifierPredictor's classify. Whatever it raises
+  (a refused image, or any other error) fails the images, never the run.
   """
-  try:
-    return [(p, d, None) for p, d in zip(paths, detect(encoded))]
-  except tf.errors.InvalidArgumentError as e:
-    if len(paths) == 1:
-      return [(paths[0], None, client_lib.error_summary(e.message))]
-  results = []
-  for path, data in zip(paths, encoded):
-    try:
-      results.append((path, detect([data])[0], None))
-    except tf.errors.InvalidArgumentError as e:
-      results.append((path, None, client_lib.error_summary(e.message)))
-  return results
+  outcomes = client_lib.predict_each(detect, encoded)
+  return [(path, result, problem) for path, (result, problem) in zip(paths, outcomes)]
+
+
+def _report_failure(failed: List[Dict[str, str]], path: str, problem: str) -> None:
+  """Records a failed image and says so as it happens: FAILED <path>: <problem>."""
+  print(f'FAILED {path}: {problem}', flush=True)
+  failed.append({'path': path, 'error': problem})
 
 
 def _image_entry(
@@ -402,8 +402,7 @@ def run_predict(
       _detect_batch(predictor.detect, batch_paths, encoded), encoded
     ):
       if error is not None:
-        logging.warning('%s failed: %s', path, error)
-        failed.append({'path': path, 'error': error})
+        _report_failure(failed, path, error)
         continue
       results.extend(coco_results(ids[path], detections))
       entries.append(_image_entry(ids[path], path, detections))
@@ -474,8 +473,7 @@ def run_classify(
     for path, result, error in _detect_batch(predictor.classify, batch_paths, encoded):
       line = {'path': path, 'file_name': os.path.basename(path)}
       if error is not None:
-        logging.warning('%s failed: %s', path, error)
-        failed.append({'path': path, 'error': error})
+        _report_failure(failed, path, error)
         line['error'] = error
       else:
         line.update(result.as_json())
