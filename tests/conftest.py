@@ -32,3 +32,23 @@ def shapes_data(tmp_path_factory):
   return shapes.make_shapes_dataset(
     str(root), num_train=8, num_val=4, image_size=128, seed=0, num_shards=2, show_progress=False
   )
+
+
+@pytest.fixture(scope='session')
+def tiny_retinanet_run(shapes_data, tmp_path_factory):
+  """The model dir of testing/retinanet_tiny.gin trained 2 steps, saved after each.
+
+  Built once per test process. Read-only: copy it (`shutil.copytree`) to resume
+  from it or change it.
+  """
+  from official_spinenet.workflows import demo  # pylint: disable=g-import-not-at-top
+  from official_spinenet.workflows import train  # pylint: disable=g-import-not-at-top
+
+  model_dir = str(tmp_path_factory.mktemp('tiny_retinanet_run') / 'model')
+  params = demo.shapes_data_params(shapes_data) + [
+    'TRAIN_STEPS = 2',
+    'TrainerConfig.steps_per_loop = 1',
+    'TrainerConfig.checkpoint_interval = 1',
+  ]
+  train.launch(['testing/retinanet_tiny.gin'], params, model_dir, mode='train')
+  return model_dir

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,9 +58,8 @@ def test_train_resume_and_evaluate(shapes_data, tmp_path):
   assert again['AP50'] == pytest.approx(metrics['AP50'])
 
 
-def test_eval_with_ground_truth_from_records(shapes_data, tmp_path):
-  model_dir = str(tmp_path / 'model')
-  train.launch([TINY], demo.shapes_data_params(shapes_data), model_dir, mode='train')
+def test_eval_with_ground_truth_from_records(shapes_data, tiny_retinanet_run, tmp_path):
+  model_dir = shutil.copytree(tiny_retinanet_run, str(tmp_path / 'model'))
   from_json = train.launch([TINY], demo.shapes_data_params(shapes_data), model_dir, mode='eval')
   # Without ANNOTATION_FILE the ground truth comes from the eval records.
   without_annotations = demo.shapes_data_params(shapes_data)[:2]
@@ -82,11 +82,8 @@ def _trainer(gin_params, model_dir):
   )
 
 
-def test_init_checkpoint_with_another_number_of_classes(shapes_data, tmp_path):
-  source_dir = str(tmp_path / 'source')
-  train.launch(
-    [TINY], demo.shapes_data_params(shapes_data) + ['TRAIN_STEPS = 2'], source_dir, mode='train'
-  )
+def test_init_checkpoint_with_another_number_of_classes(shapes_data, tiny_retinanet_run, tmp_path):
+  source_dir = tiny_retinanet_run  # read only
   source = tf.train.load_checkpoint(tf.train.latest_checkpoint(source_dir))
   params = demo.shapes_data_params(shapes_data) + [
     'NUM_CLASSES = 7',

@@ -7,13 +7,14 @@ byte (`signal.set_wakeup_fd`) wakes a watcher thread at once, and that thread
 sets a tf.Variable the compiled loop reads before every step: the loop returns
 after the step in flight, the trainer saves and raises `PreemptedError`.
 
-One device and MirroredStrategy only. Under MultiWorkerMirroredStrategy a worker
-that stopped on its own would leave the others waiting in the next all-reduce;
-TensorFlow's PreemptionCheckpointHandler agrees on a step across workers through
-the coordination service, but its watcher threads block in that service and may
-hang a worker's exit once the chief is gone, and the two-worker test could not be
-run to show otherwise, so it is not wired: there SIGTERM ends a worker as before
-and a rerun resumes from the newest checkpoint.
+Under MultiWorkerMirroredStrategy a worker that stopped on its own flag would
+leave the others waiting in the next all-reduce, so the flag travels with the
+gradients: each step's all-reduce carries every worker's stop vote, all workers
+see the same sum, stop after that same step, save together and exit. A SIGTERM
+to one worker therefore costs at most one more step. (TensorFlow's
+PreemptionCheckpointHandler agrees on a step through the coordination service
+instead; its watcher threads block in that service and can hang a worker's exit
+once the chief is gone.)
 """
 
 import contextlib

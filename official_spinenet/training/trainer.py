@@ -12,7 +12,6 @@ global norm, then applied: N replicas compute exactly what one device computes
 on the whole batch.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -197,6 +196,7 @@ class Trainer:
     self._eval_step_fn = None
     self._writers = {}
     self._stop = preemption.StopRequest()
+    self._multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     self._check_weights = train_state.weight_check_fn(
       train_state.floating_variables(self.model, self.optimizer),
       train_state.floating_variables(self.model),
@@ -302,7 +302,10 @@ class Trainer:
       inner = getattr(self.optimizer, 'inner_optimizer', self.optimizer)
       restored = train_state.checkpoint_learning_rate(path)
       inner.learning_rate = float(self.learning_rate)
-      if restored is not None and not math.isclose(restored, float(self.learning_rate)):
+      # The checkpoint holds it in float32: equal within float32 rounding is unchanged.
+      if restored is not None and not math.isclose(
+        restored, float(self.learning_rate), rel_tol=1e-6
+      ):
         change = f'learning rate {restored:.6g} -> {float(self.learning_rate):.6g}'
         if not any(c.startswith('learning_rate.') for c in changes):
           changes.append(change)
@@ -337,7 +340,7 @@ class Trainer:
 
   # ---- training -------------------------------------------------------------
 
-  def _replica_step(self, inputs, labels):
+  def _replica_step(self, inputs, labels, stop_requested):
     model, optimizer = self.model, self.optimizer
     finite_inputs = _inputs_finite(inputs)
     with tf.GradientTape() as tape:
@@ -350,41 +353,62 @@ class Trainer:
     grads = tape.gradient(loss, variables)
     if self._mixed_precision == 'float16':
       grads = optimizer.get_unscaled_gradients(grads)
-    grads = _sum_over_replicas(grads)
+    # The stop vote rides on the gradients' all-reduce: every worker learns in the
+    # same step whether any of them received SIGTERM, and they stop together.
+    *grads, stop_votes = _sum_over_replicas(grads + [tf.cast(stop_requested, tf.float32)])
     if self.config.gradient_clip_norm > 0:
       grads, _ = tf.clip_by_global_norm(grads, self.config.gradient_clip_norm)
     optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
     values = [tf.cast(losses[name], tf.float32) for name in self.task.loss_names]
-    return tf.stack(values + [1.0 - tf.cast(finite_inputs, tf.float32)])
+    return tf.stack(values + [1.0 - tf.cast(finite_inputs, tf.float32), stop_votes])
 
   def build_train_loop(self) -> Callable[[Any, tf.Tensor], Dict[str, tf.Tensor]]:
     """The compiled loop `train` runs: loop(iterator, num_steps) -> mean losses.
 
-    It stops early, after the step in flight, when SIGTERM arrives. Besides the
-    mean losses it returns '_steps' (steps run), '_bad_inputs' (replica-steps
-    whose input images held NaN / Inf) and '_lowest' / '_last' (the smallest
-    and the last step's total loss). Public for benchmarks, which time it
-    without checkpoints and summaries.
+    It stops early, after the step in flight, when SIGTERM arrives (on any
+    worker). Besides the mean losses it returns '_steps' (steps run),
+    '_bad_inputs' (replica-steps whose input images held NaN / Inf), '_lowest' /
+    '_last' (the smallest and the last step's total loss) and '_stopped' (the
+    loop ended on a stop request). Public for benchmarks, which time it without
+    checkpoints and summaries.
     """
     strategy, names, stop = self.strategy, self.task.loss_names, self._stop.variable
+    # One process can read its own flag before each step. Workers may only act
+    # on what the step's all-reduce told all of them: a worker that stopped on
+    # its own flag would leave the others waiting in the next collective.
+    local_stop = not self._multi_worker
 
-    @tf.function
+    # No autograph: the loop is an explicit tf.while_loop, and converting every
+    # layer call of the model costs seconds per trace for nothing.
+    @tf.function(autograph=False)
     def train_loop(iterator, num_steps):
-      # One vector of sums: a plain tensor is the loop variable autograph
-      # carries best through the loop.
-      totals = tf.zeros([len(names) + 1])
-      steps, lowest, last = tf.constant(0), tf.constant(math.inf), tf.constant(math.nan)
-      while tf.logical_and(steps < num_steps, tf.logical_not(stop.read_value())):
+      def keep_going(steps, stopping, totals, lowest, last):
+        del totals, lowest, last  # unused
+        return tf.logical_and(steps < num_steps, tf.logical_not(stopping))
+
+      def step(steps, stopping, totals, lowest, last):
+        del stopping, last  # replaced
         inputs, labels = next(iterator)
-        values = strategy.run(self._replica_step, args=(inputs, labels))
+        values = strategy.run(self._replica_step, args=(inputs, labels, stop.read_value()))
         values = strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
-        totals += values
-        steps += 1
-        last = values[0]
-        lowest = tf.minimum(lowest, last)
+        stopping = values[-1] > 0
+        if local_stop:
+          stopping = tf.logical_or(stopping, stop.read_value())
+        return steps + 1, stopping, totals + values, tf.minimum(lowest, values[0]), values[0]
+
+      # One vector of sums: a plain tensor is the loop variable carried best.
+      start = (
+        tf.constant(0),
+        stop.read_value() if local_stop else tf.constant(False),
+        tf.zeros([len(names) + 2]),
+        tf.constant(math.inf),
+        tf.constant(math.nan),
+      )
+      steps, stopping, totals, lowest, last = tf.while_loop(keep_going, step, start)
       means = totals / tf.cast(tf.maximum(steps, 1), tf.float32)
       result = {name: means[i] for i, name in enumerate(names)}
-      result.update(_steps=steps, _bad_inputs=totals[-1], _lowest=lowest, _last=last)
+      result.update(_steps=steps, _bad_inputs=totals[-2], _lowest=lowest, _last=last)
+      result.update(_stopped=stopping)
       return result
 
     return train_loop
@@ -500,11 +524,9 @@ class Trainer:
     losses = {}
     if math.isinf(self._largest_weight):  # fresh or init_checkpoint weights
       self._largest_weight = float(self._check_weights()[1])
-    # Not under MultiWorkerMirroredStrategy: one worker stopping alone would hang the others.
-    multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    with contextlib.nullcontext() if multi_worker else self._stop.watch():
+    with self._stop.watch():
       while self.global_step < until_step:
-        if self._stop.requested:
+        if self._stop.requested and not self._multi_worker:
           self._preempted()
         num_steps = min(config.steps_per_loop, until_step - self.global_step)
         loop_start = time.time()
@@ -514,7 +536,7 @@ class Trainer:
         losses = self._check_loop(outputs)
         elapsed = time.time() - loop_start
         self._log_progress(losses, int(outputs['_steps']), elapsed, start_step, start_time)
-        if self._stop.requested:
+        if outputs['_stopped'] or (self._stop.requested and not self._multi_worker):
           self._preempted()
         # Every checkpoint_interval steps, and always at the end of the call.
         step = self.global_step
@@ -668,9 +690,11 @@ def run_experiment(
       raise ValueError(f'--mode=eval: no checkpoint in {model_dir!r} and no init_checkpoint.')
     return trainer.evaluate()
   if mode == 'train':
-    losses = trainer.train()
-    if not trainer.chief:
-      tf.io.gfile.rmtree(trainer.manager.directory)
+    try:
+      losses = trainer.train()
+    finally:  # also on preemption: the scratch copy is never resumed from
+      if not trainer.chief and tf.io.gfile.exists(trainer.manager.directory):
+        tf.io.gfile.rmtree(trainer.manager.directory)
     _log_warnings(trainer)
     return losses
   every = config.eval_interval
