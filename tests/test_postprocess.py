@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from official_spinenet.modeling import postprocess_benchmark
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.heads import retinanet_head
@@ -304,6 +305,45 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     settings = dict(nms_iou_threshold=0.6)
     self.assertAllEqual(_v1(outputs, anchors, image_shape, **settings)['num_detections'], [2])
     self.assertAllEqual(_fast(outputs, anchors, image_shape, **settings)['num_detections'], [1])
+
+  def test_benchmark_feeds_inputs_as_arguments(self):
+    # Captured inputs would be graph constants that grappler may fold at trace time.
+    outputs = self._biased(-7.0)
+    inputs = (outputs, self.anchors, self.image_shape)
+    input_shapes = {tuple(t.shape) for t in tf.nest.flatten(inputs)}
+    for version in ('fast', 'v1'):
+      with self.subTest(version=version):
+        function = postprocess_benchmark.post_processing(version)
+        captured = function.get_concrete_function(*inputs).captured_inputs
+        self.assertFalse(
+          [t for t in captured if tuple(t.shape) in input_shapes and t.shape.rank], captured
+        )
+    postprocess_benchmark.assert_same_detections(
+      _v1(*inputs), postprocess_benchmark.post_processing('fast')(*inputs)
+    )
+
+
+def test_benchmark_interleaves_its_runs():
+  calls = []
+
+  def call(name):
+    calls.append(name)
+    return tf.constant(len(calls))
+
+  seconds, results = postprocess_benchmark.interleaved_medians(
+    {'a': lambda: call('a'), 'b': lambda: call('b')}, {'a': 3, 'b': 1}
+  )
+  # One untimed call each, then rounds: a b, a, a.
+  assert calls == ['a', 'b', 'a', 'b', 'a', 'a'], calls
+  assert sorted(seconds) == ['a', 'b'] and min(seconds.values()) >= 0.0, seconds
+  assert int(results['a']) == 6 and int(results['b']) == 4, results
+
+
+def test_benchmark_reports_ratios():
+  r = postprocess_benchmark.Comparison(1, 1000, 2.0, 0.02, 10.0, 12.0)
+  assert '(1.0% of it)' in postprocess_benchmark.describe(r)
+  last_row = postprocess_benchmark.markdown_table([r]).splitlines()[-1]
+  assert last_row.replace(' ', '') == '|1|1000|2.00s|20.0ms|1.0%|10.00s|500x|12.00s|600x|', last_row
 
 
 def test_ops_module_imports_neither_gin_nor_model_garden_at_load():

@@ -1,12 +1,14 @@
-r"""Times RetinaNet post-processing: ours ('fast') against Model Garden's v1.
+r"""Times RetinaNet post-processing: ours ('fast') against the forward pass and Model Garden.
 
-Both run on the same head outputs of RetinaNet-SpineNet-49 (random weights, 91
-classes), for each --candidates target and batch size; the detections are
-checked to be equal (`official_spinenet.modeling.postprocess_benchmark`).
+All run on the same head outputs of RetinaNet-SpineNet-49 (random weights, 91
+classes), inputs fed as arguments, in interleaved rounds, for each --candidates
+target and batch size; ours is checked to give Model Garden v1's detections
+(`official_spinenet.modeling.postprocess_benchmark`). Prints this machine's matmul
+GFLOP/s beside the absolute times.
 
   python tools/benchmark_postprocess.py
   python tools/benchmark_postprocess.py --batch_sizes=1 --candidates=1000 \
-      --reference_runs=3 --runs=20
+      --reference_runs=3 --runs=20 --forward_runs=5
 """
 
 import os
@@ -16,7 +18,7 @@ from absl import flags
 
 from official_spinenet.modeling import postprocess_benchmark
 from official_spinenet.utils import flags as flag_groups
-from official_spinenet.utils import tables
+from official_spinenet.utils import timing
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +36,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     **fv,
   )
   flags.DEFINE_integer('runs', 20, 'Timed runs of ours (median reported).', **fv)
-  flags.DEFINE_integer('reference_runs', 3, "Timed runs of Model Garden's v1 (median).", **fv)
+  flags.DEFINE_integer(
+    'reference_runs', 3, "Timed runs of each of Model Garden's v1 and v2 (median).", **fv
+  )
+  flags.DEFINE_integer('forward_runs', 5, 'Timed runs of the forward pass (median).', **fv)
   flags.DEFINE_float('logit_stddev', 2.0, 'Spread of the class logits over anchors.', **fv)
   flags.DEFINE_float('box_delta_stddev', 0.2, 'Spread of the box deltas.', **fv)
   flags.DEFINE_integer('seed', 0, 'Random seed (weights and images).', **fv)
@@ -44,7 +49,7 @@ def main(argv) -> None:
   """Times every (candidates, batch size); prints each, then a Markdown table."""
   flag_groups.no_positional_arguments(argv)
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  outputs, anchors = postprocess_benchmark.model_outputs(
+  setup = postprocess_benchmark.build(
     FLAGS.image_size,
     FLAGS.num_classes,
     max(batch_sizes),
@@ -56,43 +61,23 @@ def main(argv) -> None:
   for target in (int(c) for c in FLAGS.candidates):
     for batch_size in batch_sizes:
       r = postprocess_benchmark.compare(
-        outputs,
-        anchors,
-        FLAGS.image_size,
+        setup,
         FLAGS.num_classes,
         target,
         batch_size,
         FLAGS.runs,
         FLAGS.reference_runs,
+        FLAGS.forward_runs,
       )
-      speedup = r.reference_seconds / r.ours_seconds
-      print(
-        f'batch {batch_size}, ~{r.candidates} candidates/image: Model Garden v1 '
-        f'{r.reference_seconds * 1e3:.0f} ms, ours {r.ours_seconds * 1e3:.1f} ms, '
-        f'{speedup:.0f}x faster; detections equal',
-        flush=True,
-      )
-      rows.append(
-        (
-          batch_size,
-          r.candidates,
-          f'{r.reference_seconds:.2f} s',
-          f'{r.ours_seconds * 1e3:.1f} ms',
-          f'{speedup:.0f}x',
-        )
-      )
+      print(postprocess_benchmark.describe(r), flush=True)
+      rows.append(r)
   print(
     f'\nRetinaNet-SpineNet-49 {FLAGS.image_size}x{FLAGS.image_size}, '
-    f'{FLAGS.num_classes} classes, {os.cpu_count()} CPUs, median time per batch:'
+    f'{FLAGS.num_classes} classes, {os.cpu_count()} CPUs '
+    f'({timing.matmul_gflops():.0f} GFLOP/s float32 matmul), median time per batch '
+    '(interleaved runs, inputs fed as arguments):'
   )
-  print(
-    tables.format_table(
-      ('batch', 'candidates/image', 'Model Garden v1', 'ours (fast)', 'speed-up'),
-      rows,
-      markdown=True,
-      left_columns=0,
-    )
-  )
+  print(postprocess_benchmark.markdown_table(rows))
 
 
 def run() -> None:
