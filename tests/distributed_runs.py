@@ -5,6 +5,18 @@
 
 Logical CPU devices must be configured before TensorFlow initialises, which a
 pytest process that already ran other tests cannot do; hence a subprocess.
+
+The models train through sync BN, their backbone in float64 (RetinaNet: the
+whole model; Mask R-CNN's RoI ops are float32 only). In training mode the tiny
+SpineNet is ill-conditioned: at batch 4 and 128 px its BN layers normalise 16
+values per channel at P6 and 4 at P7, and a BN layer amplifies relative changes
+of its inputs by |mean| / stddev of its channels. Measured in float64: a 1e-7
+relative change of the images moves its features by 1e-3 of their range and its
+gradients by 2% of the largest. float32 rounding in another order (two replicas'
+halves of the batch) is such a change: in float32, one device's gradients are
+5-10% (of the largest) away from float64's, and the mirrored run's as far, with
+tf_keras's BN or ours. In float64 the rounding stays far below what the
+comparison resolves.
 """
 
 import json
@@ -37,7 +49,8 @@ def _exact_params(data_dir):
 def _maskrcnn_exact_params(data_dir):
   """The tiny Mask R-CNN without randomness: no augmentation, and every sampler
   (RPN anchors in the parser, RoIs, masks) keeps all of its candidates, so the
-  sampled sets do not depend on how the batch is split over replicas."""
+  sampled sets do not depend on how the batch is split over replicas; every BN
+  layer synchronised, the heads' too."""
   return [
     f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
     'train/InputConfig.aug_rand_hflip = False',
@@ -49,10 +62,20 @@ def _maskrcnn_exact_params(data_dir):
     'MaskRCNNTask.num_sampled_masks = 132',
     'spinenet.use_sync_bn = True',
     'RPNHead.use_sync_bn = True',
+    'DetectionHead.use_sync_bn = True',
+    'MaskHead.use_sync_bn = True',
     f'TRAIN_STEPS = {STEPS}',
     'TrainerConfig.steps_per_loop = 1',
     'TrainerConfig.gradient_clip_norm = 0.5',
   ]
+
+
+def configure_two_cpus():
+  """Splits the CPU into two logical devices (before TensorFlow initialises)."""
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+  )
 
 
 def _sync_bn_outputs(strategy, forward, images):
@@ -64,37 +87,65 @@ def _sync_bn_outputs(strategy, forward, images):
   return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(outputs)])
 
 
+def _model_in_float64(task, tf_keras):
+  """Builds the whole model in float64 (the losses stay float32: the task casts)."""
+  del task
+  tf_keras.mixed_precision.set_global_policy('float64')
+
+
+def _backbone_in_float64(task, tf_keras):
+  """Builds the backbone in float64, the rest in float32 (Model Garden's RoI ops
+  are float32 only); Keras casts the float64 features to a head's dtype."""
+  build_pyramid = task.build_pyramid
+
+  def build_pyramid_in_float64(*args, **kwargs):
+    policy = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy('float64')
+    try:
+      return build_pyramid(*args, **kwargs)
+    finally:
+      tf_keras.mixed_precision.set_global_policy(policy)
+
+  task.build_pyramid = build_pyramid_in_float64
+
+
 def mirrored_vs_one_device(data_dir, output):
-  """RetinaNet: the same initial weights trained on one device and on two CPUs."""
+  """RetinaNet in float64: the same initial weights trained on one device and on two CPUs."""
   _compare_strategies(
     TINY,
     _exact_params(data_dir),
     output,
     lambda model: lambda x: model(x, training=True)['cls_outputs']['3'],
+    _model_in_float64,
+    steps=STEPS,
   )
 
 
 def maskrcnn_mirrored_vs_one_device(data_dir, output):
-  """Mask R-CNN: the same, through the RPN, RoI sampling and the mask head."""
+  """Mask R-CNN: the same, through the RPN, RoI sampling and the mask head.
+
+  One step: the float32 heads' rounding enters the weights it updates, and a
+  second step's forward pass through the backbone would amplify it.
+  """
   _compare_strategies(
     TINY_MASKRCNN,
     _maskrcnn_exact_params(data_dir),
     output,
     # RPN objectness on P3, as RetinaNet's check compares its class logits on P3.
     lambda model: lambda x: model.rpn_head(model.backbone(x, training=True), training=True)[0]['3'],
+    _backbone_in_float64,
+    steps=1,
   )
 
 
-def _compare_strategies(gin_file, params, output, training_forward):
-  """Trains the same initial weights on one device and on two mirrored CPUs.
+def _compare_strategies(gin_file, params, output, training_forward, in_float64, steps):
+  """Trains the same initial weights on one device and on two mirrored CPUs, through sync BN.
 
   training_forward(model) -> fn(images): a training-mode forward pass through
-  sync BN, compared on the same images.
+  sync BN, compared on the same images. in_float64(task, tf_keras) makes the
+  task build its model (or its backbone) in float64, see the module docstring.
   """
-  cpu = tf.config.list_physical_devices('CPU')[0]
-  tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-  )
+  configure_two_cpus()
   # pylint: disable=g-import-not-at-top
   import tf_keras
 
@@ -111,6 +162,7 @@ def _compare_strategies(gin_file, params, output, training_forward):
     configurables.parse_gin([gin_file], params)
     experiment = configurables.build_experiment()
     task = experiment['task']
+    in_float64(task, tf_keras)
     trainer = trainer_lib.Trainer(
       task, strategy, os.path.join(output, name), experiment['config'], experiment['learning_rate']
     )
@@ -122,23 +174,17 @@ def _compare_strategies(gin_file, params, output, training_forward):
     # Sync BN: one forward pass in training mode (global-batch statistics).
     sync_bn_logits = _sync_bn_outputs(strategy, training_forward(trainer.model), images)
     # That pass moved the BN statistics by each run's own arithmetic; train from
-    # the same starting point.
+    # the same starting point, through sync BN.
     trainer.model.set_weights(initial)
-    # Then training with BN frozen (inference-mode statistics), which checks the
-    # trainer's own arithmetic (loss normalisers, gradient sum, clipping, weight
-    # decay) exactly. Training through sync BN is not compared: see test_distribute.py.
-    for layer in trainer.model.submodules:
-      if isinstance(layer, tf_keras.layers.BatchNormalization):
-        layer.trainable = False
-    trained = list(trainer.model.trainable_variables)
-    before = [v.numpy() for v in trained]
-    losses = [trainer.train(until_step=step)['total_loss'] for step in range(1, STEPS + 1)]
+    losses = [trainer.train(until_step=step)['total_loss'] for step in range(1, steps + 1)]
     results[name] = {
       'replicas': strategy.num_replicas_in_sync,
       'sync_bn_logits': sync_bn_logits.tolist(),
       'losses': losses,
-      'weights': [v.numpy().tolist() for v in trained],
-      'initial': [v0.tolist() for v0 in before],
+      # Every weight: the trained ones and BN's moving statistics.
+      'names': [w.name for w in trainer.model.weights],
+      'weights': [w.numpy().tolist() for w in trainer.model.weights],
+      'initial': [w0.tolist() for w0 in initial],
     }
   with open(os.path.join(output, 'results.json'), 'w') as f:
     json.dump(results, f)

@@ -1,9 +1,7 @@
-"""Training under MirroredStrategy and MultiWorkerMirroredStrategy equals one device."""
+"""Training under MirroredStrategy equals one device (two workers: test_multi_worker.py)."""
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 
@@ -28,7 +26,8 @@ def data_dir(tmp_path_factory):
   return str(root)
 
 
-def _mirrored_vs_one_device(mode, data_dir, tmp_path, loss_rtol):
+def _mirrored_vs_one_device(mode, data_dir, tmp_path, loss_rtol, update_rtol, atol):
+  """Runs tests/distributed_runs.py `mode`: training through sync BN, backbone in float64."""
   run = subprocess.run(
     [
       sys.executable,
@@ -50,97 +49,44 @@ def _mirrored_vs_one_device(mode, data_dir, tmp_path, loss_rtol):
   np.testing.assert_allclose(
     np.asarray(mirrored['sync_bn_logits']), np.asarray(one['sync_bn_logits']), rtol=1e-4, atol=1e-5
   )
-  # Training: same losses, same updated weights.
+  # Training through sync BN: same losses, same weights after the steps. Every
+  # weight counts, BN's (gamma, beta, moving mean and variance) as the others.
   np.testing.assert_allclose(mirrored['losses'], one['losses'], rtol=loss_rtol)
   largest_update = 0.0
-  for w_mirrored, w_one, w_0 in zip(mirrored['weights'], one['weights'], one['initial']):
+  weights = zip(one['names'], mirrored['weights'], one['weights'], one['initial'])
+  for name, w_mirrored, w_one, w_0 in weights:
     w_mirrored, w_one, w_0 = np.asarray(w_mirrored), np.asarray(w_one), np.asarray(w_0)
     update = float(np.abs(w_one - w_0).max())
     largest_update = max(largest_update, update)
-    # float32 rounding in different summation orders, carried through two steps
-    # of momentum SGD: the weights agree to 1% of the change the steps made.
     difference = float(np.abs(w_mirrored - w_one).max())
-    assert difference <= 0.01 * update + 1e-7, (w_one.shape, difference, update)
+    # atol: weights whose gradient is zero but for rounding (a conv bias before
+    # BN), and a few float32 ulps of float32 weights.
+    assert difference <= update_rtol * update + atol, (name, difference, update)
   assert largest_update > 1e-4  # the steps did change the weights
 
 
 def test_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
-  _mirrored_vs_one_device('mirrored_vs_one_device', data_dir, tmp_path, loss_rtol=1e-5)
+  # The whole model in float64 (measured: 4e-8 of each weight's update); the
+  # losses are float32.
+  _mirrored_vs_one_device(
+    'mirrored_vs_one_device', data_dir, tmp_path, loss_rtol=1e-5, update_rtol=1e-5, atol=1e-9
+  )
 
 
 def test_maskrcnn_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
   # Model Garden's box and mask loss normalisers add 0.01 per replica (count +
   # 0.01 N over N replicas, count + 0.01 on one device): relative 0.01 / count,
-  # with tens of positive anchors and RoIs ~1e-4.
-  _mirrored_vs_one_device('maskrcnn_mirrored_vs_one_device', data_dir, tmp_path, loss_rtol=1e-3)
-
-
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('localhost', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('gin_file', ['testing/retinanet_tiny.gin', 'testing/maskrcnn_tiny.gin'])
-def test_two_workers_train_in_step(gin_file, data_dir, tmp_path):
-  ports = _free_ports(2)
-  cluster = {'worker': [f'localhost:{p}' for p in ports]}
-  model_dir = str(tmp_path / 'model')
-  command = [
-    sys.executable,
-    '-m',
-    'official_spinenet.binaries.train',
-    f'--gin_file={gin_file}',
-    f'--model_dir={model_dir}',
-    '--mode=train',
-    '--strategy=multi_worker_mirrored',
-    f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
-    '--gin_param=TrainerConfig.steps_per_loop = 1',
-  ]
-  # Output goes to files, not pipes: a worker blocked on a full pipe while the
-  # test waits on the other one would stall both inside the first all-reduce.
-  workers, logs = [], []
-  for index in range(2):
-    env = dict(
-      ENV, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
-    )
-    log = open(tmp_path / f'worker_{index}.log', 'w+')
-    logs.append(log)
-    workers.append(
-      subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    )
-  try:
-    for worker in workers:
-      worker.wait(timeout=900)
-  finally:
-    for worker in workers:
-      if worker.poll() is None:
-        worker.kill()
-  outputs = []
-  for log in logs:
-    log.seek(0)
-    outputs.append(log.read())
-    log.close()
-  if any(worker.returncode for worker in workers):
-    # A worker's failure shows up in the other as a collective error: print both.
-    pytest.fail(
-      '\n'.join(
-        f'worker {i} exited {w.returncode}:\n{err[-3000:]}'
-        for i, (w, err) in enumerate(zip(workers, outputs))
-      )
-    )
-  progress = [re.findall(r'step (\d+)/\d+ \| loss ([0-9.]+)', err) for err in outputs]
-  assert [int(s) for s, _ in progress[0]] == [1, 2, 3, 4]
-  # The loss printed is the all-reduced global-batch loss: identical on both workers.
-  assert progress[0] == progress[1]
-  # Only the chief's checkpoints remain; the other worker's scratch copy is gone.
-  assert os.path.exists(os.path.join(model_dir, 'ckpt-4.index'))
-  assert not os.path.exists(os.path.join(model_dir, '.worker_tmp', 'worker_1'))
+  # with tens of positive anchors and RoIs ~1e-4. Its heads run in float32
+  # (measured: the backbone's weights within 7e-4 of their update, the heads'
+  # within 2 float32 ulps).
+  _mirrored_vs_one_device(
+    'maskrcnn_mirrored_vs_one_device',
+    data_dir,
+    tmp_path,
+    loss_rtol=1e-3,
+    update_rtol=1e-2,
+    atol=1e-7,
+  )
 
 
 def test_strategy_errors_name_the_problem(monkeypatch):

@@ -58,7 +58,10 @@ def weight_check_fn(variables: Sequence[tf.Variable], model_variables: Sequence[
   @tf.function(autograph=False)  # a fixed list of ops: nothing to convert, faster to trace
   def check():
     finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
-    largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(v)) for v in model_variables]))
+    # float32 for the stack: a model may mix float64 layers in.
+    largest = tf.reduce_max(
+      tf.stack([tf.cast(tf.reduce_max(tf.abs(v)), tf.float32) for v in model_variables])
+    )
     return finite, largest
 
   return check

@@ -115,10 +115,14 @@ def _sum_over_replicas(tensors):
   if context.num_replicas_in_sync == 1:
     return tensors
   tensors = [tf.convert_to_tensor(t) for t in tensors]
-  flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+  # One dtype for the concatenation: float64 if any tensor is (the gradients of
+  # float64 layers beside the float32 stop vote); each comes back in its own.
+  dtype = tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
+  flat = tf.concat([tf.cast(tf.reshape(t, [-1]), dtype) for t in tensors], axis=0)
   flat = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
   sizes = [t.shape.num_elements() for t in tensors]
-  return [tf.reshape(part, t.shape) for part, t in zip(tf.split(flat, sizes), tensors)]
+  parts = zip(tf.split(flat, sizes), tensors)
+  return [tf.cast(tf.reshape(part, t.shape), t.dtype) for part, t in parts]
 
 
 def _inputs_finite(inputs) -> tf.Tensor:
@@ -357,7 +361,9 @@ class Trainer:
     # same step whether any of them received SIGTERM, and they stop together.
     *grads, stop_votes = _sum_over_replicas(grads + [tf.cast(stop_requested, tf.float32)])
     if self.config.gradient_clip_norm > 0:
-      grads, _ = tf.clip_by_global_norm(grads, self.config.gradient_clip_norm)
+      # The norm over gradients of any dtypes (float64 layers beside float32 ones).
+      norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
+      grads, _ = tf.clip_by_global_norm(grads, self.config.gradient_clip_norm, use_norm=norm)
     optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
     values = [tf.cast(losses[name], tf.float32) for name in self.task.loss_names]
     return tf.stack(values + [1.0 - tf.cast(finite_inputs, tf.float32), stop_votes])

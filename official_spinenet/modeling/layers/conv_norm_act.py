@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from official_spinenet.modeling.layers import activations
+from official_spinenet.modeling.layers import batch_norm
 
 Initializer = Union[str, tf_keras.initializers.Initializer]
 Regularizer = Optional[tf_keras.regularizers.Regularizer]
@@ -32,7 +33,8 @@ class LayerFactory:
 
   Attributes:
     activation: activation name (see `activations.get_activation`).
-    use_sync_bn: synchronise BN statistics across replicas (large-batch training).
+    use_sync_bn: synchronise BN statistics across replicas (large-batch training);
+      the global batch's mean and variance, as one device computes them.
     norm_momentum: BN moving-average momentum (Keras convention: 0.99).
     norm_epsilon: BN epsilon.
     kernel_initializer: initializer name or object for conv kernels.
@@ -103,7 +105,8 @@ class LayerFactory:
     )
 
   def norm(self, name: Optional[str] = None) -> tf_keras.layers.BatchNormalization:
-    return tf_keras.layers.BatchNormalization(
+    # Ours: its synchronized statistics equal one device's (see batch_norm.py).
+    return batch_norm.BatchNormalization(
       axis=-1,
       momentum=self.norm_momentum,
       epsilon=self.norm_epsilon,
