@@ -52,3 +52,19 @@ def tiny_retinanet_run(shapes_data, tmp_path_factory):
   ]
   train.launch(['testing/retinanet_tiny.gin'], params, model_dir, mode='train')
   return model_dir
+
+
+@pytest.fixture(scope='session')
+def one_shard_shapes_dir(tmp_path_factory):
+  """A shapes dataset (16 training, 2 held-out 128 px images) in one shard, made once.
+
+  One shard: the record order, hence every batch, is the same in every run, which
+  the distributed-equality and multi-worker tests compare. Returns its root folder.
+  """
+  from official_spinenet.data import shapes  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp('one_shard_shapes')
+  shapes.make_shapes_dataset(
+    str(root), num_train=16, num_val=2, image_size=128, seed=0, num_shards=1, show_progress=False
+  )
+  return str(root)

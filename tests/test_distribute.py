@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from official_spinenet.data import shapes
 from official_spinenet.training import distribute
 from tests import paths
 
@@ -16,24 +15,14 @@ REPO = paths.REPO
 ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('shapes')
-  # One shard: the record order, hence every batch, is the same in every run.
-  shapes.make_shapes_dataset(
-    str(root), num_train=16, num_val=2, image_size=128, seed=0, num_shards=1, show_progress=False
-  )
-  return str(root)
-
-
-def _mirrored_vs_one_device(mode, data_dir, tmp_path, loss_rtol, update_rtol, atol):
+def _mirrored_vs_one_device(mode, one_shard_shapes_dir, tmp_path, loss_rtol, update_rtol, atol):
   """Runs tests/distributed_runs.py `mode`: training through sync BN, backbone in float64."""
   run = subprocess.run(
     [
       sys.executable,
       os.path.join(REPO, 'tests', 'distributed_runs.py'),
       mode,
-      data_dir,
+      one_shard_shapes_dir,
       str(tmp_path),
     ],
     capture_output=True,
@@ -65,15 +54,20 @@ def _mirrored_vs_one_device(mode, data_dir, tmp_path, loss_rtol, update_rtol, at
   assert largest_update > 1e-4  # the steps did change the weights
 
 
-def test_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
+def test_mirrored_over_two_cpus_equals_one_device(one_shard_shapes_dir, tmp_path):
   # The whole model in float64 (measured: 4e-8 of each weight's update); the
   # losses are float32.
   _mirrored_vs_one_device(
-    'mirrored_vs_one_device', data_dir, tmp_path, loss_rtol=1e-5, update_rtol=1e-5, atol=1e-9
+    'mirrored_vs_one_device',
+    one_shard_shapes_dir,
+    tmp_path,
+    loss_rtol=1e-5,
+    update_rtol=1e-5,
+    atol=1e-9,
   )
 
 
-def test_maskrcnn_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
+def test_maskrcnn_mirrored_over_two_cpus_equals_one_device(one_shard_shapes_dir, tmp_path):
   # Model Garden's box and mask loss normalisers add 0.01 per replica (count +
   # 0.01 N over N replicas, count + 0.01 on one device): relative 0.01 / count,
   # with tens of positive anchors and RoIs ~1e-4. Its heads run in float32
@@ -81,7 +75,7 @@ def test_maskrcnn_mirrored_over_two_cpus_equals_one_device(data_dir, tmp_path):
   # within 2 float32 ulps).
   _mirrored_vs_one_device(
     'maskrcnn_mirrored_vs_one_device',
-    data_dir,
+    one_shard_shapes_dir,
     tmp_path,
     loss_rtol=1e-3,
     update_rtol=1e-2,

@@ -12,19 +12,9 @@ import time
 import pytest
 import tensorflow as tf
 
-from official_spinenet.data import shapes
 from tests import paths
 
 ENV = dict(os.environ, PYTHONPATH=paths.REPO, TF_CPP_MIN_LOG_LEVEL='2')
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('shapes')
-  shapes.make_shapes_dataset(
-    str(root), num_train=16, num_val=2, image_size=128, seed=0, num_shards=1, show_progress=False
-  )
-  return str(root)
 
 
 def _free_ports(count):
@@ -37,7 +27,7 @@ def _free_ports(count):
   return ports
 
 
-def _start_workers(gin_file, data_dir, model_dir, log_dir, *params):
+def _start_workers(gin_file, one_shard_shapes_dir, model_dir, log_dir, *params):
   """Two `spinenet-train --strategy=multi_worker_mirrored` processes; logs in log_dir."""
   cluster = {'worker': [f'localhost:{p}' for p in _free_ports(2)]}
   command = [
@@ -48,7 +38,7 @@ def _start_workers(gin_file, data_dir, model_dir, log_dir, *params):
     f'--model_dir={model_dir}',
     '--mode=train',
     '--strategy=multi_worker_mirrored',
-    f"--gin_param=TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
+    f"--gin_param=TRAIN_FILE_PATTERN = '{one_shard_shapes_dir}/tfrecords/train-*'",
   ] + [f'--gin_param={p}' for p in params]
   workers = []
   for index in range(2):
@@ -81,11 +71,11 @@ def _logs(log_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_stops_both_after_the_same_step(data_dir, tmp_path):
+def test_sigterm_to_one_worker_stops_both_after_the_same_step(one_shard_shapes_dir, tmp_path):
   model_dir = str(tmp_path / 'model')
   workers = _start_workers(
     'testing/retinanet_tiny.gin',
-    data_dir,
+    one_shard_shapes_dir,
     model_dir,
     tmp_path,
     'TRAIN_STEPS = 100000',
@@ -114,10 +104,14 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step(data_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_two_mask_rcnn_workers_train_in_step(data_dir, tmp_path):
+def test_two_mask_rcnn_workers_train_in_step(one_shard_shapes_dir, tmp_path):
   model_dir = str(tmp_path / 'model')
   workers = _start_workers(
-    'testing/maskrcnn_tiny.gin', data_dir, model_dir, tmp_path, 'TrainerConfig.steps_per_loop = 1'
+    'testing/maskrcnn_tiny.gin',
+    one_shard_shapes_dir,
+    model_dir,
+    tmp_path,
+    'TrainerConfig.steps_per_loop = 1',
   )
   _wait(workers)
   logs = _logs(tmp_path)
