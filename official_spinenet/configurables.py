@@ -148,6 +148,11 @@ def build_experiment() -> Dict[str, Any]:
     raise ValueError(f'Bad gin configuration: {e}') from e
 
 
+def gin_value(binding: str) -> Any:
+  """The value gin binds to `binding` ('configurable.parameter') in the parsed config."""
+  return gin.query_parameter(binding)
+
+
 def operative_config_str() -> str:
   """The bindings the last built objects used (gin's operative config), as gin text."""
   return gin.operative_config_str()

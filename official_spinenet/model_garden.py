@@ -42,6 +42,10 @@ MODULES = {
   # (workflows/train_throughput.py): loading it loads their SpineNet, at that call.
   'retinanet_config': 'official.vision.configs.retinanet',
   'retinanet_task': 'official.vision.tasks.retinanet',
+  'retinanet_factory': 'official.vision.modeling.factory',
+  # Model Garden's own SavedModel export, only to compare serving latency and memory
+  # against (workflows/serving_benchmark.py).
+  'export_saved_model_lib': 'official.vision.serving.export_saved_model_lib',
 }
 _REFERENCE_ONLY = (
   'official.vision.modeling.backbones.spinenet',
@@ -65,3 +69,13 @@ def load(name: str) -> ModuleType:
   # and warn on every trace.
   __import__(path)
   return sys.modules[path]
+
+
+def spinenet_for_benchmarks() -> type:
+  """Model Garden's SpineNet class, only for benchmarks that time their model against ours.
+
+  Their configs offer SpineNet only at the published widths; a benchmark of our
+  demo's narrow SpineNet builds theirs at the same width from the class.
+  """
+  __import__('official.vision.modeling.backbones.spinenet')
+  return sys.modules['official.vision.modeling.backbones.spinenet'].SpineNet

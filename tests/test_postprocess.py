@@ -3,16 +3,18 @@
 import ast
 import math
 import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from official_spinenet.modeling import postprocess_benchmark
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.heads import retinanet_head
 from official_spinenet.ops import postprocess
+from official_spinenet.utils import timing
+from official_spinenet.workflows import postprocess_benchmark
 
 IMAGE_SIZE = 128
 NUM_CLASSES = 5
@@ -64,7 +66,7 @@ def _model_outputs(seed=0):
   for layer, key, stddev in predictors:
     measured = np.std(np.concatenate([v.numpy().ravel() for v in outputs[key].values()]))
     layer.kernel.assign(layer.kernel * (stddev / measured))
-  return model(images), model.anchor_boxes((IMAGE_SIZE, IMAGE_SIZE))
+  return model, images, model(images), model.anchor_boxes((IMAGE_SIZE, IMAGE_SIZE))
 
 
 def _crafted(boxes, logits):
@@ -99,7 +101,7 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.outputs, cls.anchors = _model_outputs()
+    cls.model, cls.images, cls.outputs, cls.anchors = _model_outputs()
     # Images of different sizes: boxes get clipped differently.
     cls.image_shape = tf.constant([[128.0, 128.0], [100.0, 120.0]])
 
@@ -146,6 +148,14 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     actual = _fast(outputs, self.anchors, self.image_shape)
     self.assertTrue(np.all(actual['num_detections'].numpy() > 20), actual['num_detections'])
     self.assertSameDetections(expected, actual)
+    # The benchmark's other two ways of calling ours: eagerly, and as our exports
+    # run it from a SavedModel.
+    eager = self.model.detections_from_outputs(outputs, self.images, self.image_shape)
+    self.assertSameDetections(expected, eager)
+    setup = postprocess_benchmark.Setup(self.model, None, self.images, None, self.anchors, 128)
+    with tempfile.TemporaryDirectory() as export_dir:
+      saved = postprocess_benchmark.saved_post_processing(setup, outputs, export_dir)
+      self.assertSameDetections(expected, saved(outputs, self.image_shape))
     self.assertEqual(actual['detection_classes'].dtype, tf.int32)
     self.assertEqual(actual['num_detections'].dtype, tf.int32)
     self.assertEqual(actual['detection_boxes'].shape, (BATCH, 100, 4))
@@ -323,6 +333,22 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
     )
 
 
+def test_eager_anchors_are_built_once_and_graph_anchors_as_ops():
+  first = retinanet_model.multilevel_anchor_boxes((IMAGE_SIZE, IMAGE_SIZE), 3, 7)
+  again = retinanet_model.multilevel_anchor_boxes(
+    [IMAGE_SIZE, IMAGE_SIZE], 3, 7, aspect_ratios=[0.5, 1.0, 2.0]
+  )
+  assert all(first[level] is again[level] for level in first)
+  other = retinanet_model.multilevel_anchor_boxes((IMAGE_SIZE, IMAGE_SIZE), 3, 7, anchor_size=3.0)
+  assert not np.array_equal(other['3'], first['3'])
+  # In a graph they are ops grappler can fold, not captured eager tensors.
+  traced = tf.function(
+    lambda: retinanet_model.multilevel_anchor_boxes((IMAGE_SIZE, IMAGE_SIZE), 3, 7)['3']
+  ).get_concrete_function()
+  assert not traced.captured_inputs, traced.captured_inputs
+  np.testing.assert_array_equal(traced(), first['3'])
+
+
 def test_benchmark_interleaves_its_runs():
   calls = []
 
@@ -330,7 +356,7 @@ def test_benchmark_interleaves_its_runs():
     calls.append(name)
     return tf.constant(len(calls))
 
-  seconds, results = postprocess_benchmark.interleaved_medians(
+  seconds, results = timing.interleaved_medians(
     {'a': lambda: call('a'), 'b': lambda: call('b')}, {'a': 3, 'b': 1}
   )
   # One untimed call each, then rounds: a b, a, a.
@@ -340,10 +366,11 @@ def test_benchmark_interleaves_its_runs():
 
 
 def test_benchmark_reports_ratios():
-  r = postprocess_benchmark.Comparison(1, 1000, 2.0, 0.02, 10.0, 12.0)
-  assert '(1.0% of it)' in postprocess_benchmark.describe(r)
+  r = postprocess_benchmark.Comparison(1, 1000, 2.0, 0.02, 0.03, 0.05, 10.0, 12.0)
+  assert '(1.0% of it; eager 1.5%, SavedModel 2.5%)' in postprocess_benchmark.describe(r)
   last_row = postprocess_benchmark.markdown_table([r]).splitlines()[-1]
-  assert last_row.replace(' ', '') == '|1|1000|2.00s|20.0ms|1.0%|10.00s|500x|12.00s|600x|', last_row
+  expected = '|1|1000|2.00s|20.0ms|1.0%|1.5%|2.5%|10.00s|500x|12.00s|600x|'
+  assert last_row.replace(' ', '') == expected, last_row
 
 
 def test_ops_module_imports_neither_gin_nor_model_garden_at_load():

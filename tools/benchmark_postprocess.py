@@ -3,7 +3,7 @@ r"""Times RetinaNet post-processing: ours ('fast') against the forward pass and 
 All run on the same head outputs of RetinaNet-SpineNet-49 (random weights, 91
 classes), inputs fed as arguments, in interleaved rounds, for each --candidates
 target and batch size; ours is checked to give Model Garden v1's detections
-(`official_spinenet.modeling.postprocess_benchmark`). Prints this machine's matmul
+(`official_spinenet.workflows.postprocess_benchmark`). Prints this machine's matmul
 GFLOP/s beside the absolute times.
 
   python tools/benchmark_postprocess.py
@@ -16,9 +16,9 @@ import os
 from absl import app
 from absl import flags
 
-from official_spinenet.modeling import postprocess_benchmark
 from official_spinenet.utils import flags as flag_groups
 from official_spinenet.utils import timing
+from official_spinenet.workflows import postprocess_benchmark
 
 FLAGS = flags.FLAGS
 

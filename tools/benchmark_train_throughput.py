@@ -1,10 +1,12 @@
-r"""Training throughput of RetinaNet-SpineNet-49 at 640: ours vs tf-models-official.
+r"""Training throughput of RetinaNet-SpineNet: ours vs tf-models-official, same model.
 
-  python tools/benchmark_train_throughput.py [--batch_size=2] [--steps=5]
+  python tools/benchmark_train_throughput.py [--configs=640,demo] [--batch_size=2] [--steps=5]
 
-Both sides train on the same batch with the same settings; see
-`official_spinenet.workflows.train_throughput`. Prints images/s for both and the
-ratio ours / Model Garden.
+For each configuration ('640': SpineNet-49 at 640, COCO settings; 'demo': the
+demo's narrow SpineNet at 128 px, batch --demo_batch_size), both sides train on the
+same batch in interleaved runs; see `official_spinenet.workflows.train_throughput`.
+Prints images/s for both, the ratio ours / Model Garden, and this machine's matmul
+GFLOP/s.
 """
 
 import os
@@ -14,6 +16,7 @@ from absl import flags
 
 from official_spinenet.utils import flags as flag_groups
 from official_spinenet.utils import tables
+from official_spinenet.utils import timing
 from official_spinenet.workflows import train_throughput
 
 FLAGS = flags.FLAGS
@@ -22,34 +25,47 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_integer('batch_size', 2, 'Images per step (one device).', lower_bound=1, **fv)
+  flags.DEFINE_list('configs', ['640', 'demo'], 'Configurations to time.', **fv)
+  flags.DEFINE_integer('batch_size', 2, 'Images per step at 640 (one device).', lower_bound=1, **fv)
+  flags.DEFINE_integer(
+    'demo_batch_size', 16, "Images per step of the demo configuration (the demo's).", **fv
+  )
   flags.DEFINE_integer('steps', 5, 'Timed steps per run.', lower_bound=1, **fv)
   flags.DEFINE_integer(
-    'repeats', 3, 'Timed runs per side (the median is reported).', lower_bound=1, **fv
+    'repeats', 3, 'Timed runs per side, interleaved (the median is reported).', lower_bound=1, **fv
   )
 
 
 def main(argv) -> None:
-  """Times both sides; prints a table and the ratio."""
+  """Times both sides per configuration; prints a table with the ratios."""
   flag_groups.no_positional_arguments(argv)
-  batch = train_throughput.one_batch(FLAGS.batch_size)
-  ours = train_throughput.time_ours(batch, FLAGS.steps, FLAGS.repeats)
-  theirs = train_throughput.time_model_garden(batch, FLAGS.steps, FLAGS.repeats)
-  print(
-    f'RetinaNet-SpineNet-49 at {train_throughput.IMAGE_SIZE}, batch {FLAGS.batch_size}, '
-    f'{os.cpu_count()} CPUs, median of {FLAGS.repeats} x {FLAGS.steps} steps'
-  )
-  print(
-    tables.format_table(
-      ('', 'images/s', 'params'),
-      [
-        ('ours', ours.images_per_second, f'{ours.params:,}'),
-        ('Model Garden', theirs.images_per_second, f'{theirs.params:,}'),
-      ],
-      digits=2,
+  unknown = set(FLAGS.configs) - set(train_throughput.CONFIGS)
+  if unknown:
+    raise app.UsageError(
+      f'--configs: unknown {sorted(unknown)}; known {list(train_throughput.CONFIGS)}'
     )
+  rows = []
+  for name in FLAGS.configs:
+    config = train_throughput.CONFIGS[name]
+    batch_size = FLAGS.demo_batch_size if name == 'demo' else FLAGS.batch_size
+    batch = train_throughput.one_batch(batch_size, config)
+    result = train_throughput.compare(batch, FLAGS.steps, FLAGS.repeats, config)
+    ours, theirs = result['ours'], result['model_garden']
+    ratio = theirs.seconds / ours.seconds
+    rows.append((name, batch_size, ours.images_per_second, theirs.images_per_second, ratio))
+    rows.append(('', 'params', f'{ours.params:,}', f'{theirs.params:,}', ''))
+    print(
+      f'{name}: ours {ours.images_per_second:.2f} images/s, Model Garden '
+      f'{theirs.images_per_second:.2f}, ratio {ratio:.3f}',
+      flush=True,
+    )
+  print(
+    f'\nRetinaNet-SpineNet training step, float32, {os.cpu_count()} CPUs '
+    f'({timing.matmul_gflops():.0f} GFLOP/s float32 matmul), median of {FLAGS.repeats} '
+    f'interleaved runs x {FLAGS.steps} steps:'
   )
-  print(f'ratio ours / Model Garden: {theirs.seconds / ours.seconds:.3f}')
+  header = ('config', 'batch', 'ours images/s', 'Model Garden images/s', 'ours / MG')
+  print(tables.format_table(header, rows, digits=3, markdown=True))
 
 
 def run() -> None:

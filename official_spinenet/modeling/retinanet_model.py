@@ -11,6 +11,7 @@ Building, calling and checkpointing the model never does.
 """
 
 import collections
+import functools
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -45,7 +46,32 @@ def multilevel_anchor_boxes(
   anchor_size: float = 4.0,
   batch_size=None,
 ) -> Dict[str, tf.Tensor]:
-  """Anchors str(level) -> [H_l, W_l, 4 * A] (or [B, H_l, W_l, 4 * A] with batch_size)."""
+  """Anchors str(level) -> [H_l, W_l, 4 * A] (or [B, H_l, W_l, 4 * A] with batch_size).
+
+  Eagerly, the anchors of each setting are built once and reused (building them
+  op by op takes ~60 ms at 640 px, a tenth of an eager call's post-processing); in
+  a graph they are built as ops, which grappler folds into constants.
+  """
+  if tf.executing_eagerly():
+    settings = (tuple(int(s) for s in image_size), min_level, max_level, num_scales)
+    boxes = _eager_anchor_boxes(*settings, tuple(aspect_ratios), anchor_size)
+  else:
+    boxes = _anchor_boxes(image_size, min_level, max_level, num_scales, aspect_ratios, anchor_size)
+  if batch_size is not None:
+    boxes = collections.OrderedDict(
+      (k, tf.tile(v[None], [batch_size, 1, 1, 1])) for k, v in boxes.items()
+    )
+  return boxes
+
+
+@functools.lru_cache(maxsize=16)
+def _eager_anchor_boxes(*settings) -> 'collections.OrderedDict[str, tf.Tensor]':
+  return _anchor_boxes(*settings)
+
+
+def _anchor_boxes(
+  image_size, min_level, max_level, num_scales, aspect_ratios, anchor_size
+) -> 'collections.OrderedDict[str, tf.Tensor]':
   boxes = (
     model_garden.load('anchor')
     .Anchor(
@@ -58,12 +84,7 @@ def multilevel_anchor_boxes(
     )
     .multilevel_boxes
   )
-  boxes = _by_level({str(k): v for k, v in boxes.items()})
-  if batch_size is not None:
-    boxes = collections.OrderedDict(
-      (k, tf.tile(v[None], [batch_size, 1, 1, 1])) for k, v in boxes.items()
-    )
-  return boxes
+  return _by_level({str(k): v for k, v in boxes.items()})
 
 
 def generate_detections(

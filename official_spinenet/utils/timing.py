@@ -2,8 +2,9 @@
 
 import statistics
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -40,6 +41,32 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int = 1) -> Tuple[List[
 def median_seconds(fn: Callable[[], Any], runs: int, warmup: int = 1) -> float:
   """The median wall time of `runs` calls of `fn` after `warmup` untimed calls."""
   return statistics.median(time_calls(fn, runs, warmup)[0])
+
+
+def interleaved_medians(
+  calls: Mapping[str, Callable[[], Any]], runs: Mapping[str, int]
+) -> Tuple[Dict[str, float], Dict[str, Any]]:
+  """Calls each once untimed, then in rounds each in turn until it has had its runs.
+
+  Interleaving makes a busy machine slow every call alike, so their ratios hold.
+  Each call's outputs are waited for before the clock stops.
+
+  Returns:
+    (name -> median seconds, name -> outputs of its last call).
+  """
+  times: Dict[str, List[float]] = {name: [] for name in calls}
+  results = {}
+  for name, call in calls.items():
+    results[name] = call()
+    block_until_ready(results[name])
+  for round_index in range(max(runs.values())):
+    for name, call in calls.items():
+      if round_index < runs[name]:
+        start = time.perf_counter()
+        results[name] = call()
+        block_until_ready(results[name])
+        times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}, results
 
 
 def matmul_gflops(size: int = 2048, runs: int = 5) -> float:

@@ -1,20 +1,29 @@
-"""Training throughput of RetinaNet-SpineNet-49 at 640: ours vs tf-models-official.
+"""Training throughput of RetinaNet-SpineNet: ours vs tf-models-official, same model.
 
-Both models are built from their COCO configurations (ours:
-gin_configs/retinanet/spinenet49_640.gin; Model Garden's: `retinanet_spinenet_coco`),
-with the same settings (swish, stochastic depth 0.2, anchor size 3, 91 classes,
-plain BN since this is one device, float32), and both train on the *same* batch
-(one batch of the shapes data at 640 px, parsed by the shared input pipeline) with
-SGD momentum 0.9: ours through `Trainer`'s compiled step loop, Model Garden's
-through its `RetinaNetTask.train_step` in a tf.function. Each side is warmed up
-(traced) once, then timed over `steps` steps, the median of `repeats` runs.
-Model Garden's task is loaded only when `time_model_garden` runs (it loads their
-whole vision package, SpineNet included).
+Two configurations (`CONFIGS`):
+  '640': SpineNet-49 at 640 from the COCO configurations (ours:
+    gin_configs/retinanet/spinenet49_640.gin; Model Garden's:
+    `retinanet_spinenet_coco`): swish, stochastic depth 0.2, anchor size 3, 91
+    classes, SGD momentum 0.9.
+  'demo': the demo's model (gin_configs/demo/retinanet_spinenet_shapes.gin) at
+    128 px: SpineNet-49 at a quarter of its widths, 64 endpoint filters, ReLU, no
+    stochastic depth, a 2-conv head of 64 filters, anchor size 2, 5 classes, Adam.
+    Model Garden's configs offer SpineNet-49 only at its published width, so
+    theirs is built from their SpineNet class at the same width and put in their
+    RetinaNet by their factory (the parameter counts match).
+Both sides use plain BN (one device) and float32 and train on the *same* batch (one
+batch of the shapes data, parsed by the shared input pipeline): ours through
+`Trainer`'s compiled step loop (with the config's gradient clipping), Model
+Garden's through its `RetinaNetTask.train_step` in a tf.function (which does not
+clip). The sides are traced once, then timed in interleaved runs of `steps` steps
+(ours, theirs, ours, ...), so that a busy machine slows both alike; medians of
+`repeats` runs. Model Garden's task is loaded only when `model_garden_loop` runs
+(it loads their whole vision package, SpineNet included).
 """
 
 import dataclasses
 import tempfile
-from typing import Tuple
+from typing import Callable, Dict, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -26,10 +35,34 @@ from official_spinenet.data import shapes
 from official_spinenet.training import trainer as trainer_lib
 from official_spinenet.utils import timing
 
-IMAGE_SIZE = 640
-GIN_FILE = 'retinanet/spinenet49_640.gin'
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One benchmarked model: our gin file and what Model Garden's must be set to."""
+
+  image_size: int
+  gin_file: str
+  gin_params: Tuple[str, ...]
+  anchor_size: float
+  num_classes: int
+  demo_width: bool  # Model Garden's SpineNet built at the demo's width, not from its config
+
+
+_DATA_MACROS = ("TRAIN_FILE_PATTERN='unused'", "EVAL_FILE_PATTERN='unused'")
+CONFIGS: Dict[str, Config] = {
+  '640': Config(640, 'retinanet/spinenet49_640.gin', (), 3.0, 91, False),
+  'demo': Config(
+    128,
+    'demo/retinanet_spinenet_shapes.gin',
+    _DATA_MACROS + ("ANNOTATION_FILE='unused'",),
+    2.0,
+    5,
+    True,
+  ),
+}
 
 Batch = Tuple[tf.Tensor, dict]
+Loop = Callable[[], tf.Tensor]  # runs `steps` training steps, returns the last loss
 
 
 @dataclasses.dataclass
@@ -47,14 +80,14 @@ class Throughput:
   params: int
 
 
-def one_batch(batch_size: int) -> Batch:
-  """One (images, labels) batch of 640 px shapes images, as both trainers consume it."""
+def one_batch(batch_size: int, config: Config) -> Batch:
+  """One (images, labels) batch of shapes images, as both trainers consume it."""
   with tempfile.TemporaryDirectory() as tmp:
     data = shapes.make_shapes_dataset(
       tmp,
       num_train=batch_size,
       num_val=1,
-      image_size=IMAGE_SIZE,
+      image_size=config.image_size,
       seed=0,
       num_shards=1,
       show_progress=False,
@@ -63,10 +96,10 @@ def one_batch(batch_size: int) -> Batch:
       data['train']['tfrecord_pattern'],
       is_training=True,
       global_batch_size=batch_size,
-      image_size=(IMAGE_SIZE, IMAGE_SIZE),
+      image_size=(config.image_size, config.image_size),
       min_level=3,
       max_level=7,
-      anchor_size=3.0,
+      anchor_size=config.anchor_size,
       aug_rand_hflip=False,
     )
     return next(iter(dataset))
@@ -76,11 +109,12 @@ def _params(model: tf_keras.Model) -> int:
   return sum(v.shape.num_elements() for v in model.trainable_variables)
 
 
-def time_ours(batch: Batch, steps: int, repeats: int) -> Throughput:
-  """Our RetinaNet-SpineNet-49 through the trainer's compiled loop, on `batch` repeated."""
+def our_loop(batch: Batch, steps: int, config: Config) -> Tuple[Loop, int]:
+  """Our model through the trainer's compiled loop, on `batch` repeated; (loop, params)."""
   configurables.parse_gin(
-    [GIN_FILE],
-    [
+    [config.gin_file],
+    list(config.gin_params)
+    + [
       'spinenet.use_sync_bn = False',
       'RetinaNetHead.use_sync_bn = False',
       f'TRAIN_BATCH_SIZE = {batch[0].shape[0]}',
@@ -92,28 +126,68 @@ def time_ours(batch: Batch, steps: int, repeats: int) -> Throughput:
     batch
   ).repeat()
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  with tempfile.TemporaryDirectory() as model_dir:
-    trainer = trainer_lib.Trainer(
-      task, strategy, model_dir, experiment['config'], experiment['learning_rate']
-    )
-    loop = trainer.build_train_loop()
-    iterator = iter(
-      strategy.distribute_datasets_from_function(lambda ctx: task.build_inputs(True, ctx))
-    )
-    seconds = timing.median_seconds(
-      lambda: loop(iterator, tf.constant(steps))['total_loss'], repeats, warmup=1
-    )
-  return Throughput(seconds, batch[0].shape[0] * steps / seconds, _params(trainer.model))
+  model_dir = tempfile.mkdtemp(prefix='train_throughput_')  # nothing is written to it
+  trainer = trainer_lib.Trainer(
+    task,
+    strategy,
+    model_dir,
+    experiment['config'],
+    experiment['learning_rate'],
+    experiment['optimizer'],
+  )
+  loop = trainer.build_train_loop()
+  iterator = iter(
+    strategy.distribute_datasets_from_function(lambda ctx: task.build_inputs(True, ctx))
+  )
+  num_steps = tf.constant(steps)
+  return (lambda: loop(iterator, num_steps)['total_loss']), _params(trainer.model)
 
 
-def time_model_garden(batch: Batch, steps: int, repeats: int) -> Throughput:
-  """tf-models-official's RetinaNet-SpineNet-49 through its task's train_step."""
-  config = model_garden.load('retinanet_config').retinanet_spinenet_coco().task
-  config.model.input_size = [IMAGE_SIZE, IMAGE_SIZE, 3]
-  config.model.norm_activation.use_sync_bn = False
-  task = model_garden.load('retinanet_task').RetinaNetTask(config)
-  model = task.build_model()
-  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+def _model_garden_model(task, config: Config, task_config) -> tf_keras.Model:
+  if not config.demo_width:
+    return task.build_model()
+  model_config = task_config.model
+  input_specs = tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size))
+  l2 = tf_keras.regularizers.l2(task_config.losses.l2_weight_decay / 2.0)  # as their task
+  backbone = model_garden.spinenet_for_benchmarks()(
+    input_specs=input_specs,
+    min_level=3,
+    max_level=7,
+    endpoints_num_filters=configurables.gin_value('spinenet.endpoints_num_filters'),
+    filter_size_scale=configurables.gin_value('spinenet.filter_size_scale'),
+    init_stochastic_depth_rate=0.0,
+    kernel_regularizer=l2,
+    activation=model_config.norm_activation.activation,
+    use_sync_bn=False,
+  )
+  return model_garden.load('retinanet_factory').build_retinanet(
+    input_specs, model_config, l2, backbone=backbone
+  )
+
+
+def model_garden_loop(batch: Batch, steps: int, config: Config) -> Tuple[Loop, int]:
+  """tf-models-official's model through its task's train_step; (loop, params).
+
+  Call after `our_loop` for the same config: the demo's widths, head and optimizer
+  are read from the gin bindings it parsed.
+  """
+  task_config = model_garden.load('retinanet_config').retinanet_spinenet_coco().task
+  model_config = task_config.model
+  model_config.input_size = [config.image_size, config.image_size, 3]
+  model_config.num_classes = config.num_classes
+  model_config.anchor.anchor_size = config.anchor_size
+  model_config.norm_activation.use_sync_bn = False
+  if config.demo_width:
+    model_config.norm_activation.activation = configurables.gin_value('spinenet.activation')
+    model_config.backbone.spinenet.stochastic_depth_drop_rate = 0.0
+    model_config.head.num_convs = configurables.gin_value('RetinaNetHead.num_convs')
+    model_config.head.num_filters = configurables.gin_value('RetinaNetHead.num_filters')
+    optimizer = tf_keras.optimizers.Adam(0.001)
+  else:
+    optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+  task = model_garden.load('retinanet_task').RetinaNetTask(task_config)
+  model = _model_garden_model(task, config, task_config)
+  model(batch[0][:1], training=False)  # builds the head, whose parameters are counted
 
   @tf.function
   def loop(n):
@@ -123,5 +197,19 @@ def time_model_garden(batch: Batch, steps: int, repeats: int) -> Throughput:
       loss = task.train_step(batch, model, optimizer)[task.loss]
     return loss
 
-  seconds = timing.median_seconds(lambda: loop(tf.constant(steps)), repeats, warmup=1)
-  return Throughput(seconds, batch[0].shape[0] * steps / seconds, _params(model))
+  num_steps = tf.constant(steps)
+  return (lambda: loop(num_steps)), _params(model)
+
+
+def compare(batch: Batch, steps: int, repeats: int, config: Config) -> Dict[str, Throughput]:
+  """Both sides timed in interleaved runs: {'ours': ..., 'model_garden': ...}."""
+  loops = {'ours': our_loop(batch, steps, config)}
+  loops['model_garden'] = model_garden_loop(batch, steps, config)
+  seconds, _ = timing.interleaved_medians(
+    {name: loop for name, (loop, _) in loops.items()}, dict.fromkeys(loops, repeats)
+  )
+  batch_size = batch[0].shape[0]
+  return {
+    name: Throughput(seconds[name], batch_size * steps / seconds[name], params)
+    for name, (_, params) in loops.items()
+  }

@@ -9,10 +9,14 @@ image score above the threshold.
 Every timed function is a `tf.function` whose inputs (images, head outputs,
 anchors, image sizes) are fed as arguments: a function that captured them would
 hold them as constants, which grappler may fold at trace time, and then it would
-time what is left. Each is traced once, then the versions are timed in
-interleaved rounds (forward, ours, Model Garden v1, v2, again and again) so that a
-busy machine slows them alike; medians are reported. Ours must give v1's
-detections (checked); v2's are not v1's (its own top-k order) and are only timed.
+time what is left. Ours is timed three ways, as users call it: in a
+tf.function ('fast'), eagerly (`RetinaNetModel.detections_from_outputs` on eager
+tensors, anchors included), and from a SavedModel (a function saved and loaded
+again, anchors built in its graph as in our exports). Each is called once
+untimed, then the versions are timed in interleaved rounds (forward, ours three
+ways, Model Garden v1, v2, again and again) so that a busy machine slows them
+alike; medians are reported. Ours must give v1's detections each way (checked);
+v2's are not v1's (its own top-k order) and are only timed.
 
   setup = postprocess_benchmark.build(640, 91, batch_size=4)
   row = postprocess_benchmark.compare(setup, 91, candidates=1000, batch_size=1,
@@ -21,8 +25,8 @@ detections (checked); v2's are not v1's (its own top-k order) and are only timed
 
 import dataclasses
 import functools
-import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+import tempfile
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -31,17 +35,20 @@ import tf_keras
 from official_spinenet.modeling import retinanet_model
 from official_spinenet.modeling.backbones import factory
 from official_spinenet.modeling.heads import retinanet_head
+from official_spinenet.serving import postprocessing
 from official_spinenet.utils import tables
 from official_spinenet.utils import timing
 
 MIN_LEVEL, MAX_LEVEL = 3, 7
-VERSIONS = ('forward', 'fast', 'v1', 'v2')  # what `compare` times, in each round's order
+# What `compare` times, in each round's order.
+VERSIONS = ('forward', 'fast', 'eager', 'saved_model', 'v1', 'v2')
 
 
 @dataclasses.dataclass
 class Setup:
   """A built model's forward pass, its inputs and outputs, and its anchors."""
 
+  model: retinanet_model.RetinaNetModel
   forward: Callable[[tf.Tensor], Dict[str, Any]]  # tf.function: images -> head outputs
   images: tf.Tensor  # [B, size, size, 3]
   outputs: Dict[str, Any]  # forward(images)
@@ -56,7 +63,9 @@ class Comparison:
   batch_size: int
   candidates: int  # measured (anchor, class) pairs per image above the threshold
   forward_seconds: float  # backbone + head
-  ours_seconds: float
+  ours_seconds: float  # in a tf.function
+  eager_seconds: float  # detections_from_outputs called eagerly
+  saved_model_seconds: float  # a loaded SavedModel's function
   v1_seconds: float
   v2_seconds: float
 
@@ -97,9 +106,8 @@ def build(
     # The predictor is linear with a zero bias: scaling its kernel scales its outputs.
     measured = np.std(np.concatenate([v.numpy().ravel() for v in outputs[key].values()]))
     layer.kernel.assign(layer.kernel * (stddev / measured))
-  return Setup(
-    forward, images, forward(images), model.anchor_boxes((image_size, image_size)), image_size
-  )
+  anchors = model.anchor_boxes((image_size, image_size))
+  return Setup(model, forward, images, forward(images), anchors, image_size)
 
 
 def with_candidates(
@@ -140,6 +148,29 @@ def post_processing(nms_version: str) -> Callable[..., Dict[str, tf.Tensor]]:
   )
 
 
+def saved_post_processing(
+  setup: Setup, outputs: Dict[str, Any], export_dir: str
+) -> Callable[..., Dict[str, tf.Tensor]]:
+  """Our exports' post-processing saved as a function of (outputs, image_shape), loaded.
+
+  As in `serving/export_lib.py`: the anchors are constants of the graph and
+  `postprocessing.detections_per_image` detects one image at a time.
+  """
+  module = tf.Module()
+  anchors = {level: tf.constant(boxes) for level, boxes in setup.anchors.items()}
+  specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), outputs)
+
+  @tf.function(input_signature=[specs, tf.TensorSpec([None, 2], tf.float32)])
+  def post_process(head_outputs, image_shape):
+    return postprocessing.detections_per_image(
+      head_outputs, anchors, image_shape, retinanet_model.MAX_NUM_DETECTIONS
+    )
+
+  module.post_process = post_process
+  tf.saved_model.save(module, export_dir)
+  return tf.saved_model.load(export_dir).post_process
+
+
 def assert_same_detections(reference: Dict[str, Any], ours: Dict[str, Any]) -> None:
   """Same counts; same scores and classes and (to float32 rounding) boxes, in order."""
   np.testing.assert_array_equal(reference['num_detections'], ours['num_detections'])
@@ -155,29 +186,6 @@ def assert_same_detections(reference: Dict[str, Any], ours: Dict[str, Any]) -> N
       atol=1e-5,
       err_msg=f'detection_boxes, image {image}',
     )
-
-
-def interleaved_medians(
-  calls: Mapping[str, Callable[[], Any]], runs: Mapping[str, int]
-) -> Tuple[Dict[str, float], Dict[str, Any]]:
-  """Calls each once untimed, then in rounds each in turn until it has had its runs.
-
-  Returns:
-    (name -> median seconds, name -> outputs of its last call).
-  """
-  times: Dict[str, List[float]] = {name: [] for name in calls}
-  results = {}
-  for name, call in calls.items():
-    results[name] = call()
-    timing.block_until_ready(results[name])
-  for round_index in range(max(runs.values())):
-    for name, call in calls.items():
-      if round_index < runs[name]:
-        start = time.perf_counter()
-        results[name] = call()
-        timing.block_until_ready(results[name])
-        times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}, results
 
 
 def compare(
@@ -199,17 +207,26 @@ def compare(
   batch = tf.nest.map_structure(lambda t: t[:batch_size], shifted)
   images = setup.images[:batch_size]
   image_shape = tf.fill([batch_size, 2], float(setup.image_size))
-  functions = {version: post_processing(version) for version in VERSIONS[1:]}
-  calls = {'forward': lambda: setup.forward(images)}
-  for version, function in functions.items():
-    calls[version] = functools.partial(function, batch, setup.anchors, image_shape)
-  seconds, results = interleaved_medians(
-    calls, {'forward': forward_runs, 'fast': runs, 'v1': reference_runs, 'v2': reference_runs}
-  )
-  assert_same_detections(results['v1'], results['fast'])
-  return Comparison(
-    batch_size, count, seconds['forward'], seconds['fast'], seconds['v1'], seconds['v2']
-  )
+  with tempfile.TemporaryDirectory() as export_dir:
+    saved = saved_post_processing(setup, batch, export_dir)
+    calls = {
+      'forward': lambda: setup.forward(images),
+      'fast': functools.partial(post_processing('fast'), batch, setup.anchors, image_shape),
+      'eager': lambda: setup.model.detections_from_outputs(batch, images, image_shape),
+      'saved_model': lambda: saved(batch, image_shape),
+    }
+    for version in ('v1', 'v2'):
+      calls[version] = functools.partial(
+        post_processing(version), batch, setup.anchors, image_shape
+      )
+    seconds, results = timing.interleaved_medians(
+      calls,
+      {'forward': forward_runs, 'v1': reference_runs, 'v2': reference_runs}
+      | {version: runs for version in ('fast', 'eager', 'saved_model')},
+    )
+  for version in ('fast', 'eager', 'saved_model'):
+    assert_same_detections(results['v1'], results[version])
+  return Comparison(batch_size, count, *(seconds[version] for version in VERSIONS))
 
 
 def describe(r: Comparison) -> str:
@@ -217,8 +234,10 @@ def describe(r: Comparison) -> str:
   return (
     f'batch {r.batch_size}, ~{r.candidates} candidates/image: forward '
     f'{r.forward_seconds:.2f} s, ours {r.ours_seconds * 1e3:.1f} ms '
-    f'({100 * r.ours_seconds / r.forward_seconds:.1f}% of it), Model Garden v1 '
-    f"{r.v1_seconds:.2f} s, v2 {r.v2_seconds:.2f} s; ours gives v1's detections"
+    f'({100 * r.ours_seconds / r.forward_seconds:.1f}% of it; eager '
+    f'{100 * r.eager_seconds / r.forward_seconds:.1f}%, SavedModel '
+    f'{100 * r.saved_model_seconds / r.forward_seconds:.1f}%), Model Garden v1 '
+    f"{r.v1_seconds:.2f} s, v2 {r.v2_seconds:.2f} s; ours gives v1's detections each way"
   )
 
 
@@ -231,6 +250,8 @@ def markdown_table(comparisons: Sequence[Comparison]) -> str:
       f'{r.forward_seconds:.2f} s',
       f'{r.ours_seconds * 1e3:.1f} ms',
       f'{100 * r.ours_seconds / r.forward_seconds:.1f}%',
+      f'{100 * r.eager_seconds / r.forward_seconds:.1f}%',
+      f'{100 * r.saved_model_seconds / r.forward_seconds:.1f}%',
       f'{r.v1_seconds:.2f} s',
       f'{r.v1_seconds / r.ours_seconds:.0f}x',
       f'{r.v2_seconds:.2f} s',
@@ -239,5 +260,6 @@ def markdown_table(comparisons: Sequence[Comparison]) -> str:
     for r in comparisons
   ]
   header = ('batch', 'candidates/image', 'forward', 'ours', 'ours / forward')
+  header += ('eager / forward', 'SavedModel / forward')
   header += ('MG v1', 'v1 / ours', 'MG v2', 'v2 / ours')
   return tables.format_table(header, rows, markdown=True, left_columns=0)
