@@ -184,9 +184,18 @@ class GenerateDetectionsFastTest(tf.test.TestCase):
       with self.subTest(bias=bias, **settings):
         outputs = self._biased(bias)
         expected = _v1(outputs, self.anchors, self.image_shape, **settings)
-        actual = _fast(outputs, self.anchors, self.image_shape, **settings)
-        self.assertSameDetections(expected, actual)
-        self.assertGreater(int(tf.reduce_sum(actual['num_detections'])), 0)
+        # Both ways of selecting candidates: sorting them all, and each class's
+        # top-k first (what very many candidates take).
+        for dense_above in (10**9, 0):
+          actual = _fast(
+            outputs,
+            self.anchors,
+            self.image_shape,
+            dense_candidates_per_image=dense_above,
+            **settings,
+          )
+          self.assertSameDetections(expected, actual)
+          self.assertGreater(int(tf.reduce_sum(actual['num_detections'])), 0)
     per_class = self._num_candidates(self._biased(-5.0))
     self.assertTrue(np.all(per_class > 10), per_class)
 

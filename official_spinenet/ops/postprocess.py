@@ -13,13 +13,14 @@ What this does instead, for the whole batch at once:
   1. decodes and clips every box and takes the sigmoid of every logit, as v1
      does (the same ops on tensors of the same shapes);
   2. keeps the (image, anchor, class) triples scoring above the threshold, at
-     most `pre_nms_top_k` per image and class;
+     most `pre_nms_top_k` per image and class (when there are very many, as
+     from an untrained model, each class's top-k is taken first, as v1 does);
   3. sorts them by (image, class, score) and calls the C++ NMS kernel once per
      (image, class) that has any: a loop over those pairs, not over all
      classes x 5000 anchors;
   4. merges: the `max_num_detections` best per image.
-Its cost grows with the number of candidates, v1's does not: with a score
-threshold of 0 every pair is a candidate and it sorts them all.
+Its cost grows with the number of candidates up to `DENSE_CANDIDATES_PER_IMAGE`;
+beyond that (a score threshold of 0, an untrained model) it selects as v1 does.
 
 Why it equals v1, detail by detail:
   * scores: the same sigmoid of the same logit tensor, `score > threshold`;
@@ -52,44 +53,45 @@ Pure TF: traceable in `tf.function` and SavedModel, no numpy or py_function
 in the graph. It uses CPU kernels (NonMaxSuppressionV3); on TPU use v1 or v2.
 """
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from official_spinenet import model_garden
 
+# Candidates per image above which each class's top-k is taken first (v1's way):
+# sorting 100,000 candidates costs about what top_k over every anchor and class of a
+# 640 px image with 91 classes costs.
+DENSE_CANDIDATES_PER_IMAGE = 100_000
 
-def _candidates(
+
+def _decoded(
   outputs: Mapping[str, Mapping[str, tf.Tensor]],
   anchor_boxes: Mapping[str, tf.Tensor],
   image_shape: tf.Tensor,
-  score_threshold: tf.Tensor,
-) -> Dict[str, tf.Tensor]:
-  """The (image, anchor, class) triples scoring above the threshold.
+) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Every anchor's clipped box and class scores, levels concatenated.
 
   Decoding and scoring are v1's (`MultilevelDetectionGenerator.
   _decode_multilevel_outputs` with box_coder_weights None) on tensors of the
-  same shapes: the scores are bitwise v1's (a sigmoid of only the promising
-  logits would not be: Eigen computes some elements of a tensor in vector
-  registers and the tail in scalar code, which differ in the last bit).
+  same shapes, level by level: the scores are bitwise v1's (a sigmoid of only the
+  promising logits would not be: Eigen computes some elements of a tensor in
+  vector registers and the tail in scalar code, which differ in the last bit).
 
   Args:
     outputs: {'cls_outputs': {level: [B, H, W, C * A]}, 'box_outputs':
       {level: [B, H, W, 4 * A]}}; C counts the background class 0.
     anchor_boxes: str(level) -> [B, H, W, 4 * A] or [H, W, 4 * A].
     image_shape: [B, 2] height and width boxes are clipped to.
-    score_threshold: candidates score strictly above this.
 
   Returns:
-    {'image_ids': [M] int32, 'classes': [M] int32 (1..C-1), 'scores': [M],
-    'boxes': [M, 4] (y1, x1, y2, x2 pixels)}, ordered so that the candidates of
-    one (image, class) are in anchor order over all levels (level by level, as
-    v1 lays anchors out).
+    (boxes [B, N, 4] (y1, x1, y2, x2 pixels), scores [B, N, C]), N anchors in
+    v1's order (level by level).
   """
   box_ops = model_garden.load('box_ops')
   image_shape = tf.cast(image_shape, tf.float32)
-  found = {'image_ids': [], 'classes': [], 'scores': [], 'boxes': []}
+  all_boxes, all_scores = [], []
   for level in sorted(outputs['box_outputs'], key=int):
     raw_boxes = tf.cast(outputs['box_outputs'][level], tf.float32)
     raw_scores = tf.cast(outputs['cls_outputs'][level], tf.float32)
@@ -104,20 +106,75 @@ def _candidates(
     if anchors.shape.rank == 3:
       # Tiled, not broadcast: see the module docstring (grappler fusion).
       anchors = tf.tile(anchors[None], [batch_size, 1, 1, 1])
-    boxes = box_ops.clip_boxes(
-      box_ops.decode_boxes(
-        tf.reshape(raw_boxes, [batch_size, -1, 4]), tf.reshape(anchors, [batch_size, -1, 4])
-      ),
-      tf.expand_dims(image_shape, axis=1),
+    all_boxes.append(
+      box_ops.clip_boxes(
+        box_ops.decode_boxes(
+          tf.reshape(raw_boxes, [batch_size, -1, 4]), tf.reshape(anchors, [batch_size, -1, 4])
+        ),
+        tf.expand_dims(image_shape, axis=1),
+      )
     )
-    scores = tf.sigmoid(tf.reshape(raw_scores, [batch_size, -1, num_classes]))
-    where = tf.where(scores > score_threshold)  # [M, 3]: image, anchor, class
-    where = tf.boolean_mask(where, where[:, 2] > 0)  # background class 0 dropped
-    found['image_ids'].append(tf.cast(where[:, 0], tf.int32))
-    found['classes'].append(tf.cast(where[:, 2], tf.int32))
-    found['scores'].append(tf.gather_nd(scores, where))
-    found['boxes'].append(tf.gather_nd(boxes, where[:, :2]))
-  return {key: tf.concat(values, axis=0) for key, values in found.items()}
+    all_scores.append(tf.sigmoid(tf.reshape(raw_scores, [batch_size, -1, num_classes])))
+  return tf.concat(all_boxes, axis=1), tf.concat(all_scores, axis=1)
+
+
+def _sorted_candidates(
+  boxes: tf.Tensor,
+  scores: tf.Tensor,
+  score_threshold: tf.Tensor,
+  pre_nms_top_k: tf.Tensor,
+  dense_above: tf.Tensor,
+) -> Dict[str, tf.Tensor]:
+  """The (image, anchor, class) triples scoring above the threshold, sorted.
+
+  Few candidates (at most `dense_above` per image on average) are found sparsely
+  and sorted; many (an untrained model's, or a threshold of 0) would make that
+  sort cost seconds, so then each (image, class) takes its top `pre_nms_top_k`
+  anchors with `tf.math.top_k` first, as v1 does, which is the same selection in
+  the same order.
+
+  Args:
+    boxes, scores: from `_decoded`, [B, N, 4] and [B, N, C].
+
+  Returns:
+    {'image_ids': [M] int32, 'classes': [M] int32 (1..C-1), 'scores': [M],
+    'boxes': [M, 4]}, sorted by image, class, then score descending with ties in
+    anchor order (v1's top_k order).
+  """
+  foreground = scores[..., 1:]
+  above = foreground > score_threshold
+  count = tf.math.count_nonzero(above, dtype=tf.int32)
+
+  def found(where, scores_at, anchors_at):
+    return {
+      'image_ids': tf.cast(where[:, 0], tf.int32),
+      'classes': tf.cast(where[:, 1], tf.int32) + 1,
+      'scores': scores_at,
+      'boxes': tf.gather_nd(boxes, tf.stack([tf.cast(where[:, 0], tf.int32), anchors_at], 1)),
+    }
+
+  def sparse():
+    where = tf.where(above)  # [M, 3]: image, anchor, class - 1
+    candidates = found(
+      tf.gather(where, [0, 2], axis=1),
+      tf.gather_nd(foreground, where),
+      tf.cast(where[:, 1], tf.int32),
+    )
+    group = candidates['image_ids'] * tf.shape(scores)[-1] + candidates['classes']
+    # Score descending, then (image, class); both sorts are stable, so equal
+    # scores stay in anchor order.
+    order = tf.argsort(candidates['scores'], direction='DESCENDING', stable=True)
+    order = tf.gather(order, tf.argsort(tf.gather(group, order), stable=True))
+    return {key: tf.gather(value, order) for key, value in candidates.items()}
+
+  def dense():
+    per_class = tf.transpose(foreground, [0, 2, 1])  # [B, C - 1, N]
+    k = tf.minimum(pre_nms_top_k, tf.shape(per_class)[-1])
+    top_scores, top_anchors = tf.math.top_k(per_class, k=k)  # ties: lower anchor first
+    where = tf.where(top_scores > score_threshold)  # [M, 3]: image, class - 1, rank
+    return found(where, tf.gather_nd(top_scores, where), tf.gather_nd(top_anchors, where))
+
+  return tf.cond(count > dense_above * tf.shape(scores)[0], dense, sparse)
 
 
 def _run_starts(keys: tf.Tensor) -> tf.Tensor:
@@ -147,7 +204,7 @@ def _class_aware_nms(
   """Per-class top-k, NMS per (image, class), merge.
 
   Args:
-    candidates: as `_candidates` returns them.
+    candidates: as `_sorted_candidates` returns them.
     batch_size: scalar B.
     num_classes: C, background included.
     pre_nms_top_k, max_num_detections: scalars, as in `generate_detections_fast`.
@@ -158,12 +215,6 @@ def _class_aware_nms(
     The detections dict (see `generate_detections_fast`).
   """
   group = candidates['image_ids'] * num_classes + candidates['classes']
-  # Sort by (image, class), then score descending; both sorts are stable, so
-  # equal scores stay in anchor order: v1's top_k order.
-  order = tf.argsort(candidates['scores'], direction='DESCENDING', stable=True)
-  order = tf.gather(order, tf.argsort(tf.gather(group, order), stable=True))
-  group = tf.gather(group, order)
-  candidates = {key: tf.gather(value, order) for key, value in candidates.items()}
   # v1 takes each class's top pre_nms_top_k before its NMS drops all-zero boxes.
   keep = (_rank_in_run(_run_starts(group)) < pre_nms_top_k) & tf.reduce_any(
     candidates['boxes'] > 0.0, axis=-1
@@ -229,14 +280,16 @@ def _generate_detections(
   score_threshold,
   kernel_iou_threshold,
   max_num_detections,
+  dense_above,
 ):
   """generate_detections_fast in a graph (see the module docstring: decoding)."""
   some_level = next(iter(outputs['box_outputs']))
   num_classes = outputs['cls_outputs'][some_level].shape[-1] // (
     outputs['box_outputs'][some_level].shape[-1] // 4
   )
+  boxes, scores = _decoded(outputs, anchor_boxes, image_shape)
   return _class_aware_nms(
-    _candidates(outputs, anchor_boxes, image_shape, score_threshold),
+    _sorted_candidates(boxes, scores, score_threshold, pre_nms_top_k, dense_above),
     tf.shape(outputs['box_outputs'][some_level])[0],
     num_classes,
     pre_nms_top_k,
@@ -253,6 +306,7 @@ def generate_detections_fast(
   pre_nms_score_threshold: float = 0.05,
   nms_iou_threshold: float = 0.5,
   max_num_detections: int = 100,
+  dense_candidates_per_image: int = DENSE_CANDIDATES_PER_IMAGE,
 ) -> Dict[str, tf.Tensor]:
   """Decodes raw RetinaNet outputs and runs class-aware NMS (v1's detections, fast).
 
@@ -270,6 +324,10 @@ def generate_detections_fast(
     nms_iou_threshold: a box is suppressed by a higher-scoring box of the same
       class with IoU >= this.
     max_num_detections: detections kept per image.
+    dense_candidates_per_image: above this many candidates per image (on
+      average over the batch), each class's top pre_nms_top_k are taken with
+      top_k first, as v1 does, instead of sorting every candidate (same
+      detections; see `_sorted_candidates`).
 
   Returns:
     dict with detection_boxes [B, max, 4] float32 (pixels, y1 x1 y2 x2),
@@ -292,6 +350,7 @@ def generate_detections_fast(
     tf.constant(pre_nms_score_threshold, tf.float32),
     tf.constant(_largest_float32_below(nms_iou_threshold), tf.float32),
     tf.constant(max_num_detections, tf.int32),
+    tf.constant(dense_candidates_per_image, tf.int32),
   )
   # The static shapes v1 gives.
   for key, shape in (
