@@ -53,7 +53,7 @@ Pure TF: traceable in `tf.function` and SavedModel, no numpy or py_function
 in the graph. It uses CPU kernels (NonMaxSuppressionV3); on TPU use v1 or v2.
 """
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -70,8 +70,8 @@ def _decoded(
   outputs: Mapping[str, Mapping[str, tf.Tensor]],
   anchor_boxes: Mapping[str, tf.Tensor],
   image_shape: tf.Tensor,
-) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Every anchor's clipped box and class scores, levels concatenated.
+) -> Tuple[List[tf.Tensor], List[tf.Tensor]]:
+  """Every anchor's clipped box and class scores, level by level.
 
   Decoding and scoring are v1's (`MultilevelDetectionGenerator.
   _decode_multilevel_outputs` with box_coder_weights None) on tensors of the
@@ -86,8 +86,8 @@ def _decoded(
     image_shape: [B, 2] height and width boxes are clipped to.
 
   Returns:
-    (boxes [B, N, 4] (y1, x1, y2, x2 pixels), scores [B, N, C]), N anchors in
-    v1's order (level by level).
+    (boxes, scores): per level in level order, [B, N_l, 4] (y1, x1, y2, x2
+    pixels) and [B, N_l, C], anchors in v1's order.
   """
   box_ops = model_garden.load('box_ops')
   image_shape = tf.cast(image_shape, tf.float32)
@@ -115,52 +115,47 @@ def _decoded(
       )
     )
     all_scores.append(tf.sigmoid(tf.reshape(raw_scores, [batch_size, -1, num_classes])))
-  return tf.concat(all_boxes, axis=1), tf.concat(all_scores, axis=1)
+  return all_boxes, all_scores
 
 
 def _sorted_candidates(
-  boxes: tf.Tensor,
-  scores: tf.Tensor,
+  boxes: List[tf.Tensor],
+  scores: List[tf.Tensor],
   score_threshold: tf.Tensor,
   pre_nms_top_k: tf.Tensor,
   dense_above: tf.Tensor,
 ) -> Dict[str, tf.Tensor]:
   """The (image, anchor, class) triples scoring above the threshold, sorted.
 
-  Few candidates (at most `dense_above` per image on average) are found sparsely
-  and sorted; many (an untrained model's, or a threshold of 0) would make that
-  sort cost seconds, so then each (image, class) takes its top `pre_nms_top_k`
-  anchors with `tf.math.top_k` first, as v1 does, which is the same selection in
-  the same order.
+  Few candidates (at most `dense_above` per image on average) are found level by
+  level and sorted; many (an untrained model's, or a threshold of 0) would make
+  that sort cost seconds, so then each (image, class) takes its top
+  `pre_nms_top_k` anchors with `tf.math.top_k` first, as v1 does, which is the
+  same selection in the same order.
 
   Args:
-    boxes, scores: from `_decoded`, [B, N, 4] and [B, N, C].
+    boxes, scores: from `_decoded`, per level [B, N_l, 4] and [B, N_l, C].
 
   Returns:
     {'image_ids': [M] int32, 'classes': [M] int32 (1..C-1), 'scores': [M],
     'boxes': [M, 4]}, sorted by image, class, then score descending with ties in
     anchor order (v1's top_k order).
   """
-  foreground = scores[..., 1:]
-  above = foreground > score_threshold
-  count = tf.math.count_nonzero(above, dtype=tf.int32)
-
-  def found(where, scores_at, anchors_at):
-    return {
-      'image_ids': tf.cast(where[:, 0], tf.int32),
-      'classes': tf.cast(where[:, 1], tf.int32) + 1,
-      'scores': scores_at,
-      'boxes': tf.gather_nd(boxes, tf.stack([tf.cast(where[:, 0], tf.int32), anchors_at], 1)),
-    }
+  above = [level_scores > score_threshold for level_scores in scores]
+  count = tf.add_n([tf.math.count_nonzero(a[..., 1:], dtype=tf.int32) for a in above])
+  batch_size, num_classes = tf.shape(scores[0])[0], scores[0].shape[-1]
 
   def sparse():
-    where = tf.where(above)  # [M, 3]: image, anchor, class - 1
-    candidates = found(
-      tf.gather(where, [0, 2], axis=1),
-      tf.gather_nd(foreground, where),
-      tf.cast(where[:, 1], tf.int32),
-    )
-    group = candidates['image_ids'] * tf.shape(scores)[-1] + candidates['classes']
+    found = {'image_ids': [], 'classes': [], 'scores': [], 'boxes': []}
+    for level_boxes, level_scores, level_above in zip(boxes, scores, above):
+      where = tf.where(level_above)  # [M_l, 3]: image, anchor, class
+      where = tf.boolean_mask(where, where[:, 2] > 0)  # background class 0 dropped
+      found['image_ids'].append(tf.cast(where[:, 0], tf.int32))
+      found['classes'].append(tf.cast(where[:, 2], tf.int32))
+      found['scores'].append(tf.gather_nd(level_scores, where))
+      found['boxes'].append(tf.gather_nd(level_boxes, where[:, :2]))
+    candidates = {key: tf.concat(values, axis=0) for key, values in found.items()}
+    group = candidates['image_ids'] * num_classes + candidates['classes']
     # Score descending, then (image, class); both sorts are stable, so equal
     # scores stay in anchor order.
     order = tf.argsort(candidates['scores'], direction='DESCENDING', stable=True)
@@ -168,13 +163,21 @@ def _sorted_candidates(
     return {key: tf.gather(value, order) for key, value in candidates.items()}
 
   def dense():
+    foreground = tf.concat([level_scores[..., 1:] for level_scores in scores], axis=1)
     per_class = tf.transpose(foreground, [0, 2, 1])  # [B, C - 1, N]
     k = tf.minimum(pre_nms_top_k, tf.shape(per_class)[-1])
     top_scores, top_anchors = tf.math.top_k(per_class, k=k)  # ties: lower anchor first
     where = tf.where(top_scores > score_threshold)  # [M, 3]: image, class - 1, rank
-    return found(where, tf.gather_nd(top_scores, where), tf.gather_nd(top_anchors, where))
+    image_ids = tf.cast(where[:, 0], tf.int32)
+    anchors = tf.stack([image_ids, tf.gather_nd(top_anchors, where)], axis=1)
+    return {
+      'image_ids': image_ids,
+      'classes': tf.cast(where[:, 1], tf.int32) + 1,
+      'scores': tf.gather_nd(top_scores, where),
+      'boxes': tf.gather_nd(tf.concat(boxes, axis=1), anchors),
+    }
 
-  return tf.cond(count > dense_above * tf.shape(scores)[0], dense, sparse)
+  return tf.cond(count > dense_above * batch_size, dense, sparse)
 
 
 def _run_starts(keys: tf.Tensor) -> tf.Tensor:
