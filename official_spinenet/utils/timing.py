@@ -4,7 +4,6 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -66,7 +65,7 @@ def interleaved_medians(
         results[name] = call()
         block_until_ready(results[name])
         times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}, results
+  return {name: float(statistics.median(t)) for name, t in times.items()}, results
 
 
 def matmul_gflops(size: int = 2048, runs: int = 5) -> float:

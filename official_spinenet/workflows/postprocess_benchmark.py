@@ -12,7 +12,7 @@ hold them as constants, which grappler may fold at trace time, and then it would
 time what is left. Ours is timed three ways, as users call it: in a
 tf.function ('fast'), eagerly (`RetinaNetModel.detections_from_outputs` on eager
 tensors, anchors included), and from a SavedModel (a function saved and loaded
-again, anchors built in its graph as in our exports). Each is called once
+again, anchors constants of its graph as in our exports). Each is called once
 untimed, then the versions are timed in interleaved rounds (forward, ours three
 ways, Model Garden v1, v2, again and again) so that a busy machine slows them
 alike; medians are reported. Ours must give v1's detections each way (checked);
