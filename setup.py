@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
   'numpy',
   'matplotlib>=3.7',
   'pillow>=9',
+  # Kendall's tau of the search's proxy-fidelity study (tools/proxy_fidelity.py).
+  'scipy>=1.10',
   # The architecture search's spaces and algorithms (official_spinenet.search).
   'pyglove>=0.4.4',
 ]

@@ -113,13 +113,11 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def plot(rows: Sequence[Dict[str, Any]], path: str, title: str) -> None:
   """AP and AP50 against latency, one point per exit, as a PNG (written atomically)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from official_spinenet.utils import charts  # pylint: disable=g-import-not-at-top
 
   latency = [r['latency_ms'] for r in rows]
-  fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+  fig = charts.figure(6.4, 4.4, dpi=120)
+  ax = fig.subplots()
   for key, style in (('AP50', 's--'), ('AP', 'o-')):
     values = [r[key] for r in rows]
     ax.plot(latency, values, style, label=key)
@@ -131,15 +129,14 @@ def plot(rows: Sequence[Dict[str, Any]], path: str, title: str) -> None:
         xytext=(4, -11 if key == 'AP' else 5),
         fontsize=8,
       )
-  ax.set_xlabel('CPU latency at batch 1, forward + post-processing (ms, median)')
-  ax.set_ylabel('COCO AP on the shapes val split')
-  ax.set_title(title, fontsize=10)
-  ax.grid(True, alpha=0.3)
-  ax.legend(loc='lower right')
-  fig.tight_layout()
-  with files.atomic_output(path) as tmp:
-    fig.savefig(tmp, format='png')
-  plt.close(fig)
+  charts.label(
+    ax,
+    'CPU latency at batch 1, forward + post-processing (ms, median)',
+    'COCO AP on the shapes val split',
+    title,
+    legend='lower right',
+  )
+  charts.save_png(fig, path)
 
 
 def markdown(table: str, setup: Dict[str, Any]) -> str:
