@@ -36,12 +36,18 @@ BAD_BINDING = 'spinenet.not_a_parameter = 1'
 
 @pytest.mark.parametrize(
   'gin_file',
-  ['search/spinenet_shapes.gin', 'search/nasfpn_shapes.gin', 'testing/search_synthetic.gin'],
+  [
+    'search/spinenet_shapes.gin',
+    'search/nasfpn_shapes.gin',
+    'search/spinenet_coco.gin',
+    'testing/search_synthetic.gin',
+  ],
 )
 def test_search_gin_files_give_a_search_config(gin_file):
   configurables.parse_gin([gin_file])
   config = configurables.search_config()
   assert config.space == ('nasfpn' if 'nasfpn' in gin_file else 'spinenet')
+  assert config.make_shapes_data == ('coco' not in gin_file)
   if config.proxy is not None:
     for proxy_file in config.proxy.gin_files:
       assert os.path.isfile(config_files.resolve_gin_file(proxy_file))
@@ -65,11 +71,22 @@ def test_bad_search_binding_names_it():
     ('failed_reward', math.nan),
     ('num_val_images', 0),
     ('space_options', 3),
+    ('make_shapes_data', 'no'),
   ],
 )
 def test_search_config_names_the_bad_field(field, value):
   with pytest.raises(ValueError, match=f'SearchConfig.{field}'):
     SearchConfig(**{field: value})
+
+
+def test_a_proxy_with_its_own_data_is_checked_before_ray_starts(tmp_path):
+  configurables.parse_gin(['search/spinenet_coco.gin'])
+  config = configurables.search_config()  # its data bindings are left to the user
+  with pytest.raises(
+    ValueError, match='make_shapes_data is False.*train_data.file_pattern is empty'
+  ):
+    search.run_search(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / search.CSV_FILE).exists()
 
 
 def test_search_config_cpus_split_between_trials():

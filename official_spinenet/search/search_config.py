@@ -38,6 +38,10 @@ class SearchConfig:
     top_k: how many of the best architectures `best/` gets.
     num_train_images: training images of the shapes data the proxy uses.
     num_val_images: held-out images the proxy's reward is measured on.
+    make_shapes_data: True: the proxy trains on shapes data made in <output_dir>/data
+      (num_train_images, num_val_images); False: the proxy's gin files or bindings
+      name the data (TRAIN_FILE_PATTERN, EVAL_FILE_PATTERN, ANNOTATION_FILE), e.g.
+      COCO TFRecords on storage every node of a Ray cluster reads.
   """
 
   space: str = 'spinenet'
@@ -55,6 +59,7 @@ class SearchConfig:
   top_k: int = 3
   num_train_images: int = 1000
   num_val_images: int = 200
+  make_shapes_data: bool = True
 
   def __post_init__(self):
     if self.space not in spaces.SPACE_NAMES:
@@ -87,6 +92,10 @@ class SearchConfig:
     if not isinstance(self.failed_reward, (int, float)) or not math.isfinite(self.failed_reward):
       raise ValueError(
         f'SearchConfig.failed_reward must be a finite number, got {self.failed_reward!r}.'
+      )
+    if not isinstance(self.make_shapes_data, bool):
+      raise ValueError(
+        f'SearchConfig.make_shapes_data must be True or False, got {self.make_shapes_data!r}.'
       )
     if isinstance(self.seed, bool) or not isinstance(self.seed, int):
       raise ValueError(f'SearchConfig.seed must be an integer, got {self.seed!r}.')

@@ -262,16 +262,11 @@ def run_jobs(job_list: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
       for future in concurrent.futures.as_completed(futures):
         job, result = futures[future], future.result()
         done[job.job_dir] = result
-        logging.info(
-          '[%d/%d] %s %s: AP %.3f AP50 %.3f (%s, %.0f s)',
-          len(done),
-          len(job_list),
-          job.protocol,
-          job.architecture.name,
-          result['AP'],
-          result['AP50'],
-          result['status'],
-          result['seconds'],
+        print(
+          f'[{len(done)}/{len(job_list)}] {job.protocol} {job.architecture.name}: '
+          f"AP {result['AP']:.3f} AP50 {result['AP50']:.3f} ({result['status']}, "
+          f"{result['seconds']:.0f} s)",
+          flush=True,
         )
   return [done[j.job_dir] for j in job_list]
 

@@ -279,8 +279,8 @@ def _check_or_write_config(config: SearchConfig, output_dir: str) -> None:
 
 
 def _data_params(config: SearchConfig, output_dir: str) -> List[str]:
-  """The shapes data the proxy trains on, made once in output_dir/data."""
-  if config.proxy is None:
+  """The shapes data the proxy trains on, made once in output_dir/data (if it does)."""
+  if config.proxy is None or not config.make_shapes_data:
     return []
   paths = shapes.ensure_shapes_dataset(
     os.path.join(output_dir, 'data'),
@@ -290,6 +290,27 @@ def _data_params(config: SearchConfig, output_dir: str) -> List[str]:
     seed=0,
   )
   return demo.shapes_data_params(paths)
+
+
+def _check_proxy_data(config: SearchConfig) -> None:
+  """A proxy that names its own data: its files must exist before Ray starts (else
+  every trial would fail on them, on every node).
+
+  Raises:
+    ValueError: a missing data file or macro (the message names it).
+  """
+  if config.proxy is None or config.make_shapes_data:
+    return
+  from official_spinenet import configurables  # pylint: disable=g-import-not-at-top
+
+  configurables.parse_gin(config.proxy.gin_files, config.proxy.gin_params)
+  try:
+    configurables.build_experiment()['task'].validate('train_and_eval')
+  except ValueError as e:
+    raise ValueError(
+      f'SearchConfig.make_shapes_data is False, so the proxy ({", ".join(config.proxy.gin_files)}'
+      f' and ProxyConfig.gin_params) must name its data: {e}'
+    ) from e
 
 
 def _new_ray_temp_dir(output_dir: str) -> str:
@@ -404,6 +425,7 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
   output_dir = os.path.abspath(output_dir)
   space = spaces.build_space(config.space, **config.space_options)
   os.makedirs(output_dir, exist_ok=True)
+  _check_proxy_data(config)
   _check_or_write_config(config, output_dir)
   data_params = _data_params(config, output_dir)
   temp_dir = _new_ray_temp_dir(output_dir)
