@@ -102,6 +102,10 @@ def test_summary_rows_taus_and_table():
   assert '| c | 1.500 |' in table
   assert '0.000 (failed)' in table
   assert '| proxy5 | 0.33 (' in table
+  tied = {'proxy5': {m: {'tau': float('nan'), 'p': float('nan')} for m in ('AP', 'AP50')}}
+  assert '| proxy5 | undefined (all tied) |' in proxy_fidelity.markdown(
+    rows, tied, ('full', 'proxy5')
+  )
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ an error.
 
 import concurrent.futures
 import dataclasses
+import math
 import multiprocessing
 import os
 import random
@@ -46,6 +47,8 @@ from official_spinenet.search import spaces
 from official_spinenet.utils import files
 from official_spinenet.utils import tables
 from official_spinenet.workflows import demo
+from official_spinenet.workflows import search_trial
+from official_spinenet.workflows import train
 
 FULL = 'full'
 FULL_GIN_FILES = (demo.DEMO_GIN_FILES['retinanet'],)
@@ -220,11 +223,7 @@ def run_job(job: Job) -> Dict[str, Any]:
   if os.path.exists(job.result_path):
     return files.read_json(job.result_path, 'Fidelity job result')
   _log_to_file(job.job_dir)
-  # Imported here: a spawned job process sets its threads before TensorFlow starts.
-  from official_spinenet.workflows import search_trial  # pylint: disable=g-import-not-at-top
-  from official_spinenet.workflows import train  # pylint: disable=g-import-not-at-top
-
-  search_trial.set_num_threads(job.num_threads)
+  search_trial.set_num_threads(job.num_threads)  # before this process runs its first op
   start = time.perf_counter()
   try:
     if job.protocol == FULL:
@@ -250,9 +249,7 @@ def run_jobs(job_list: Sequence[Job], workers: int) -> List[Dict[str, Any]]:
     j.job_dir: files.read_json(j.result_path) for j in job_list if os.path.exists(j.result_path)
   }
   todo = [j for j in job_list if j.job_dir not in done]
-  logging.info(
-    '%d of %d jobs done; running %d, %d at a time.', len(done), len(job_list), len(todo), workers
-  )
+  print(f'{len(done)} of {len(job_list)} jobs done; {len(todo)} to run, {workers} at a time.')
   if todo:
     context = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(
@@ -326,14 +323,22 @@ def markdown(rows: Sequence[Mapping[str, Any]], taus, protocols: Sequence[str]) 
       + [_marked(row, p, m) for p in protocols for m in METRICS]
     )
   tau_header = ['proxy', *(f"Kendall's tau, {m} (p)" for m in METRICS)]
-  tau_cells = [
-    [p, *(f"{taus[p][m]['tau']:.2f} ({taus[p][m]['p']:.3f})" for m in METRICS)] for p in taus
-  ]
+  tau_cells = [[p, *(_tau_cell(taus[p][m]) for m in METRICS)] for p in taus]
   return (
     tables.format_table(header, cells, markdown=True)
     + '\n\n'
     + tables.format_table(tau_header, tau_cells, markdown=True)
   )
+
+
+def _tau_text(tau: float) -> str:
+  # scipy gives nan when one side is all ties (e.g. every proxy AP is 0): no ranking.
+  return 'undefined (all tied)' if math.isnan(tau) else f'{tau:.2f}'
+
+
+def _tau_cell(tau: Mapping[str, float]) -> str:
+  text = _tau_text(tau['tau'])
+  return text if math.isnan(tau['tau']) else f"{text} ({tau['p']:.3f})"
 
 
 def _millions(value) -> Any:
@@ -360,7 +365,7 @@ def plot(rows: Sequence[Mapping[str, Any]], taus, path: str) -> None:
       ax.annotate(
         row['architecture'], (xi, yi), textcoords='offset points', xytext=(4, 3), fontsize=7
       )
-    title = f"{protocol}: Kendall's tau {taus[protocol]['AP']['tau']:.2f}"
+    title = f"{protocol}: Kendall's tau {_tau_text(taus[protocol]['AP']['tau'])}"
     charts.label(
       ax, f'{protocol}: held-out AP', 'full training (demo protocol): held-out AP', title
     )
