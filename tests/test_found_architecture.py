@@ -1,0 +1,127 @@
+"""The found-architecture study: equal multiply-adds, jobs, bad input, a tiny real run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from official_spinenet.search import spaces
+from official_spinenet.workflows import found_architecture as fa
+from official_spinenet.workflows import proxy_fidelity
+from tests import paths
+
+TINY = ('testing/search_proxy_tiny.gin',)
+
+
+def _point(tmp_path, name='r0_sp53'):
+  (arch,) = proxy_fidelity.architectures(str(tmp_path / 'points'), 0, 0, (name,))
+  return arch.specs_path
+
+
+def test_matching_scale_finds_the_width_of_a_target():
+  calls = []
+
+  def smooth(scale):
+    calls.append(scale)
+    return 1000.0 * scale**2 + 200.0 * scale + 50.0
+
+  scale, madds = fa.matching_scale(300.0, smooth, start=1.0, tolerance=1e-3)
+  assert madds == pytest.approx(300.0, rel=1e-3)
+  assert 1000 * scale**2 + 200 * scale + 50 == pytest.approx(300.0, rel=1e-3)
+  assert len(calls) <= 5
+
+  values = {}
+
+  def rounded(scale):  # widths round to whole channels: a step function
+    values[scale] = smooth(round(scale * 16) / 16)
+    return values[scale]
+
+  scale, madds = fa.matching_scale(300.0, rounded, start=1.0, tolerance=1e-6, max_evaluations=6)
+  assert len(values) <= 6
+  assert madds == values[scale]
+  assert abs(madds - 300) == min(abs(v - 300) for v in values.values())
+  assert abs(madds - 300) < 30  # the nearest step: 265.6 at 6/16, 328.9 at 7/16
+
+
+def test_options_and_spec_files_are_checked(tmp_path):
+  with pytest.raises(ValueError, match='not a SpineNet backbone'):
+    fa.FoundOptions(found_specs='x.json', found_space='nasfpn')
+  with pytest.raises(ValueError, match='workers'):
+    fa.FoundOptions(found_specs='x.json', workers=0)
+  missing = str(tmp_path / 'missing.json')
+  with pytest.raises(ValueError, match='missing.json'):
+    fa.load_found(fa.FoundOptions(found_specs=missing, output_dir=str(tmp_path)))
+  specs = _point(tmp_path, 'spinenet49')
+  found = fa.load_found(fa.FoundOptions(found_specs=specs, output_dir=str(tmp_path / 'out')))
+  assert found.specs_path == str(tmp_path / 'out' / 'architectures' / 'found.json')
+  space = spaces.build_space('spinenet')
+  assert space.spec_class.load(found.specs_path) == space.spec_class.load(specs)
+
+
+def test_the_tool_names_a_bad_spec_file_before_any_work(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(paths.REPO, 'tools', 'found_architecture.py'),
+      f'--found_specs={tmp_path}/nothing.json',
+      f'--output_dir={tmp_path}/out',
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode != 0
+  assert 'nothing.json' in result.stderr
+  assert not os.path.exists(tmp_path / 'out' / 'data')
+
+
+def test_equal_madds_job_scales_spinenet49_to_the_found_multiply_adds(tmp_path):
+  options = fa.FoundOptions(
+    found_specs=_point(tmp_path),  # R0-SP53: 3% more multiply-adds than SpineNet-49 here
+    found_space='r0_sp53',
+    output_dir=str(tmp_path / 'study'),
+    gin_files=TINY,
+    madds_tolerance=0.01,
+  )
+  found = fa.load_found(options)
+  jobs = fa.jobs(options, found, ())
+  assert [j.architecture.name for j in jobs] == [fa.FOUND, fa.BASELINE, fa.EQUAL_MADDS]
+  assert jobs[1].gin_params + jobs[2].gin_params[-1:] == jobs[2].gin_params
+  scaled = float(jobs[2].gin_params[-1].split(' = ')[1])
+  assert jobs[2].gin_params[-1].startswith(fa.WIDTH_PARAM) and scaled != 0.0625
+  target, same_width, matched = (fa.multiply_adds(TINY, j.gin_params) for j in jobs)
+  assert abs(matched - target) < abs(same_width - target)
+  assert abs(matched - target) < 0.01 * target
+  assert jobs[2].job_dir == str(tmp_path / 'study' / 'runs' / fa.EQUAL_MADDS)
+
+
+@pytest.mark.slow
+def test_tiny_study_trains_measures_and_draws(tmp_path):
+  options = fa.FoundOptions(
+    found_specs=_point(tmp_path),
+    found_space='r0_sp53',
+    output_dir=str(tmp_path / 'study'),
+    gin_files=TINY,
+    equal_madds=False,  # its job is pinned down above
+    num_train_images=8,
+    num_val_images=4,
+    latency_runs=1,
+  )
+  study = fa.run_study(options)
+  rows = {row['name']: row for row in study['rows']}
+  assert list(rows) == [fa.FOUND, fa.BASELINE]
+  for row in rows.values():
+    assert row['status'] == 'ok' and row[fa.WIDTH_PARAM] == 0.0625
+    assert row['params'] > 0 and row['multiply_adds'] > 0 and row['latency_ms'] > 0
+  assert rows[fa.FOUND]['multiply_adds'] != rows[fa.BASELINE]['multiply_adds']
+  assert sorted(os.path.basename(p) for p in study['drawings']) == [
+    'found.png',
+    'found.svg',
+    'spinenet49.png',
+    'spinenet49.svg',
+  ]
+  with open(tmp_path / 'study' / fa.STUDY_FILE, encoding='utf-8') as f:
+    assert json.load(f)['rows'] == json.loads(json.dumps(study['rows']))
+  assert '| found |' in study['markdown'] and '| spinenet49 |' in study['markdown']
