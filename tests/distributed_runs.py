@@ -6,17 +6,28 @@
 Logical CPU devices must be configured before TensorFlow initialises, which a
 pytest process that already ran other tests cannot do; hence a subprocess.
 
+The RetinaNet run (and tests/test_multi_worker.py's workers) use the tiny config
+with a minimal SpineNet and pyramid (MINIMAL_MODEL): one intermediate block,
+output blocks P3-P5, residual and bottleneck blocks, resampling up and down
+(minimal_spinenet_blocks.json).
+Building and tracing the mirrored step, which is most of the run, scales with
+the number of blocks, resampling connections and pyramid levels, not with their
+width, and the comparison is about the strategies, not the topology. Every BN
+layer, backbone's and heads', is synchronised as before. Mask R-CNN keeps the
+tiny config's full topology: its float32 backbone weights land nearer their
+tolerance on the minimal one.
+
 The models train through sync BN, their backbone in float64 (RetinaNet: the
 whole model; Mask R-CNN's RoI ops are float32 only). In training mode the tiny
-SpineNet is ill-conditioned: at batch 4 and 128 px its BN layers normalise 16
-values per channel at P6 and 4 at P7, and a BN layer amplifies relative changes
-of its inputs by |mean| / stddev of its channels. Measured in float64: a 1e-7
-relative change of the images moves its features by 1e-3 of their range and its
-gradients by 2% of the largest. float32 rounding in another order (two replicas'
-halves of the batch) is such a change: in float32, one device's gradients are
-5-10% (of the largest) away from float64's, and the mirrored run's as far, with
-tf_keras's BN or ours. In float64 the rounding stays far below what the
-comparison resolves.
+SpineNet is ill-conditioned: with the tiny configs' P3-P7 at batch 4 and 128 px
+its BN layers normalise 16 values per channel at P6 and 4 at P7, and a BN layer
+amplifies relative changes of its inputs by |mean| / stddev of its channels.
+Measured in float64: a 1e-7 relative change of the images moves its features by
+1e-3 of their range and its gradients by 2% of the largest. float32 rounding in
+another order (two replicas' halves of the batch) is such a change: in float32,
+one device's gradients are 5-10% (of the largest) away from float64's, and the
+mirrored run's as far, with tf_keras's BN or ours. In float64 the rounding stays
+far below what the comparison resolves.
 """
 
 import json
@@ -29,6 +40,11 @@ import tensorflow as tf
 TINY = 'testing/retinanet_tiny.gin'
 TINY_MASKRCNN = 'testing/maskrcnn_tiny.gin'
 STEPS = 2
+MINIMAL_BLOCKS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'minimal_spinenet_blocks.json'
+)
+# Gin bindings on top of a tiny config (see the module docstring).
+MINIMAL_MODEL = [f"spinenet.block_specs = '{MINIMAL_BLOCKS}'", 'MAX_LEVEL = 5']
 
 
 def _exact_params(data_dir):
@@ -38,6 +54,7 @@ def _exact_params(data_dir):
     'train/InputConfig.aug_rand_hflip = False',
     'train/InputConfig.aug_scale_min = 1.0',
     'train/InputConfig.aug_scale_max = 1.0',
+    *MINIMAL_MODEL,
     'spinenet.use_sync_bn = True',
     'RetinaNetHead.use_sync_bn = True',
     f'TRAIN_STEPS = {STEPS}',

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests import paths
+from tests.distributed_runs import MINIMAL_MODEL
 
 ENV = dict(os.environ, PYTHONPATH=paths.REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
@@ -28,7 +29,12 @@ def _free_ports(count):
 
 
 def _start_workers(gin_file, one_shard_shapes_dir, model_dir, log_dir, *params):
-  """Two `spinenet-train --strategy=multi_worker_mirrored` processes; logs in log_dir."""
+  """Two `spinenet-train --strategy=multi_worker_mirrored` processes; logs in log_dir.
+
+  The model is gin_file's with the minimal SpineNet and pyramid of MINIMAL_MODEL:
+  most of a worker's time is building and tracing the step, which scales with
+  the blocks and levels, and these tests are about the workers, not the topology.
+  """
   cluster = {'worker': [f'localhost:{p}' for p in _free_ports(2)]}
   command = [
     sys.executable,
@@ -39,7 +45,7 @@ def _start_workers(gin_file, one_shard_shapes_dir, model_dir, log_dir, *params):
     '--mode=train',
     '--strategy=multi_worker_mirrored',
     f"--gin_param=TRAIN_FILE_PATTERN = '{one_shard_shapes_dir}/tfrecords/train-*'",
-  ] + [f'--gin_param={p}' for p in params]
+  ] + [f'--gin_param={p}' for p in MINIMAL_MODEL + list(params)]
   workers = []
   for index in range(2):
     task = {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}
