@@ -119,7 +119,7 @@ def classification_data_params(dataset: Mapping[str, Any]) -> List[str]:
   ]
 
 
-def _ensure_demo_data(output_dir: str, task: str, num_train: int, num_val: int) -> List[str]:
+def ensure_demo_data(output_dir: str, task: str, num_train: int, num_val: int) -> List[str]:
   """Makes (or reuses) the task's shapes data; returns the gin bindings that point to it."""
   if task == 'classification':
     dataset = shapes_classification.ensure_shapes_classification_dataset(
@@ -165,7 +165,7 @@ def run_demo(
   num_val = default_val if num_val is None else num_val
   metrics = train.launch(
     [DEMO_GIN_FILES[task]],
-    _ensure_demo_data(output_dir, task, num_train, num_val) + list(gin_params),
+    ensure_demo_data(output_dir, task, num_train, num_val) + list(gin_params),
     model_dir,
     mode='train_and_eval',
   )

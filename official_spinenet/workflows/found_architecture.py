@@ -30,7 +30,6 @@ import os
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from official_spinenet import configurables
-from official_spinenet.data import shapes
 from official_spinenet.modeling import model_stats
 from official_spinenet.search import proxy_config
 from official_spinenet.search import spaces
@@ -265,14 +264,10 @@ def run_study(options: FoundOptions) -> Dict[str, Any]:
     ValueError: bad options, spec file, gin file or binding (before any training).
   """
   found = load_found(options)  # a bad spec file fails before the data are made
-  paths = shapes.ensure_shapes_dataset(
-    os.path.join(options.output_dir, 'data'),
-    options.num_train_images,
-    options.num_val_images,
-    image_size=demo.DEMO_IMAGE_SIZE,
-    seed=0,
+  data_params = demo.ensure_demo_data(
+    options.output_dir, 'retinanet', options.num_train_images, options.num_val_images
   )
-  job_list = jobs(options, found, demo.shapes_data_params(paths))
+  job_list = jobs(options, found, data_params)
   proxy_fidelity.check_bindings(job_list)
   results = proxy_fidelity.run_jobs(job_list, options.workers)
   rows = [measure(options, job, result) for job, result in zip(job_list, results)]

@@ -41,7 +41,6 @@ from absl import logging
 import pyglove as pg
 
 from official_spinenet import configurables
-from official_spinenet.data import shapes
 from official_spinenet.search import proxy_config
 from official_spinenet.search import spaces
 from official_spinenet.utils import files
@@ -382,15 +381,11 @@ def run_study(options: FidelityOptions) -> Dict[str, Any]:
   Raises:
     ValueError: bad options, gin file or binding (before any training).
   """
-  paths = shapes.ensure_shapes_dataset(
-    os.path.join(options.output_dir, 'data'),
-    options.num_train_images,
-    options.num_val_images,
-    image_size=demo.DEMO_IMAGE_SIZE,
-    seed=0,
+  data_params = demo.ensure_demo_data(
+    options.output_dir, 'retinanet', options.num_train_images, options.num_val_images
   )
   archs = architectures(options.output_dir, options.num_random, options.seed, options.published)
-  job_list = jobs(options, archs, demo.shapes_data_params(paths))
+  job_list = jobs(options, archs, data_params)
   check_bindings(job_list)
   results = run_jobs(job_list, options.workers)
   rows, taus = summarize(results, options.protocols)
