@@ -46,8 +46,8 @@ def test_matching_scale_finds_the_width_of_a_target():
 
 
 def test_options_and_spec_files_are_checked(tmp_path):
-  with pytest.raises(ValueError, match='not a SpineNet backbone'):
-    fa.FoundOptions(found_specs='x.json', found_space='nasfpn')
+  with pytest.raises(ValueError, match="'spinenet_mobile'.*no published baseline"):
+    fa.FoundOptions(found_specs='x.json', found_space='spinenet_mobile')
   with pytest.raises(ValueError, match='workers'):
     fa.FoundOptions(found_specs='x.json', workers=0)
   missing = str(tmp_path / 'missing.json')
@@ -87,14 +87,29 @@ def test_equal_madds_job_scales_spinenet49_to_the_found_multiply_adds(tmp_path):
   )
   found = fa.load_found(options)
   jobs = fa.jobs(options, found, ())
-  assert [j.architecture.name for j in jobs] == [fa.FOUND, fa.BASELINE, fa.EQUAL_MADDS]
+  scaled_name = 'spinenet49_equal_madds'
+  assert [j.architecture.name for j in jobs] == [fa.FOUND, 'spinenet49', scaled_name]
   assert jobs[1].gin_params + jobs[2].gin_params[-1:] == jobs[2].gin_params
   scaled = float(jobs[2].gin_params[-1].split(' = ')[1])
-  assert jobs[2].gin_params[-1].startswith(fa.WIDTH_PARAM) and scaled != 0.0625
+  assert jobs[2].gin_params[-1].startswith('spinenet.filter_size_scale') and scaled != 0.0625
   target, same_width, matched = (fa.multiply_adds(TINY, j.gin_params) for j in jobs)
   assert abs(matched - target) < abs(same_width - target)
   assert abs(matched - target) < 0.01 * target
-  assert jobs[2].job_dir == str(tmp_path / 'study' / 'runs' / fa.EQUAL_MADDS)
+  assert jobs[2].job_dir == str(tmp_path / 'study' / 'runs' / scaled_name)
+
+
+def test_nasfpn_cells_are_measured_against_the_papers_with_its_proxy_run_longer(tmp_path):
+  options = fa.FoundOptions(
+    found_specs=_point(tmp_path, 'nasfpn'), found_space='nasfpn', output_dir=str(tmp_path / 's')
+  )
+  jobs = fa.jobs(options, fa.load_found(options), ('DATA = 1',))
+  assert [j.architecture.name for j in jobs] == [fa.FOUND, 'nasfpn']  # no width to scale
+  for job in jobs:
+    assert job.gin_files == ('search/proxy_nasfpn_shapes.gin',)
+    assert job.gin_params[:2] == ('TRAIN_STEPS = 2000', 'DATA = 1')
+    assert job.gin_params[2].startswith('nasfpn.cell_specs = ')
+  own = fa.FoundOptions(found_specs='x.json', found_space='nasfpn', gin_files=TINY)
+  assert own.protocol == (TINY, ())
 
 
 @pytest.mark.slow
@@ -111,17 +126,18 @@ def test_tiny_study_trains_measures_and_draws(tmp_path):
   )
   study = fa.run_study(options)
   rows = {row['name']: row for row in study['rows']}
-  assert list(rows) == [fa.FOUND, fa.BASELINE]
+  assert list(rows) == [fa.FOUND, 'spinenet49']
   for row in rows.values():
-    assert row['status'] == 'ok' and row[fa.WIDTH_PARAM] == 0.0625
+    assert row['status'] == 'ok' and row['width'] == 0.0625
     assert row['params'] > 0 and row['multiply_adds'] > 0 and row['latency_ms'] > 0
-  assert rows[fa.FOUND]['multiply_adds'] != rows[fa.BASELINE]['multiply_adds']
+  assert rows[fa.FOUND]['multiply_adds'] != rows['spinenet49']['multiply_adds']
   assert sorted(os.path.basename(p) for p in study['drawings']) == [
-    'found.png',
-    'found.svg',
     'spinenet49.png',
     'spinenet49.svg',
+    'spinenet_found.png',
+    'spinenet_found.svg',
   ]
   with open(tmp_path / 'study' / fa.STUDY_FILE, encoding='utf-8') as f:
     assert json.load(f)['rows'] == json.loads(json.dumps(study['rows']))
   assert '| found |' in study['markdown'] and '| spinenet49 |' in study['markdown']
+  assert '| filter_size_scale |' in study['markdown']

@@ -152,6 +152,20 @@ class NASFPNShapeTest(tf.test.TestCase, parameterized.TestCase):
       self.assertEqual(outputs[str(level)].shape, expected)
       self.assertEqual(model.output_specs[str(level)].as_list(), [None] + expected[1:])
 
+  def test_cells_that_consume_every_node(self):
+    # Nothing for an output cell to absorb (a point the search sampled): it still builds.
+    cells = [
+      (4, 'sum', (2, 3), False),
+      (7, 'global_attention', (0, 2), False),
+      (5, 'sum', (4, 5), True),
+      (3, 'global_attention', (3, 6), True),
+      (7, 'global_attention', (3, 7), True),
+      (4, 'sum', (1, 6), True),
+      (6, 'global_attention', (2, 3), True),
+    ]
+    outputs = _small(cell_specs=cells)(_features(_input_specs(RESNET_LIKE), batch=1))
+    self.assertEqual(outputs['6'].shape, [1, 2, 2, 16])
+
   def test_dynamic_input_specs(self):
     model = _small({str(l): [None, None, None, c] for l, c in RESNET_LIKE.items()})
     outputs = model(_features(_input_specs(RESNET_LIKE, 128, 256), batch=1))

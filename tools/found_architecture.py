@@ -1,13 +1,16 @@
-r"""A found architecture against SpineNet-49, both trained with the demo protocol (issue 12).
+r"""A found architecture against the published one, both trained in full (issue 12).
 
   python tools/found_architecture.py --found_specs=/tmp/compare/ppo/seed0/best/1.json \
       --output_dir=/tmp/found
+  python tools/found_architecture.py --found_space=nasfpn \
+      --found_specs=/tmp/search_nasfpn/best/1.json --output_dir=/tmp/found_nasfpn
 
-Trains the found specs (a search's best/<k>.json), SpineNet-49 at the same width and
-SpineNet-49 scaled to the found one's multiply-adds with the demo protocol on the demo's
-shapes data, two at a time, then prints held-out AP / AP50, params, multiply-adds, CPU
-latency at batch 1 and training time, and draws the found architecture beside
-SpineNet-49 (docs/search_found.png, docs/search_spinenet49.png; --docs_dir). Running it
+Trains the found specs (a search's best/<k>.json) and the published architecture of its
+family at the same width (SpineNet-49 with the demo protocol, and SpineNet-49 scaled to
+the found one's multiply-adds; NAS-FPN's cells with its proxy run for 2000 steps) on the
+demo's shapes data, two at a time, then prints held-out AP / AP50, params,
+multiply-adds, CPU latency at batch 1 and training time, and draws the two side by side
+(docs/search_<builder>_found.png, docs/search_<published>.png; --docs_dir). Running it
 again resumes. How: `official_spinenet.workflows.found_architecture`.
 """
 
@@ -32,7 +35,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('found_space', d.found_space, 'The space the specs come from.', **fv)
   flags.DEFINE_string('output_dir', d.output_dir, 'Data, jobs, drawings, found.json.', **fv)
   flags.DEFINE_multi_string('gin_param', [], 'Bindings for every job.', **fv)
-  flags.DEFINE_boolean('equal_madds', d.equal_madds, 'Also SpineNet-49 at equal MAdds.', **fv)
+  flags.DEFINE_boolean('equal_madds', d.equal_madds, 'Also the baseline at equal MAdds.', **fv)
   flags.DEFINE_integer('workers', d.workers, 'Jobs at a time, each in its own process.', **fv)
   flags.DEFINE_integer('latency_image_size', 0, 'Latency input size (0: trained size).', **fv)
   flags.DEFINE_integer('latency_runs', d.latency_runs, 'Timed forward passes.', **fv)

@@ -1,4 +1,4 @@
-"""A found architecture against SpineNet-49 under the demo protocol (issue 12).
+"""A found architecture against the published one of its family, trained in full (issue 12).
 
   options = found_architecture.FoundOptions(
       found_specs='/tmp/compare/ppo/seed0/best/1.json', output_dir='/tmp/found')
@@ -7,20 +7,23 @@
 
 A search ranks architectures by a short proxy; what counts is how the best one does when
 trained in full. As SpineNet does (Table 1-2: its searched models against ResNet-FPN at
-the same width and at similar FLOPs), `run_study` trains with the demo protocol
-(`demo/retinanet_spinenet_shapes.gin`, 2000 steps at 128 px) on one shapes dataset:
+the same width and at similar FLOPs), `run_study` trains on one shapes dataset, with the
+protocol of the family's `Baseline` (`BASELINES`, keyed by the space's builder):
 
 - 'found': the found specs (a search's best/<k>.json), on the protocol's width;
-- 'spinenet49': SpineNet-49 at the same width (the same filter_size_scale);
-- 'spinenet49_equal_madds': SpineNet-49 with the filter_size_scale whose model has the
-  found one's multiply-adds (`matching_scale`; widths round to whole channels, so they
-  match to about a percent), left out when the two already match within `madds_tolerance`.
+- the baseline at the same width: SpineNet-49 for a SpineNet space (the demo protocol,
+  `demo/retinanet_spinenet_shapes.gin`, 2000 steps at 128 px), the paper's merging cells
+  for the NAS-FPN space (its search proxy trained as long, 2000 steps);
+- '<baseline>_equal_madds' (SpineNet only: its width is a continuous scale): SpineNet-49
+  with the filter_size_scale whose model has the found one's multiply-adds
+  (`matching_scale`; widths round to whole channels, so they match to about a percent),
+  left out when the two already match within `madds_tolerance`.
 
 Training goes through `proxy_fidelity`'s jobs (a fresh process each, `workers` at a time,
 resumed when run again). Then each trained model is measured in this process, one after
 the other: held-out AP / AP50, params and multiply-adds at the protocol's size, median
-CPU latency at batch 1 (`search_trial.measure_model`). The found architecture and
-SpineNet-49 are drawn side by side (<output_dir>/drawings).
+CPU latency at batch 1 (`search_trial.measure_model`). The found architecture and the
+baseline are drawn side by side (<output_dir>/drawings).
 """
 
 import dataclasses
@@ -28,6 +31,8 @@ import functools
 import math
 import os
 from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from absl import logging
 
 from official_spinenet import configurables
 from official_spinenet.modeling import model_stats
@@ -41,9 +46,54 @@ from official_spinenet.workflows import loading
 from official_spinenet.workflows import proxy_fidelity
 from official_spinenet.workflows import search_trial
 
-FOUND, BASELINE, EQUAL_MADDS = 'found', 'spinenet49', 'spinenet49_equal_madds'
-WIDTH_PARAM = 'spinenet.filter_size_scale'
+FOUND = 'found'
 STUDY_FILE = 'found.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """The published architecture a found one is measured against, and its training.
+
+  Attributes:
+    point: its key in `spaces.PUBLISHED_POINTS` (also its job's name).
+    title: its name in drawings.
+    gin_files / gin_params: the training protocol, unless FoundOptions names one.
+    width_param: the binding that sets the width (reported for every model).
+    scalable: whether width_param is a continuous scale (equal multiply-adds possible).
+  """
+
+  point: str
+  title: str
+  gin_files: Tuple[str, ...]
+  gin_params: Tuple[str, ...]
+  width_param: str
+  scalable: bool
+
+  @property
+  def equal_madds_name(self) -> str:
+    return f'{self.point}_equal_madds'
+
+
+BASELINES = {
+  'spinenet': Baseline(
+    'spinenet49',
+    'SpineNet-49',
+    proxy_fidelity.FULL_GIN_FILES,
+    (),
+    'spinenet.filter_size_scale',
+    True,
+  ),
+  # NAS-FPN has no demo training of its own; its search proxy (a half-width ResNet-10)
+  # trained for the SpineNet demo's 2000 steps is the full protocol here.
+  'nasfpn': Baseline(
+    'nasfpn',
+    'NAS-FPN (paper)',
+    ('search/proxy_nasfpn_shapes.gin',),
+    ('TRAIN_STEPS = 2000',),
+    'nasfpn.num_filters',
+    False,
+  ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +103,11 @@ class FoundOptions:
   Attributes:
     found_specs: the found architecture's spec file (a search's best/<k>.json).
     output_dir: data, architectures, one folder per job, drawings, found.json / .md.
-    found_space: the search space the specs belong to (its builder and gin bindings).
-    gin_files: the training protocol.
+    found_space: the search space the specs belong to (its builder picks the baseline).
+    gin_files: the training protocol; empty: the baseline's (its files and bindings).
     gin_params: bindings for every job, before the data and architecture ones.
-    equal_madds: also train SpineNet-49 scaled to the found one's multiply-adds.
+    equal_madds: also train the baseline scaled to the found one's multiply-adds
+      (where its width is a scale: SpineNet).
     madds_tolerance: relative multiply-add gap under which no scaled model is trained.
     workers: jobs at a time; threads_per_job: TF threads each (0: CPUs / workers).
     latency_image_size: square size of the latency runs (0: the protocol's size).
@@ -67,7 +118,7 @@ class FoundOptions:
   found_specs: str
   output_dir: str = '/tmp/found_architecture'
   found_space: str = 'spinenet'
-  gin_files: Tuple[str, ...] = proxy_fidelity.FULL_GIN_FILES
+  gin_files: Tuple[str, ...] = ()
   gin_params: Tuple[str, ...] = ()
   equal_madds: bool = True
   madds_tolerance: float = 0.02
@@ -81,9 +132,12 @@ class FoundOptions:
   def __post_init__(self):
     for name in ('gin_files', 'gin_params'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    if spaces.build_space(self.found_space).builder != 'spinenet':
-      # SpineNet-49 is the baseline: the found model must be a `spinenet` backbone too.
-      raise ValueError(f'found_space {self.found_space!r} is not a SpineNet backbone space.')
+    builder = spaces.build_space(self.found_space).builder
+    if builder not in BASELINES:
+      raise ValueError(
+        f'found_space {self.found_space!r} builds {builder!r}: no published baseline to '
+        + f'compare with; spaces of {sorted(BASELINES)} have one.'
+      )
     for name in ('workers', 'latency_runs', 'num_train_images', 'num_val_images'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
@@ -91,6 +145,17 @@ class FoundOptions:
       raise ValueError('threads_per_job and latency_image_size must be >= 0.')
     if not 0 < self.madds_tolerance < 1:
       raise ValueError(f'madds_tolerance must be in (0, 1), got {self.madds_tolerance}.')
+
+  @property
+  def baseline(self) -> Baseline:
+    return BASELINES[spaces.build_space(self.found_space).builder]
+
+  @property
+  def protocol(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(gin files, bindings) of every job, before the data and architecture bindings."""
+    if self.gin_files:
+      return self.gin_files, self.gin_params
+    return self.baseline.gin_files, self.baseline.gin_params + self.gin_params
 
 
 def load_found(options: FoundOptions) -> proxy_fidelity.Architecture:
@@ -158,51 +223,60 @@ def matching_scale(
 
 
 def _base_width(options: FoundOptions, data_params: Sequence[str]) -> float:
-  """The protocol's filter_size_scale, as gin resolves it."""
-  configurables.parse_gin(options.gin_files, list(options.gin_params) + list(data_params))
+  """The protocol's width scale, as gin resolves it."""
+  gin_files, params = options.protocol
+  configurables.parse_gin(gin_files, list(params) + list(data_params))
+  name = options.baseline.width_param
   try:
-    return float(configurables.gin_value(WIDTH_PARAM))
+    return float(configurables.gin_value(name))
   except ValueError as e:
-    raise ValueError(f'equal_madds scales {WIDTH_PARAM}: bind it in the protocol ({e}).') from e
+    raise ValueError(f'equal_madds scales {name}: bind it in the protocol ({e}).') from e
 
 
 def job_specs(
   options: FoundOptions, found: proxy_fidelity.Architecture, data_params: Sequence[str]
 ) -> List[Tuple[proxy_fidelity.Architecture, str, Tuple[str, ...]]]:
   """(architecture, job name, extra bindings) of every job; the scaled one if it is needed."""
-  (baseline,) = proxy_fidelity.architectures(options.output_dir, 0, 0, (BASELINE,))
-  result = [(found, FOUND, ()), (baseline, BASELINE, ())]
+  base = options.baseline
+  (baseline,) = proxy_fidelity.architectures(options.output_dir, 0, 0, (base.point,))
+  result = [(found, FOUND, ()), (baseline, base.point, ())]
   if not options.equal_madds:
     return result
-  common = list(options.gin_params) + list(data_params)
-  target = multiply_adds(options.gin_files, common + found.gin_bindings())
+  if not base.scalable:
+    logging.info('No equal multiply-adds model: %s is not a continuous scale.', base.width_param)
+    return result
+  gin_files, params = options.protocol
+  common = list(params) + list(data_params)
+  target = multiply_adds(gin_files, common + found.gin_bindings())
   width = _base_width(options, data_params)
 
   @functools.cache
   def madds_at(scale: float) -> float:
-    params = common + baseline.gin_bindings() + [f'{WIDTH_PARAM} = {scale}']
-    return multiply_adds(options.gin_files, params)
+    return multiply_adds(
+      gin_files, common + baseline.gin_bindings() + [f'{base.width_param} = {scale}']
+    )
 
   if abs(madds_at(width) - target) <= options.madds_tolerance * target:
     return result
   scale, _ = matching_scale(target, madds_at, width, options.madds_tolerance / 4)
-  return result + [(baseline, EQUAL_MADDS, (f'{WIDTH_PARAM} = {scale:.6g}',))]
+  return result + [(baseline, base.equal_madds_name, (f'{base.width_param} = {scale:.6g}',))]
 
 
 def jobs(
   options: FoundOptions, found: proxy_fidelity.Architecture, data_params: Sequence[str]
 ) -> List[proxy_fidelity.Job]:
-  """One demo-protocol training job per entry of `job_specs`."""
+  """One training job per entry of `job_specs`, with the options' protocol."""
   threads = options.threads_per_job or max(1, (os.cpu_count() or 1) // options.workers)
+  gin_files, protocol_params = options.protocol
   result = []
   for arch, name, extra in job_specs(options, found, data_params):
-    params = (*options.gin_params, *data_params, *arch.gin_bindings(), *extra)
+    params = (*protocol_params, *data_params, *arch.gin_bindings(), *extra)
     job_dir = os.path.join(options.output_dir, 'runs', name)
     job = proxy_fidelity.Job(
       dataclasses.replace(arch, name=name),
       proxy_fidelity.FULL,
       job_dir,
-      options.gin_files,
+      gin_files,
       params,
       threads,
       options.latency_runs,
@@ -218,38 +292,41 @@ def measure(options: FoundOptions, job: proxy_fidelity.Job, result: Dict[str, An
   row['train_minutes'] = result['seconds'] / 60
   if result['status'] == 'ok':  # a diverged job may have no checkpoint to measure
     measuring = proxy_config.ProxyConfig(
-      gin_files=options.gin_files,
+      gin_files=job.gin_files,
       latency_image_size=options.latency_image_size or None,
       latency_runs=options.latency_runs,
     )
     row.update(search_trial.measure_model(measuring, job.gin_params, job.job_dir))
-    row[WIDTH_PARAM] = float(configurables.gin_value(WIDTH_PARAM))
+    row['width'] = float(configurables.gin_value(options.baseline.width_param))
   return row
 
 
-def markdown(rows: Sequence[Dict[str, Any]]) -> str:
-  """The comparison table in Markdown."""
+def markdown(rows: Sequence[Dict[str, Any]], width_param: str) -> str:
+  """The comparison table in Markdown; width_param names the width column."""
   header = ['model', 'held-out AP', 'AP50', 'params (M)', 'multiply-adds (M)']
-  header += ['CPU latency (ms)', 'filter_size_scale', 'training (min)']
+  header += ['CPU latency (ms)', width_param.rsplit('.', maxsplit=1)[-1], 'training (min)']
   cells = []
   for row in rows:
     millions = [row[k] / 1e6 if k in row else None for k in ('params', 'multiply_adds')]
     status = '' if row['status'] == 'ok' else ' (failed)'
     cells.append(
       [row['name'] + status, row['AP'], row['AP50'], *millions, row.get('latency_ms')]
-      + [row.get(WIDTH_PARAM), row['train_minutes']]
+      + [row.get('width'), row['train_minutes']]
     )
   return tables.format_table(header, cells, markdown=True)
 
 
 def draw(options: FoundOptions, job_list: Sequence[proxy_fidelity.Job]) -> List[str]:
-  """<output_dir>/drawings/<name>.png / .svg of the found architecture and SpineNet-49."""
+  """<output_dir>/drawings/<builder>_found.png / .svg and <baseline>.png / .svg."""
+  base = options.baseline
   paths = []
-  for arch in [j.architecture for j in job_list if j.architecture.name in (FOUND, BASELINE)]:
+  for arch in [j.architecture for j in job_list if j.architecture.name in (FOUND, base.point)]:
     space = spaces.build_space(arch.space)
-    prefix = os.path.join(options.output_dir, 'drawings', arch.name)
+    found = arch.name == FOUND
+    name = f'{space.builder}_{FOUND}' if found else arch.name
+    prefix = os.path.join(options.output_dir, 'drawings', name)
     specs = space.spec_class.load(arch.specs_path)
-    title = 'found' if arch.name == FOUND else 'SpineNet-49'
+    title = 'found' if found else base.title
     paths += drawing.draw_searched(specs, space.builder, prefix, title, space.builder_overrides())
   return paths
 
@@ -273,7 +350,7 @@ def run_study(options: FoundOptions) -> Dict[str, Any]:
   rows = [measure(options, job, result) for job, result in zip(job_list, results)]
   study = {
     'rows': rows,
-    'markdown': markdown(rows),
+    'markdown': markdown(rows, options.baseline.width_param),
     'drawings': draw(options, job_list),
     'options': files.json_safe(dataclasses.asdict(options)),
   }

@@ -224,10 +224,12 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     specs = nasfpn_specs.resolve_cell_specs(cell_specs)
     self._store_config(locals(), input_specs=shapes, cell_specs=[s.to_dict() for s in specs])
     _check_arguments(shapes, specs, self._config_dict)
-    self._specs = specs
     self._levels = list(range(min_level, max_level + 1))
     # Every node has num_filters channels, so the merge rule compares levels only.
-    self._merges = topology.merge_unconsumed(specs, [topology.Node(l) for l in self._levels])
+    merges = topology.merge_unconsumed(specs, [topology.Node(l) for l in self._levels])
+    # Each cell with the nodes it absorbs. (Merges alone would be all-empty tuples when
+    # every node is consumed, which Keras takes for layers set before Model.__init__.)
+    self._cells = list(zip(specs, merges))
     self._num_filters = num_filters
     self._merge_filters = num_filters if merge_filters is None else merge_filters
     self._use_separable_conv = use_separable_conv
@@ -319,7 +321,7 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
     """One repeat: walks the cell specs; returns the output cells ordered by level."""
     f = self._factory
     nodes, levels = list(feats), list(self._levels)
-    for spec, absorbed in zip(self._specs, self._merges):
+    for spec, absorbed in self._cells:
       inputs = [
         self._resample(nodes[i], levels[i], spec.level, self._merge_filters)
         for i in spec.input_offsets
@@ -375,7 +377,7 @@ class NASFPN(constructor_config.ConstructorConfig, tf_keras.Model):
 
   @property
   def cell_specs(self) -> List[nasfpn_specs.CellSpec]:
-    return list(self._specs)
+    return [spec for spec, _ in self._cells]
 
   @property
   def output_specs(self) -> Dict[str, tf.TensorShape]:
