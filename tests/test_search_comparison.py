@@ -64,8 +64,11 @@ def test_best_so_far_and_curves():
   assert curves['ppo']['seeds'] == 2 and curves['random']['seeds'] == 1
 
 
-def _fake_search(calls):
-  """run_search writing a trials.csv whose rewards depend on the algorithm and seed."""
+def _fake_search(calls, stop_at=None):
+  """run_search writing a trials.csv whose rewards depend on the algorithm and seed.
+
+  With stop_at=(algorithm, seed), that run stops after one trial, as on Ctrl+C.
+  """
 
   def run_search(config, output_dir):
     calls.append((config.algorithm, config.seed, output_dir))
@@ -75,9 +78,10 @@ def _fake_search(calls):
     with open(path, 'w', newline='', encoding='utf-8') as f:
       writer = csv.DictWriter(f, ['reward', 'seconds'])
       writer.writeheader()
-      for t in range(config.num_trials):
+      done = 1 if stop_at == (config.algorithm, config.seed) else config.num_trials
+      for t in range(done):
         writer.writerow({'reward': offset + 0.1 * (t % 2), 'seconds': 2.0})
-    return search.SearchResult(None, None, path, config.num_trials, output_dir)
+    return search.SearchResult(None, None, path, done, output_dir, config.num_trials)
 
   return run_search
 
@@ -99,3 +103,14 @@ def test_comparison_runs_each_search_and_reports(tmp_path, monkeypatch):
   assert (tmp_path / 'comparison.md').read_text().startswith('| algorithm |')
   search_comparison.plot(study['curves'], str(tmp_path / 'plot.png'), study['title'])
   assert (tmp_path / 'plot.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_stopped_search_stops_the_comparison_and_says_how_to_resume(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(search, 'run_search', _fake_search(calls, stop_at=('evolution', 0)))
+  options = search_comparison.ComparisonOptions(
+    output_dir=str(tmp_path), gin_files=SYNTHETIC, seeds=(0, 1), num_trials=3
+  )
+  with pytest.raises(RuntimeError, match=r'evolution/seed0 stopped after 1 of 3 trials.*resume'):
+    search_comparison.run_comparison(options)
+  assert [c[:2] for c in calls] == [('random', 0), ('evolution', 0)]  # nothing after it

@@ -3,8 +3,9 @@
 The fast tests drive the pieces without Ray: `SearchConfig` validation, the
 `PyGloveSearcher` adapter (failed trials, FINISHED, save / restore with trials in
 flight), a trial's scoring and failure capture, the progress line and best/. The
-slow ones run `spinenet-search` in its own session: a synthetic search killed with
-SIGKILL and resumed, failing proxy trials, and the tiny real proxy.
+slow ones run `spinenet-search` in its own session: a synthetic search stopped with
+Ctrl+C, resumed, killed with SIGKILL and resumed again, failing proxy trials, and
+the tiny real proxy.
 """
 
 # Ray (tune_searcher, workflows.search) comes with the `test` extra; users get it with
@@ -242,24 +243,44 @@ def _searcher_state(output_dir):
     return json.load(f)
 
 
+def _wait_for_trials(process, output_dir, count):
+  deadline = time.monotonic() + 240
+  while len(_finished_trials(output_dir)) < count and process.poll() is None:
+    assert time.monotonic() < deadline, search_runs.read_log(output_dir)[-3000:]
+    time.sleep(0.2)
+  assert process.poll() is None, search_runs.read_log(output_dir)[-3000:]
+
+
 @pytest.mark.slow
-def test_search_resumes_after_sigkill(tmp_path):
+def test_search_resumes_after_ctrl_c_and_after_sigkill(tmp_path):
   output_dir = str(tmp_path / 'run')
   env = {search.SYNTHETIC_DELAY_ENV: '1'}
+  # Ctrl+C: Ray Tune saves its state and returns; the binary says so and exits 130.
   process = search_runs.start_search(output_dir, env=env)
   try:
-    deadline = time.monotonic() + 240
-    while len(_finished_trials(output_dir)) < 3 and process.poll() is None:
-      assert time.monotonic() < deadline, search_runs.read_log(output_dir)[-3000:]
-      time.sleep(0.2)
-    assert process.poll() is None, search_runs.read_log(output_dir)[-3000:]
+    _wait_for_trials(process, output_dir, 2)
+    process.send_signal(signal.SIGINT)
+    returncode = search_runs.wait_for(process, 120)
+  finally:
+    left = search_runs.kill_session(process.pid)
+  log = search_runs.read_log(output_dir)
+  assert returncode == 130, log[-3000:]
+  assert not left, f'Ray processes outlived Ctrl+C: {left}'
+  stopped_at = len(_finished_trials(output_dir))
+  assert f'stopped after {stopped_at} of 12 trials; run the same command again' in log
+  assert 2 <= stopped_at < 12
+
+  # SIGKILL of the resumed search, at any moment: the next run resumes again.
+  process = search_runs.start_search(output_dir, env=env)
+  try:
+    _wait_for_trials(process, output_dir, stopped_at + 2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
   finally:
     left = search_runs.kill_session(process.pid)
   assert not left, f'Ray processes outlived the kill: {left}'
   done_before = len(_finished_trials(output_dir))
-  assert 3 <= done_before < 12
+  assert stopped_at + 2 <= done_before < 12
   with open(os.path.join(output_dir, search.RAY_TEMP_FILE), encoding='utf-8') as f:
     killed_temp_dir = f.read().strip()
   assert os.path.isdir(killed_temp_dir)

@@ -8,9 +8,13 @@ The gin file binds `SearchConfig` (space, algorithm, budget, concurrency) and
 `ProxyConfig` (what a trial trains). Prints one line per finished trial; writes
 <output_dir>/trials.csv and, at the end, the best architectures to
 <output_dir>/best/ (`spinenet.block_specs='<output_dir>/best/1.json'` trains one
-with spinenet-train). Running it again resumes an interrupted search. On a Ray
+with spinenet-train). Ctrl+C stops it cleanly (Ray Tune saves its state; the best of
+the trials done so far are written, and the exit status is 130); running it again
+resumes a stopped or killed search. On a Ray
 cluster: `RAY_ADDRESS=auto spinenet-search ...` with --output_dir on shared storage.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -21,6 +25,8 @@ from official_spinenet.utils import flags as flag_groups
 from official_spinenet.workflows import search
 
 FLAGS = flags.FLAGS
+# Exit status of a search stopped before its budget (a shell's for a SIGINT).
+EXIT_STOPPED = 130
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -43,11 +49,14 @@ def main(argv) -> None:
     configurables.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     config = configurables.search_config()
     result = search.run_search(config, FLAGS.output_dir)
-  logging.info('Search done: %d trials.', result.num_trials_done)
   print(
     f'{result.num_trials_done} trials; best reward {result.best_reward}; '
     f'best architecture {result.best_specs_path}; all trials {result.csv_path}'
   )
+  if not result.finished:  # stopped by Ctrl+C: say so, and exit as an interrupted command
+    print(result.stopped_message, file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
+  logging.info('Search done: %d trials.', result.num_trials_done)
 
 
 def run() -> None:

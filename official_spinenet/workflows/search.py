@@ -101,6 +101,8 @@ class SearchResult:
     csv_path: trials.csv.
     num_trials_done: trials finished (failed ones included).
     output_dir: the run's folder.
+    num_trials: the search's budget; fewer done means it was stopped (Ctrl+C / SIGINT,
+      on which Ray Tune saves its state and returns) and the same command resumes it.
   """
 
   best_reward: Optional[float]
@@ -108,6 +110,18 @@ class SearchResult:
   csv_path: str
   num_trials_done: int
   output_dir: str
+  num_trials: int
+
+  @property
+  def finished(self) -> bool:
+    return self.num_trials_done >= self.num_trials
+
+  @property
+  def stopped_message(self) -> str:
+    return (
+      f'The search in {self.output_dir} stopped after {self.num_trials_done} of '
+      + f'{self.num_trials} trials; run the same command again to resume it.'
+    )
 
 
 def _synthetic_reward(config: Dict[str, Any], space: spaces.SearchSpace, seed: int) -> float:
@@ -417,7 +431,8 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
       a run of the same configuration resumes it.
 
   Returns:
-    The best reward and where the results are.
+    The best reward and where the results are (of the trials done so far if it
+    was stopped: `SearchResult.finished`).
 
   Raises:
     ValueError: output_dir holds a run of another configuration; a bad space option.
@@ -444,6 +459,7 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
     csv_path=csv_path,
     num_trials_done=len(rows),
     output_dir=output_dir,
+    num_trials=config.num_trials,
   )
 
 
