@@ -149,8 +149,14 @@ def build_experiment() -> Dict[str, Any]:
 
 
 def gin_value(binding: str) -> Any:
-  """The value gin binds to `binding` ('configurable.parameter') in the parsed config."""
-  return gin.query_parameter(binding)
+  """The value gin binds to `binding` ('configurable.parameter') in the parsed config.
+
+  A macro (`x = %NUM_FILTERS`, macros of macros too) gives the macro's value.
+  """
+  value = gin.query_parameter(binding)
+  while isinstance(value, gin.config.ConfigurableReference) and value.selector == 'gin.macro':
+    value = gin.query_parameter('%' + value.scopes[-1])  # the macro's name
+  return value
 
 
 def operative_config_str() -> str:

@@ -112,6 +112,15 @@ def test_protocol_values_of_the_reference_config():
   assert float(schedule(230000)) == pytest.approx(0.0032)
 
 
+def test_gin_value_resolves_macros():
+  # nasfpn.num_filters = %NUM_FILTERS, whose NUM_FILTERS the file sets; and a plain value.
+  configurables.parse_gin(
+    ['search/proxy_nasfpn_shapes.gin'], ['WIDTH = 48', 'NUM_FILTERS = %WIDTH']
+  )
+  assert configurables.gin_value('nasfpn.num_filters') == 48
+  assert configurables.gin_value('nasfpn.merge_filters') is None
+
+
 def test_unknown_configurable_is_an_error():
   with pytest.raises(ValueError, match='spinnet'):
     configurables.parse_gin(['retinanet/spinenet49_640.gin'], ["spinnet.model_id = '96'"])

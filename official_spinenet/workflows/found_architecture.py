@@ -297,7 +297,7 @@ def measure(options: FoundOptions, job: proxy_fidelity.Job, result: Dict[str, An
       latency_runs=options.latency_runs,
     )
     row.update(search_trial.measure_model(measuring, job.gin_params, job.job_dir))
-    row['width'] = float(configurables.gin_value(options.baseline.width_param))
+    row['width'] = configurables.gin_value(options.baseline.width_param)
   return row
 
 
