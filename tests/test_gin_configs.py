@@ -1,6 +1,7 @@
 """Every gin file parses and builds its model; bad bindings fail early and clearly."""
 
 import glob
+import logging
 import os
 
 import pytest
@@ -139,6 +140,16 @@ def test_unknown_forwarded_backbone_parameter_is_an_error():
 def test_missing_gin_file_is_an_error():
   with pytest.raises(ValueError, match='nope.gin'):
     configurables.parse_gin(['retinanet/nope.gin'])
+
+
+def test_includes_resolve_without_false_errors_and_a_missing_include_is_named(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    configurables.parse_gin(['demo/retinanet_spinenet_shapes.gin'])  # includes retinanet/base.gin
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+  config = tmp_path / 'mine.gin'
+  config.write_text("include 'retinanet/nope.gin'\n")
+  with pytest.raises(ValueError, match='retinanet/nope.gin'):
+    configurables.parse_gin([str(config)])
 
 
 def test_input_size_not_divisible_names_the_fix(tmp_path):
