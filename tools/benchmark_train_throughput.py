@@ -1,12 +1,14 @@
 r"""Training throughput of RetinaNet-SpineNet: ours vs tf-models-official, same model.
 
   python tools/benchmark_train_throughput.py [--configs=640,demo] [--batch_size=2] [--steps=5]
+      [--profile_ops]
 
 For each configuration ('640': SpineNet-49 at 640, COCO settings; 'demo': the
 demo's narrow SpineNet at 128 px, batch --demo_batch_size), both sides train on the
 same batch in interleaved runs; see `official_spinenet.workflows.train_throughput`.
 Prints images/s for both, the ratio ours / Model Garden, and this machine's matmul
-GFLOP/s.
+GFLOP/s. --profile_ops adds, per configuration, each side's op time by op kind and
+the ratio's Amdahl ceiling: theirs over ours if our non-convolution ops took no time.
 """
 
 import os
@@ -31,6 +33,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     'demo_batch_size', 16, "Images per step of the demo configuration (the demo's).", **fv
   )
   flags.DEFINE_integer('steps', 5, 'Timed steps per run.', lower_bound=1, **fv)
+  flags.DEFINE_bool(
+    'profile_ops', False, 'Also profile one run per side: op time by kind, Amdahl ceiling.', **fv
+  )
   flags.DEFINE_integer(
     'repeats', 3, 'Timed runs per side, interleaved (the median is reported).', lower_bound=1, **fv
   )
@@ -49,9 +54,17 @@ def main(argv) -> None:
     config = train_throughput.CONFIGS[name]
     batch_size = FLAGS.demo_batch_size if name == 'demo' else FLAGS.batch_size
     batch = train_throughput.one_batch(batch_size, config)
-    result = train_throughput.compare(batch, FLAGS.steps, FLAGS.repeats, config)
+    result = train_throughput.compare(
+      batch, FLAGS.steps, FLAGS.repeats, config, profile=FLAGS.profile_ops
+    )
     ours, theirs = result['ours'], result['model_garden']
     ratio = theirs.seconds / ours.seconds
+    if FLAGS.profile_ops:
+      header = ('op kind', 'ours s', 'Model Garden s', 'ours share')
+      rows_ops = train_throughput.op_time_rows(ours, theirs)
+      print(tables.format_table(header, rows_ops, digits=3, markdown=True))
+      ceiling = train_throughput.ratio_ceiling(ours, theirs)
+      print(f'{name}: ratio ceiling with our non-convolution ops at zero time: {ceiling:.2f}')
     rows.append((name, batch_size, ours.images_per_second, theirs.images_per_second, ratio))
     rows.append(('', 'params', f'{ours.params:,}', f'{theirs.params:,}', ''))
     print(

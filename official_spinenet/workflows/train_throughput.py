@@ -23,7 +23,7 @@ clip). The sides are traced once, then timed in interleaved runs of `steps` step
 
 import dataclasses
 import tempfile
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -33,6 +33,7 @@ from official_spinenet import model_garden
 from official_spinenet.data import retinanet_input
 from official_spinenet.data import shapes
 from official_spinenet.training import trainer as trainer_lib
+from official_spinenet.utils import op_profile
 from official_spinenet.utils import timing
 
 
@@ -73,11 +74,28 @@ class Throughput:
     seconds: median wall time of `steps` training steps.
     images_per_second: batch size x steps / seconds.
     params: trainable parameters of the model.
+    op_seconds: op time by op kind of one more run (`op_profile.op_seconds`),
+      when profiled.
   """
 
   seconds: float
   images_per_second: float
   params: int
+  op_seconds: Optional[Dict[str, float]] = None
+
+  @property
+  def convolution_share(self) -> float:
+    """The convolutions' share of the profiled op time."""
+    return self.op_seconds[op_profile.CONVOLUTION] / sum(self.op_seconds.values())
+
+
+def ratio_ceiling(ours: Throughput, theirs: Throughput) -> float:
+  """Their time over ours if every op of ours but the convolutions took no time.
+
+  Amdahl's bound for a graph-level speed-up that keeps the convolutions (the same
+  kernels on the same shapes on both sides): an estimate, as op time is not wall time.
+  """
+  return theirs.seconds / (ours.seconds * ours.convolution_share)
 
 
 def one_batch(batch_size: int, config: Config) -> Batch:
@@ -201,8 +219,29 @@ def model_garden_loop(batch: Batch, steps: int, config: Config) -> Tuple[Loop, i
   return (lambda: loop(num_steps)), _params(model)
 
 
-def compare(batch: Batch, steps: int, repeats: int, config: Config) -> Dict[str, Throughput]:
-  """Both sides timed in interleaved runs: {'ours': ..., 'model_garden': ...}."""
+def op_time_rows(ours: Throughput, theirs: Throughput, top: int = 8) -> list:
+  """(op kind, ours s, theirs s, ours share) for the `top` kinds of our op time, then
+  the rest and the totals; both sides profiled."""
+  total_ours, total_theirs = sum(ours.op_seconds.values()), sum(theirs.op_seconds.values())
+  kinds = sorted(ours.op_seconds, key=ours.op_seconds.get, reverse=True)[:top]
+  rows = [
+    (k, ours.op_seconds[k], theirs.op_seconds.get(k, 0.0), ours.op_seconds[k] / total_ours)
+    for k in kinds
+  ]
+  rest_ours = total_ours - sum(r[1] for r in rows)
+  rest_theirs = total_theirs - sum(r[2] for r in rows)
+  rows.append(('(other kinds)', rest_ours, rest_theirs, rest_ours / total_ours))
+  rows.append(('total op time', total_ours, total_theirs, 1.0))
+  return rows
+
+
+def compare(
+  batch: Batch, steps: int, repeats: int, config: Config, profile: bool = False
+) -> Dict[str, Throughput]:
+  """Both sides timed in interleaved runs: {'ours': ..., 'model_garden': ...}.
+
+  profile: then one more run of each side under the profiler (`Throughput.op_seconds`).
+  """
   loops = {'ours': our_loop(batch, steps, config)}
   loops['model_garden'] = model_garden_loop(batch, steps, config)
   seconds, _ = timing.interleaved_medians(
@@ -210,6 +249,11 @@ def compare(batch: Batch, steps: int, repeats: int, config: Config) -> Dict[str,
   )
   batch_size = batch[0].shape[0]
   return {
-    name: Throughput(seconds[name], batch_size * steps / seconds[name], params)
-    for name, (_, params) in loops.items()
+    name: Throughput(
+      seconds[name],
+      batch_size * steps / seconds[name],
+      params,
+      op_profile.op_seconds(loop) if profile else None,
+    )
+    for name, (loop, params) in loops.items()
   }
