@@ -20,6 +20,7 @@ decoded point with the builder's validator.
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyglove as pg
@@ -132,8 +133,18 @@ class SearchSpace:
     self.name = name
     self.options = dict(options)
     self.choices = tuple(choices)
-    self.hyper_value = pg.Dict([(c.name, c.hyper()) for c in self.choices])
-    self.dna_spec = pg.dna_spec(self.hyper_value)
+
+  # Built on first use: the DNA spec of the SpineNet space takes ~1 s, and most
+  # users of a space (its builder, spec class, gin bindings, decode) never need it.
+  @functools.cached_property
+  def hyper_value(self) -> pg.Dict:
+    """The `pg.Dict` of the choices."""
+    return pg.Dict([(c.name, c.hyper()) for c in self.choices])
+
+  @functools.cached_property
+  def dna_spec(self) -> pg.DNASpec:
+    """`pg.dna_spec(hyper_value)`."""
+    return pg.dna_spec(self.hyper_value)
 
   def __repr__(self) -> str:
     return f'{type(self).__name__}({self.name!r}, {self.options})'
