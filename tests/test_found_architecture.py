@@ -141,3 +141,14 @@ def test_tiny_study_trains_measures_and_draws(tmp_path):
     assert json.load(f)['rows'] == json.loads(json.dumps(study['rows']))
   assert '| found |' in study['markdown'] and '| spinenet49 |' in study['markdown']
   assert '| filter_size_scale |' in study['markdown']
+
+
+def test_drawings_are_published_into_a_docs_folder_made_if_missing(tmp_path):
+  drawings = [tmp_path / 'spinenet_found.png', tmp_path / 'spinenet_found.svg']
+  for path in drawings:
+    path.write_bytes(b'drawing of ' + path.name.encode())
+  docs = tmp_path / 'new' / 'docs'
+  copies = fa.publish_drawings([str(p) for p in drawings], str(docs))
+  assert copies == [str(docs / 'search_spinenet_found.png')]
+  assert os.listdir(docs) == ['search_spinenet_found.png']
+  assert (docs / 'search_spinenet_found.png').read_bytes() == b'drawing of spinenet_found.png'

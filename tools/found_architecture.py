@@ -15,7 +15,6 @@ again resumes. How: `official_spinenet.workflows.found_architecture`.
 """
 
 import os
-import shutil
 
 from absl import app
 from absl import flags
@@ -57,9 +56,8 @@ def main(argv) -> None:
       latency_runs=FLAGS.latency_runs,
     )
     study = found_architecture.run_study(options)
-  for path in study['drawings']:
-    if FLAGS.docs_dir and path.endswith('.png'):
-      shutil.copyfile(path, os.path.join(FLAGS.docs_dir, 'search_' + os.path.basename(path)))
+  if FLAGS.docs_dir:
+    found_architecture.publish_drawings(study['drawings'], FLAGS.docs_dir)
   print(study['markdown'])
 
 

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from absl import logging
@@ -329,6 +330,22 @@ def draw(options: FoundOptions, job_list: Sequence[proxy_fidelity.Job]) -> List[
     title = 'found' if found else base.title
     paths += drawing.draw_searched(specs, space.builder, prefix, title, space.builder_overrides())
   return paths
+
+
+def publish_drawings(drawings: Sequence[str], docs_dir: str) -> List[str]:
+  """Copies the PNG drawings into docs_dir (made if missing) as search_<name>.png.
+
+  Returns the copies' paths. Each copy is atomic: an interrupted run leaves the
+  previous drawing, never half of one.
+  """
+  copies = []
+  for path in drawings:
+    if path.endswith('.png'):
+      copy = os.path.join(docs_dir, 'search_' + os.path.basename(path))
+      with files.atomic_output(copy) as tmp:
+        shutil.copyfile(path, tmp)
+      copies.append(copy)
+  return copies
 
 
 def run_study(options: FoundOptions) -> Dict[str, Any]:
