@@ -111,6 +111,7 @@ def test_a_stopped_search_stops_the_comparison_and_says_how_to_resume(tmp_path, 
   options = search_comparison.ComparisonOptions(
     output_dir=str(tmp_path), gin_files=SYNTHETIC, seeds=(0, 1), num_trials=3
   )
-  with pytest.raises(RuntimeError, match=r'evolution/seed0 stopped after 1 of 3 trials.*resume'):
+  stopped = r'evolution/seed0 stopped after 1 of 3 trials.*resume'
+  with pytest.raises(search.SearchStoppedError, match=stopped):
     search_comparison.run_comparison(options)
   assert [c[:2] for c in calls] == [('random', 0), ('evolution', 0)]  # nothing after it

@@ -9,15 +9,18 @@ Runs one search per algorithm and seed (--algorithms, --seeds), each with --num_
 trials of the gin files' space and proxy (default search/spinenet_shapes.gin), then
 prints each one's best reward and draws the best reward so far against trials, mean
 over seeds with a min-max band (docs/search_algorithms.png; --docs_dir). Running it
-again resumes. How: `official_spinenet.workflows.search_comparison`.
+again resumes; Ctrl+C stops it (exit status 130, the same command resumes).
+How: `official_spinenet.workflows.search_comparison`.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 
 from official_spinenet.utils import flags as flag_groups
+from official_spinenet.workflows import search
 from official_spinenet.workflows import search_comparison
 
 FLAGS = flags.FLAGS
@@ -52,7 +55,11 @@ def main(argv) -> None:
       seeds=tuple(int(s) for s in FLAGS.seeds),
       num_trials=FLAGS.num_trials,
     )
-    study = search_comparison.run_comparison(options)
+    try:
+      study = search_comparison.run_comparison(options)
+    except search.SearchStoppedError as stopped:  # Ctrl+C: say how to resume, exit as interrupted
+      print(stopped, file=sys.stderr)
+      sys.exit(search.EXIT_STOPPED)
   if FLAGS.docs_dir:
     path = os.path.join(FLAGS.docs_dir, FLAGS.plot_name)
     search_comparison.plot(study['curves'], path, study['title'])

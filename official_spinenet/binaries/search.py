@@ -25,8 +25,6 @@ from official_spinenet.utils import flags as flag_groups
 from official_spinenet.workflows import search
 
 FLAGS = flags.FLAGS
-# Exit status of a search stopped before its budget (a shell's for a SIGINT).
-EXIT_STOPPED = 130
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -55,7 +53,7 @@ def main(argv) -> None:
   )
   if not result.finished:  # stopped by Ctrl+C: say so, and exit as an interrupted command
     print(result.stopped_message, file=sys.stderr)
-    sys.exit(EXIT_STOPPED)
+    sys.exit(search.EXIT_STOPPED)
   logging.info('Search done: %d trials.', result.num_trials_done)
 
 

@@ -91,6 +91,14 @@ SYNTHETIC_DELAY_ENV = 'SPINENET_SEARCH_SYNTHETIC_DELAY'
 _SNAPSHOT_SECONDS = '1'
 
 
+# Exit status of a search stopped before its budget (a shell's for a SIGINT).
+EXIT_STOPPED = 130
+
+
+class SearchStoppedError(RuntimeError):
+  """A search was stopped (Ctrl+C) before its budget; the same command resumes it."""
+
+
 @dataclasses.dataclass
 class SearchResult:
   """What a finished search produced.

@@ -169,14 +169,14 @@ def run_comparison(options: ComparisonOptions) -> Dict[str, Any]:
 
   Raises:
     ValueError: bad options or gin (before any search runs).
-    RuntimeError: a search was stopped (Ctrl+C); running again resumes it.
+    search.SearchStoppedError: a search was stopped (Ctrl+C); running again resumes it.
   """
   configs = search_configs(options)
   per_run, seconds = {}, 0.0
   for (algorithm, seed), config in configs.items():
     result = search.run_search(config, run_dir(options.output_dir, algorithm, seed))
     if not result.finished:  # Ctrl+C: Ray Tune returns; the later runs must not start
-      raise RuntimeError(result.stopped_message)
+      raise search.SearchStoppedError(result.stopped_message)
     rows = search.read_trials_csv(result.csv_path)
     per_run[(algorithm, seed)] = best_so_far(rows, options.num_trials)
     seconds += sum(float(r['seconds'] or 0) for r in rows)
