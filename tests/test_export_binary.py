@@ -3,7 +3,10 @@
 The binary runs once as a subprocess (the console path: flags, gin, checkpoint,
 export); the other cases call its functions in-process. The tiny test config's model
 gets detector-like predictor weights (`scale_predictors`) and is saved as a training-style
-checkpoint (`tf.train.Checkpoint(model=, backbone=, head=)` in a model dir).
+checkpoint (`tf.train.Checkpoint(model=, backbone=, head=)` in a model dir). It runs with
+the minimal SpineNet and pyramid (minimal_model.MINIMAL_MODEL: one intermediate block,
+P3-P5): the export is checked, not the topology, and building and tracing the model (the
+export traces it once per signature) scales with its blocks and pyramid levels.
 """
 
 import json
@@ -23,6 +26,7 @@ from official_spinenet.workflows import export
 from official_spinenet.workflows import loading
 from tests import binaries
 from tests import export_fixtures
+from tests.minimal_model import MINIMAL_MODEL
 
 TINY = export_fixtures.TINY
 NAMES = export_fixtures.NAMES
@@ -32,7 +36,7 @@ SETTINGS = export_fixtures.SETTINGS
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('model'))
-  model, prefix = export_fixtures.make_checkpoint(model_dir)
+  model, prefix = export_fixtures.make_checkpoint(model_dir, gin_params=MINIMAL_MODEL)
   return {'model': model, 'model_dir': model_dir, 'prefix': prefix}
 
 
@@ -47,6 +51,7 @@ def test_binary_export_equals_in_process_model(tiny, tmp_path):
   result = binaries.run_binary(
     'export',
     f'--gin_file={TINY}',
+    *[f'--gin_param={p}' for p in MINIMAL_MODEL],
     f'--checkpoint={tiny["model_dir"]}',
     f'--export_dir={export_dir}',
     '--score_threshold=0.05',
@@ -69,6 +74,7 @@ def test_binary_export_equals_in_process_model(tiny, tmp_path):
   assert f'# Exported from checkpoint {tiny["prefix"]}' in operative
   assert 'spinenet.filter_size_scale = 0.125' in operative
   assert 'RetinaNetHead.num_filters = 16' in operative
+  assert 'MAX_LEVEL = 5' in operative  # the --gin_param too
 
   loaded = tf.saved_model.load(export_dir)
   images = export_fixtures.sample_images()
@@ -170,7 +176,7 @@ def test_errors_before_the_model_is_built(tiny, tmp_path, monkeypatch):
 
 def test_checkpoint_that_does_not_fit(tiny):
   with pytest.raises(ValueError, match=r'does not fit the model .*shape'):
-    loading.load_model([TINY], ['RetinaNetHead.num_filters = 8'], tiny['model_dir'])
+    loading.load_model([TINY], MINIMAL_MODEL + ['RetinaNetHead.num_filters = 8'], tiny['model_dir'])
 
 
 def test_checkpoint_of_parts_and_foreign_checkpoints(tiny, tmp_path):
@@ -178,7 +184,7 @@ def test_checkpoint_of_parts_and_foreign_checkpoints(tiny, tmp_path):
   parts = tf.train.Checkpoint(backbone=model.backbone, head=model.head).write(
     str(tmp_path / 'parts' / 'converted')
   )
-  loaded = loading.load_model([TINY], [], parts)
+  loaded = loading.load_model([TINY], MINIMAL_MODEL, parts)
   for ours, theirs in zip(loaded.model.variables, model.variables):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
   foreign = tf.train.Checkpoint(net=model.head).write(str(tmp_path / 'foreign' / 'x'))
@@ -219,11 +225,12 @@ def test_export_of_a_trained_checkpoint(tmp_path):
   model_dir = str(tmp_path / 'model')
   train.launch(
     [TINY],
-    [f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'", 'TRAIN_STEPS = 2'],
+    [f"TRAIN_FILE_PATTERN = '{data['train']['tfrecord_pattern']}'", 'TRAIN_STEPS = 2']
+    + MINIMAL_MODEL,
     model_dir,
     mode='train',
   )
-  loaded = loading.load_model([TINY], [], model_dir)
+  loaded = loading.load_model([TINY], MINIMAL_MODEL, model_dir)
   assert loaded.checkpoint_path.endswith('ckpt-2')
   reader = tf.train.load_checkpoint(loaded.checkpoint_path)
   kernel = loaded.model.head._classifier.kernel  # pylint: disable=protected-access
@@ -234,5 +241,5 @@ def test_export_of_a_trained_checkpoint(tmp_path):
   ]
   assert names
   np.testing.assert_array_equal(reader.get_tensor(names[0]), kernel.numpy())
-  export_dir = export.export_from_checkpoint([TINY], [], model_dir, str(tmp_path / 'e'))
+  export_dir = export.export_from_checkpoint([TINY], MINIMAL_MODEL, model_dir, str(tmp_path / 'e'))
   assert tf.saved_model.contains_saved_model(export_dir)

@@ -5,6 +5,10 @@ that scores and mask cells do not tie) is exported twice per run: through
 spinenet-export's workflow with the default crop masks, and with masks pasted in the
 graph. The pasted masks are checked against Model Garden's numpy
 `mask_ops.paste_instance_masks` as an independent reference.
+
+The model has the minimal SpineNet and pyramid (minimal_model.MINIMAL_MODEL: one
+intermediate block, P3-P5): building, tracing, exporting and loading it scale with its
+blocks and levels, and these tests are about export and serving, not the topology.
 """
 
 import io
@@ -31,6 +35,7 @@ from official_spinenet.serving import postprocessing
 from official_spinenet.workflows import export
 from official_spinenet.workflows import predict
 from tests import export_fixtures
+from tests.minimal_model import MINIMAL_MODEL
 
 MASKRCNN = export_fixtures.MASKRCNN_TINY
 INPUT_SIZE = export_fixtures.INPUT_SIZE
@@ -72,11 +77,12 @@ class MaskRCNNExportTest(tf.test.TestCase):
     cls.model, cls.checkpoint = export_fixtures.make_checkpoint(
       os.path.join(root, 'model'),
       gin_files=(MASKRCNN,),
+      gin_params=MINIMAL_MODEL,
       prepare=export_fixtures.scale_maskrcnn_predictors,
     )
     cls.crop_dir = export.export_from_checkpoint(
       [MASKRCNN],
-      [],
+      MINIMAL_MODEL,
       cls.checkpoint,
       os.path.join(root, 'crop', '1'),
       max_image_pixels=MAX_IMAGE_PIXELS,
@@ -229,12 +235,16 @@ class MaskRCNNExportTest(tf.test.TestCase):
     target = os.path.join(self.get_temp_dir(), 'never')
     with self.assertRaisesRegex(ValueError, 'mask_output=pasted needs a model with masks'):
       export.export_from_checkpoint(
-        [export_fixtures.TINY], [], self.checkpoint, target, mask_output='pasted'
+        [export_fixtures.TINY], MINIMAL_MODEL, self.checkpoint, target, mask_output='pasted'
       )
     with self.assertRaisesRegex(ValueError, 'MaskRCNNTask detects with NMS'):
-      export.export_from_checkpoint([MASKRCNN], [], self.checkpoint, target, apply_nms=False)
+      export.export_from_checkpoint(
+        [MASKRCNN], MINIMAL_MODEL, self.checkpoint, target, apply_nms=False
+      )
     with self.assertRaisesRegex(ValueError, "mask_output must be one of .*'whole'"):
-      export.export_from_checkpoint([MASKRCNN], [], self.checkpoint, target, mask_output='whole')
+      export.export_from_checkpoint(
+        [MASKRCNN], MINIMAL_MODEL, self.checkpoint, target, mask_output='whole'
+      )
     self.assertFalse(os.path.exists(target))
 
   def _predict(self, output_dir, **model):
@@ -295,7 +305,10 @@ class MaskRCNNExportTest(tf.test.TestCase):
     )
     from_checkpoint = self._segm_results(
       self._predict(
-        os.path.join(out, 'checkpoint'), gin_files=[MASKRCNN], checkpoint=self.checkpoint
+        os.path.join(out, 'checkpoint'),
+        gin_files=[MASKRCNN],
+        gin_params=MINIMAL_MODEL,
+        checkpoint=self.checkpoint,
       )
     )
     self.assertEqual(len(from_export), len(from_checkpoint))

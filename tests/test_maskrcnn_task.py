@@ -16,6 +16,7 @@ import tensorflow as tf
 from official_spinenet import configurables
 from official_spinenet.tasks import maskrcnn_task
 from tests import binaries
+from tests.minimal_model import MINIMAL_MODEL
 
 TINY = 'testing/maskrcnn_tiny.gin'
 NUM_CLASSES = 5
@@ -144,13 +145,16 @@ def test_bad_settings_are_named(shapes_data):
 
 
 def test_train_binary_trains_and_evaluates_masks(shapes_data, tmp_path):
+  # The minimal SpineNet and pyramid (MINIMAL_MODEL): the binary's time is mostly
+  # building and tracing, which scales with blocks and levels; the tiny topology's
+  # outputs are checked in-process above.
   model_dir = str(tmp_path / 'model')
   run = binaries.run_binary(
     'train',
     f'--gin_file={TINY}',
     f'--model_dir={model_dir}',
     '--mode=train_and_eval',
-    *[f'--gin_param={p}' for p in _data_params(shapes_data)],
+    *[f'--gin_param={p}' for p in _data_params(shapes_data) + MINIMAL_MODEL],
     timeout=600,
   )
   assert run.returncode == 0, run.stderr[-3000:]

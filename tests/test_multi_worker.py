@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests import paths
-from tests.distributed_runs import MINIMAL_MODEL
+from tests.minimal_model import MINIMAL_MODEL
 
 ENV = dict(os.environ, PYTHONPATH=paths.REPO, TF_CPP_MIN_LOG_LEVEL='2')
 

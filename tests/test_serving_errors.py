@@ -5,6 +5,11 @@ tiny detector and one exported tiny classifier (their decoding is shared, so the
 expected problems are the same); after each refusal the same loaded model must answer a
 good request with the same outputs as before. Thin but valid images must be served.
 Then spinenet-predict's workflow and the client's helpers over a folder with bad files.
+
+Both models have the minimal SpineNet and pyramid (minimal_model.MINIMAL_MODEL: one
+intermediate block, P3-P5): the requests' decoding and checks are under test, not the
+topology, and exporting (a trace of the model per signature) and each of the hundreds of
+calls cost less with fewer blocks and levels.
 """
 
 import json
@@ -22,6 +27,7 @@ from official_spinenet.workflows import predict
 from tests import classification_export_fixtures
 from tests import export_fixtures
 from tests import serving_error_corpus as corpus
+from tests.minimal_model import MINIMAL_MODEL
 
 MAX_IMAGE_PIXELS = 300 * 400
 BAD_REQUESTS = corpus.bad_requests(MAX_IMAGE_PIXELS)
@@ -30,10 +36,12 @@ MODELS = ('detector', 'classifier')
 CHECKED_OUTPUT = {'detector': 'detection_scores', 'classifier': 'scores'}
 
 
-def _export_detector(export_dir):
+def _export_detector(root):
+  # The tiny test config's model with detector-like predictors (scale_predictors).
+  model, _ = export_fixtures.make_checkpoint(str(root / 'model'), gin_params=MINIMAL_MODEL)
   return export_lib.export_saved_model(
-    export_fixtures.build_tiny_model(),
-    export_dir,
+    model,
+    str(root / 'export'),
     (export_fixtures.INPUT_SIZE, export_fixtures.INPUT_SIZE),
     max_image_pixels=MAX_IMAGE_PIXELS,
     **export_fixtures.NMS_SETTINGS,
@@ -41,7 +49,8 @@ def _export_detector(export_dir):
 
 
 def _export_classifier(root):
-  _, model, _, _ = classification_export_fixtures.make_checkpoint(root / 'model')
+  params = classification_export_fixtures.GIN_PARAMS + MINIMAL_MODEL
+  _, model, _, _ = classification_export_fixtures.make_checkpoint(root / 'model', params)
   size = classification_export_fixtures.INPUT_SIZE
   return classification_export.export_classifier(
     model,
@@ -72,7 +81,7 @@ def exports(tmp_path_factory):
   """{model: (loaded SavedModel, {signature: outputs of the good request})}."""
   root = tmp_path_factory.mktemp('serving_errors')
   dirs = {
-    'detector': _export_detector(str(root / 'detector')),
+    'detector': _export_detector(root / 'detector'),
     'classifier': _export_classifier(root / 'classifier'),
   }
   result = {}
