@@ -9,6 +9,9 @@ from official_spinenet.search import spaces
 from official_spinenet.workflows import proxy_fidelity
 
 TINY = ('testing/search_proxy_tiny.gin',)
+# One intermediate block besides the 5 output blocks: random points of 6 blocks, not
+# the full space's 16, which take most of a tiny job's time to build and trace.
+SMALL_RANDOM = {'intermediate_block_levels': (4,)}
 
 
 def test_kendall_tau_matches_a_count_by_hand():
@@ -41,6 +44,19 @@ def test_architectures_are_saved_points_reproducible_by_seed(tmp_path):
   assert text(archs[-1]) != text(archs[-2])
 
 
+def test_random_points_come_from_the_space_the_options_build(tmp_path):
+  archs = proxy_fidelity.architectures(str(tmp_path), 2, 0, (), SMALL_RANDOM)
+  small = spaces.build_space('spinenet', **SMALL_RANDOM)
+  for arch in archs:
+    specs = small.spec_class.load(arch.specs_path)
+    assert len(specs) == 6 and small.decode(small.encode(specs)) == list(specs)
+  stem = {'stem_block_levels': (2, 2, 3)}
+  (arch,) = proxy_fidelity.architectures(str(tmp_path / 'stem'), 1, 0, (), stem)
+  assert arch.gin_bindings()[1] == 'spinenet.stem_block_levels = (2, 2, 3)'
+  options = proxy_fidelity.FidelityOptions(random_space_options=SMALL_RANDOM)
+  assert options.random_space_options == SMALL_RANDOM
+
+
 def test_jobs_bind_protocol_then_data_then_architecture(tmp_path):
   options = proxy_fidelity.FidelityOptions(
     output_dir=str(tmp_path), num_random=0, proxy_steps=(300, 75), gin_params=('A = 1',)
@@ -56,6 +72,10 @@ def test_jobs_bind_protocol_then_data_then_architecture(tmp_path):
   assert full.gin_params == ('A = 1', "TRAIN_FILE_PATTERN = 'x'", *bindings)
   assert proxy.gin_params == ('A = 1', 'TRAIN_STEPS = 300', "TRAIN_FILE_PATTERN = 'x'", *bindings)
   assert proxy.job_dir == os.path.join(str(tmp_path), 'runs', 'proxy300', 'spinenet49')
+  # An R-SP point's longer stem is bound in every one of its jobs.
+  assert archs[-1].name == 'r35_sp18'
+  stem = 'spinenet.stem_block_levels = (2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5)'
+  assert all(j.gin_params[-1] == stem for j in jobs if j.architecture.name == 'r35_sp18')
 
 
 @pytest.mark.parametrize(
@@ -66,6 +86,7 @@ def test_jobs_bind_protocol_then_data_then_architecture(tmp_path):
     ({'published': ('nasfpn',)}, 'not SpineNet backbones'),
     ({'published': ('spinenet49',), 'num_random': 1}, 'at least 3 architectures'),
     ({'workers': 0}, 'workers'),
+    ({'random_space_options': {'levels': (4,)}}, r"Unknown option\(s\) \['levels'\]"),
   ],
 )
 def test_bad_options_name_the_problem(kwargs, message):
@@ -112,8 +133,9 @@ def test_summary_rows_taus_and_table():
 def test_tiny_study_runs_resumes_and_plots(tmp_path):
   options = proxy_fidelity.FidelityOptions(
     output_dir=str(tmp_path),
-    published=('r35_sp18',),
-    num_random=2,
+    published=(),  # the published points' jobs are pinned down above; they train as these
+    num_random=3,
+    random_space_options=SMALL_RANDOM,
     proxy_steps=(1,),
     full_gin_files=TINY,
     proxy_gin_files=TINY,
@@ -122,7 +144,7 @@ def test_tiny_study_runs_resumes_and_plots(tmp_path):
     latency_runs=1,
   )
   study = proxy_fidelity.run_study(options)
-  assert [r['architecture'] for r in study['rows']] == ['r35_sp18', 'random0', 'random1']
+  assert [r['architecture'] for r in study['rows']] == ['random0', 'random1', 'random2']
   for row in study['rows']:
     assert row['full/status'] == 'ok' and row['proxy1/status'] == 'ok'
     assert row['params'] > 0 and row['multiply_adds'] > 0

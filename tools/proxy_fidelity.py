@@ -2,6 +2,7 @@ r"""Proxy fidelity: the search proxy's ranking of architectures against full tra
 
   python tools/proxy_fidelity.py --output_dir=/tmp/proxy_fidelity            # 8 architectures
   python tools/proxy_fidelity.py --proxy_steps=300,150,75 --num_random=5      # more of both
+  python tools/proxy_fidelity.py --random_intermediate_levels=3,4             # 7-block randoms
 
 Trains SpineNet-49, the four R-SP presets and --num_random random points of the SpineNet
 space with the demo protocol and with each proxy (--proxy_steps), two jobs at a time,
@@ -31,6 +32,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer('num_random', d.num_random, 'Random SpineNet-space points.', **fv)
   flags.DEFINE_integer('seed', d.seed, 'Seed of the random points.', **fv)
   flags.DEFINE_list(
+    'random_intermediate_levels',
+    [],
+    "Intermediate base levels of the random points' space (empty: SpineNet's 11 blocks).",
+    **fv,
+  )
+  flags.DEFINE_list(
     'proxy_steps', [str(s) for s in d.proxy_steps], 'One proxy per step count.', **fv
   )
   flags.DEFINE_multi_string(
@@ -45,10 +52,12 @@ def main(argv) -> None:
   """flags -> proxy_fidelity.run_study(); prints the tables."""
   flag_groups.no_positional_arguments(argv)
   with flag_groups.usage_errors((ValueError,)):
+    levels = tuple(int(level) for level in FLAGS.random_intermediate_levels)
     options = proxy_fidelity.FidelityOptions(
       output_dir=FLAGS.output_dir,
       num_random=FLAGS.num_random,
       seed=FLAGS.seed,
+      random_space_options={'intermediate_block_levels': levels} if levels else {},
       proxy_steps=tuple(int(s) for s in FLAGS.proxy_steps),
       gin_params=tuple(FLAGS.gin_param),
       workers=FLAGS.workers,

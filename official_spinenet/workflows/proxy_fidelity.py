@@ -11,7 +11,8 @@ of architectures under each protocol and compares the rankings:
 
 - architectures: SpineNet-49, the four scale-permuted ResNets of SpineNet Sec. 3.3 (their
   scale-decreasing points, `spaces.PUBLISHED_POINTS`) and `num_random` seeded random points
-  of the 'spinenet' space, each saved as a spec file in <output_dir>/architectures;
+  of the 'spinenet' space (`random_space_options` narrow it, e.g. to fewer intermediate
+  blocks), each saved as a spec file in <output_dir>/architectures;
 - 'full': the demo protocol (`demo/retinanet_spinenet_shapes.gin`, 2000 steps at 128 px);
 - 'proxy<n>': the search's proxy (`search/proxy_spinenet_shapes.gin`) for n steps, scored
   as a search trial is (`search_trial.run_proxy_trial`: AP, AP50, params, multiply-adds);
@@ -35,7 +36,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import pyglove as pg
@@ -68,6 +69,9 @@ class FidelityOptions:
     published: names of `spaces.PUBLISHED_POINTS` to include (default: SpineNet-49, R-SP).
     num_random: random points of the 'spinenet' space besides the published ones.
     seed: seed of the random points.
+    random_space_options: `spaces.build_space('spinenet', **options)` options of the space
+      the random points are drawn from, e.g. {'intermediate_block_levels': (3, 4)} for
+      7-block backbones instead of 16 (quicker to build and train); {}: the paper's space.
     proxy_steps: one proxy per entry, trained for that many steps.
     full_gin_files: the full-training protocol.
     proxy_gin_files: the proxy.
@@ -83,6 +87,7 @@ class FidelityOptions:
   published: Tuple[str, ...] = PUBLISHED
   num_random: int = 3
   seed: int = 0
+  random_space_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   proxy_steps: Tuple[int, ...] = (300, 150)
   full_gin_files: Tuple[str, ...] = FULL_GIN_FILES
   proxy_gin_files: Tuple[str, ...] = PROXY_GIN_FILES
@@ -103,6 +108,8 @@ class FidelityOptions:
       raise ValueError(f'published: {unknown} are not SpineNet backbones; choose from {allowed}.')
     if self.num_random < 0:
       raise ValueError(f'num_random must be >= 0, got {self.num_random}.')
+    object.__setattr__(self, 'random_space_options', dict(self.random_space_options))
+    spaces.build_space(RANDOM_SPACE, **self.random_space_options)  # a bad option fails here
     if len(self.published) + self.num_random < 3:
       raise ValueError(
         f'A rank correlation needs at least 3 architectures, got {len(self.published)} '
@@ -137,14 +144,24 @@ def _is_spinenet(space_name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-  """A point of a search space saved as a spec file."""
+  """A point of a search space saved as a spec file.
+
+  Attributes:
+    name: its name in jobs and tables.
+    space: the `spaces.build_space` name of its space.
+    specs_path: the spec file.
+    space_options: (option, value) pairs the space was built with (its bindings may
+      depend on them, e.g. a stem); (): the defaults.
+  """
 
   name: str
   space: str
   specs_path: str
+  space_options: Tuple[Tuple[str, Any], ...] = ()
 
   def gin_bindings(self) -> List[str]:
-    return spaces.build_space(self.space).gin_bindings(self.specs_path)
+    space = spaces.build_space(self.space, **dict(self.space_options))
+    return space.gin_bindings(self.specs_path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,20 +182,29 @@ class Job:
 
 
 def architectures(
-  output_dir: str, num_random: int, seed: int, published: Sequence[str] = PUBLISHED
+  output_dir: str,
+  num_random: int,
+  seed: int,
+  published: Sequence[str] = PUBLISHED,
+  random_space_options: Optional[Mapping[str, Any]] = None,
 ) -> List[Architecture]:
-  """The `published` points, then `num_random` random points of the 'spinenet' space."""
-  points = [(name, *spaces.PUBLISHED_POINTS[name]) for name in published]
-  space = spaces.build_space(RANDOM_SPACE)
+  """The `published` points, then `num_random` random points of the 'spinenet' space.
+
+  random_space_options: `spaces.build_space` options of the space the random points are
+  drawn from (None: the defaults).
+  """
+  points = [(name, *spaces.PUBLISHED_POINTS[name], ()) for name in published]
+  options = tuple(sorted((random_space_options or {}).items()))
+  space = spaces.build_space(RANDOM_SPACE, **dict(options))
   for i in range(num_random):
     dna = pg.random_dna(space.dna_spec, random.Random(f'{seed}/{i}'))
-    points.append((f'random{i}', RANDOM_SPACE, space.decode(dna)))
+    points.append((f'random{i}', RANDOM_SPACE, space.decode(dna), options))
   result = []
-  for name, space_name, specs in points:
+  for name, space_name, specs, space_options in points:
     path = os.path.join(output_dir, 'architectures', f'{name}.json')
     files.make_parent_dirs(path)
     spaces.build_space(space_name).spec_class.save(list(specs), path)
-    result.append(Architecture(name, space_name, path))
+    result.append(Architecture(name, space_name, path, space_options))
   return result
 
 
@@ -384,7 +410,13 @@ def run_study(options: FidelityOptions) -> Dict[str, Any]:
   data_params = demo.ensure_demo_data(
     options.output_dir, 'retinanet', options.num_train_images, options.num_val_images
   )
-  archs = architectures(options.output_dir, options.num_random, options.seed, options.published)
+  archs = architectures(
+    options.output_dir,
+    options.num_random,
+    options.seed,
+    options.published,
+    options.random_space_options,
+  )
   job_list = jobs(options, archs, data_params)
   check_bindings(job_list)
   results = run_jobs(job_list, options.workers)
