@@ -200,7 +200,8 @@ def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes(shapes_data, tmp_pat
   # The rerun in this process: the binary's part, SIGTERM -> save and exit 42, is checked
   # above; resuming is train.launch's, which the binary calls (a fresh process would add
   # only TensorFlow's start-up).
-  with caplog.at_level(logging.INFO):
+  # The trainer logs through absl, whose logger another test may have set to WARNING.
+  with caplog.at_level(logging.INFO, logger='absl'):
     _launch(shapes_data, model_dir, f'TRAIN_STEPS = {saved + 1}')
   assert f'at step {saved}.' in caplog.text
   assert _steps(model_dir)[-1] == saved + 1
