@@ -42,19 +42,15 @@ def tiny_retinanet_run(shapes_data, tmp_path_factory):
   Built once per test process. Read-only: copy it (`shutil.copytree`) to resume
   from it or change it; load it with MINIMAL_MODEL among the gin bindings.
   """
-  from official_spinenet.workflows import demo  # pylint: disable=g-import-not-at-top
   from official_spinenet.workflows import train  # pylint: disable=g-import-not-at-top
-  from tests.minimal_model import MINIMAL_MODEL  # pylint: disable=g-import-not-at-top
+  from tests.minimal_model import shapes_params  # pylint: disable=g-import-not-at-top
 
   model_dir = str(tmp_path_factory.mktemp('tiny_retinanet_run') / 'model')
-  params = (
-    demo.shapes_data_params(shapes_data)
-    + MINIMAL_MODEL
-    + [
-      'TRAIN_STEPS = 2',
-      'TrainerConfig.steps_per_loop = 1',
-      'TrainerConfig.checkpoint_interval = 1',
-    ]
+  params = shapes_params(
+    shapes_data,
+    'TRAIN_STEPS = 2',
+    'TrainerConfig.steps_per_loop = 1',
+    'TrainerConfig.checkpoint_interval = 1',
   )
   train.launch(['testing/retinanet_tiny.gin'], params, model_dir, mode='train')
   return model_dir

@@ -11,8 +11,17 @@ covered by the tests that build them in process.
 """
 
 import os
+from typing import List
 
 from tests import paths
 
 MINIMAL_BLOCKS = os.path.join(paths.REPO, 'tests', 'minimal_spinenet_blocks.json')
 MINIMAL_MODEL = [f"spinenet.block_specs = '{MINIMAL_BLOCKS}'", 'MAX_LEVEL = 5']
+
+
+def shapes_params(shapes_data, *params: str) -> List[str]:
+  """Bindings of a tiny config on the shapes data (`shapes_data` fixture), with the minimal
+  model, then `params`."""
+  from official_spinenet.workflows import demo  # pylint: disable=g-import-not-at-top
+
+  return demo.shapes_data_params(shapes_data) + MINIMAL_MODEL + list(params)

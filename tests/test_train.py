@@ -21,14 +21,10 @@ from official_spinenet.workflows import demo
 from official_spinenet.workflows import train
 from tests import paths
 from tests.minimal_model import MINIMAL_MODEL
+from tests.minimal_model import shapes_params
 
 TINY = 'testing/retinanet_tiny.gin'
 REPO = paths.REPO
-
-
-def _params(shapes_data, *params):
-  """The data, the minimal model, then the test's bindings."""
-  return demo.shapes_data_params(shapes_data) + MINIMAL_MODEL + list(params)
 
 
 def _steps(model_dir):
@@ -40,7 +36,7 @@ def _steps(model_dir):
 
 def test_train_resume_and_evaluate(shapes_data, tmp_path):
   model_dir = str(tmp_path / 'model')
-  losses = train.launch([TINY], _params(shapes_data), model_dir, mode='train')
+  losses = train.launch([TINY], shapes_params(shapes_data), model_dir, mode='train')
   assert np.isfinite(losses['total_loss'])
   assert _steps(model_dir) == [2, 4]  # checkpoint_interval 2, 4 steps
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
@@ -51,7 +47,7 @@ def test_train_resume_and_evaluate(shapes_data, tmp_path):
   # evaluates at the end.
   metrics = train.launch(
     [TINY],
-    _params(shapes_data, 'TRAIN_STEPS = 6'),
+    shapes_params(shapes_data, 'TRAIN_STEPS = 6'),
     model_dir,
     mode='train_and_eval',
   )
@@ -64,13 +60,15 @@ def test_train_resume_and_evaluate(shapes_data, tmp_path):
   assert os.path.exists(os.path.join(model_dir, 'eval', 'metrics-6.json'))
 
   # --mode=eval on the finished run gives the same metrics.
-  again = train.launch([TINY], _params(shapes_data, 'TRAIN_STEPS = 6'), model_dir, mode='eval')
+  again = train.launch(
+    [TINY], shapes_params(shapes_data, 'TRAIN_STEPS = 6'), model_dir, mode='eval'
+  )
   assert again['AP50'] == pytest.approx(metrics['AP50'])
 
 
 def test_eval_with_ground_truth_from_records(shapes_data, tiny_retinanet_run, tmp_path):
   model_dir = shutil.copytree(tiny_retinanet_run, str(tmp_path / 'model'))
-  from_json = train.launch([TINY], _params(shapes_data), model_dir, mode='eval')
+  from_json = train.launch([TINY], shapes_params(shapes_data), model_dir, mode='eval')
   # Without ANNOTATION_FILE the ground truth comes from the eval records.
   without_annotations = demo.shapes_data_params(shapes_data)[:2] + MINIMAL_MODEL
   from_records = train.launch([TINY], without_annotations, model_dir, mode='eval')
@@ -95,7 +93,7 @@ def _trainer(gin_params, model_dir):
 def test_init_checkpoint_with_another_number_of_classes(shapes_data, tiny_retinanet_run, tmp_path):
   source_dir = tiny_retinanet_run  # read only
   source = tf.train.load_checkpoint(tf.train.latest_checkpoint(source_dir))
-  params = _params(
+  params = shapes_params(
     shapes_data,
     'NUM_CLASSES = 7',
     f"TrainerConfig.init_checkpoint = '{source_dir}'",

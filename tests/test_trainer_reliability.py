@@ -25,10 +25,9 @@ from official_spinenet.evaluation import coco_evaluator
 from official_spinenet.training import optimization
 from official_spinenet.training import train_state
 from official_spinenet.training import trainer as trainer_lib
-from official_spinenet.workflows import demo
 from official_spinenet.workflows import train
 from tests import paths
-from tests.minimal_model import MINIMAL_MODEL
+from tests.minimal_model import shapes_params
 
 TINY = 'testing/retinanet_tiny.gin'
 
@@ -40,21 +39,16 @@ def _steps(model_dir):
   )
 
 
-def _params(shapes_data, params):
-  """The data, the minimal model, then the test's bindings."""
-  return demo.shapes_data_params(shapes_data) + MINIMAL_MODEL + list(params)
-
-
 def _trainer(shapes_data, model_dir, *params):
   """A Trainer of the tiny config in this process (its optimizer from gin, SGD)."""
-  configurables.parse_gin([TINY], _params(shapes_data, params))
+  configurables.parse_gin([TINY], shapes_params(shapes_data, *params))
   parts = configurables.build_experiment()
   parts.update(strategy=tf.distribute.get_strategy(), model_dir=model_dir)
   return trainer_lib.Trainer(**parts)
 
 
 def _launch(shapes_data, model_dir, *params, mode='train'):
-  return train.launch([TINY], _params(shapes_data, params), model_dir, mode)
+  return train.launch([TINY], shapes_params(shapes_data, *params), model_dir, mode)
 
 
 def _copy(run, tmp_path):
@@ -162,7 +156,7 @@ def test_loss_growth_warning_reaches_the_final_summary(shapes_data, tmp_path, ca
 
 def _binary(model_dir, shapes_data, *params):
   flags = [f'--gin_file={TINY}', f'--model_dir={model_dir}', '--mode=train']
-  flags += [f'--gin_param={p}' for p in _params(shapes_data, params)]
+  flags += [f'--gin_param={p}' for p in shapes_params(shapes_data, *params)]
   return [sys.executable, '-m', 'official_spinenet.binaries.train', *flags]
 
 
