@@ -10,6 +10,7 @@ the tiny real proxy.
 
 # Ray (tune_searcher, workflows.search) comes with the `test` extra; users get it with
 # the `search` extra.
+import csv
 import json
 import math
 import os
@@ -209,6 +210,34 @@ def test_best_architectures_are_config_files(tmp_path, space_name):
   gin_text = (tmp_path / 'best' / '1.gin').read_text()
   assert space.gin_bindings(str(tmp_path / 'best' / '1.json'))[0] in gin_text
   assert (tmp_path / 'best' / '1.png').stat().st_size > 0
+
+
+def test_a_finished_run_is_reported_without_starting_ray(tmp_path, monkeypatch):
+  # A finished run carried to another machine: its configuration and trials.csv, no
+  # Tune state. It is reported as it is, not searched again (which would overwrite it).
+  config = SearchConfig(proxy=None, num_trials=2)
+  space = spaces.build_space(config.space)
+  point = spaces.PUBLISHED_POINTS['spinenet49'][1]
+  dna = ' '.join(str(n) for n in space.encode(point).to_numbers())
+  output_dir = str(tmp_path / 'carried')
+  os.makedirs(output_dir)
+  search._check_or_write_config(config, output_dir)  # pylint: disable=protected-access
+  with open(os.path.join(output_dir, search.CSV_FILE), 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, search.CSV_COLUMNS)
+    writer.writeheader()
+    for trial_id, reward in (('a', 0.2), ('b', 0.4)):
+      writer.writerow({'trial_id': trial_id, 'dna': dna, 'reward': reward, 'status': 'ok'})
+
+  def no_ray(*args):
+    raise AssertionError(f'Ray started for a finished search: {args}')
+
+  monkeypatch.setattr(search, '_start_ray', no_ray)
+  result = search.run_search(config, output_dir)
+  assert result.finished and result.num_trials_done == 2 and result.best_reward == 0.4
+  best = spinenet_specs.BlockSpec.load(result.best_specs_path)
+  assert [s.to_dict() for s in best] == [s.to_dict() for s in point]
+  with pytest.raises(ValueError, match='another configuration'):  # still checked first
+    search.run_search(SearchConfig(proxy=None, num_trials=2, seed=1), output_dir)
 
 
 def test_draw_cells_and_other_stems(tmp_path):

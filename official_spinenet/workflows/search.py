@@ -436,7 +436,8 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
   Args:
     config: the search.
     output_dir: the run's folder (see the module docstring); a folder that holds
-      a run of the same configuration resumes it.
+      a run of the same configuration resumes it, or, if all its trials are in
+      trials.csv, reports it without starting Ray.
 
   Returns:
     The best reward and where the results are (of the trials done so far if it
@@ -450,16 +451,23 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
   os.makedirs(output_dir, exist_ok=True)
   _check_proxy_data(config)
   _check_or_write_config(config, output_dir)
-  data_params = _data_params(config, output_dir)
-  temp_dir = _new_ray_temp_dir(output_dir)
-  try:
-    cpus = _start_ray(config, temp_dir)
-    _tuner(config, space, output_dir, data_params, cpus).fit()
-  finally:
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
   csv_path = os.path.join(output_dir, CSV_FILE)
   rows = read_trials_csv(csv_path) if os.path.exists(csv_path) else []
+  if len(rows) >= config.num_trials:
+    # Finished: its configuration and trials.csv are the whole result (best/ is decoded
+    # from the DNA), so a run carried to another machine without Tune's state is
+    # reported, not searched again.
+    logging.info('The search in %s has all %d trials.', output_dir, config.num_trials)
+  else:
+    data_params = _data_params(config, output_dir)
+    temp_dir = _new_ray_temp_dir(output_dir)
+    try:
+      cpus = _start_ray(config, temp_dir)
+      _tuner(config, space, output_dir, data_params, cpus).fit()
+    finally:
+      ray.shutdown()
+      shutil.rmtree(temp_dir, ignore_errors=True)
+    rows = read_trials_csv(csv_path) if os.path.exists(csv_path) else []
   best = write_best(rows, space, output_dir, config.top_k)
   return SearchResult(
     best_reward=float(best[0]['reward']) if best else None,
