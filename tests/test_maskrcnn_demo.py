@@ -74,5 +74,7 @@ def test_target_rows_check_box_and_mask_ap_and_time():
 def test_retinanet_target_is_ap50():
   rows, ok = demo.target_rows('retinanet', {'AP50': 0.85, 'AP': 0.6}, 13.7, 15.0)
   assert ok
-  assert rows[1] == ('AP50', 0.85, '>= 0.8', 'ok')
+  assert rows[1] == ('AP50', 0.85, '>= 0.85', 'ok')
   assert rows[2] == ('AP', 0.6, None, None)
+  rows, ok = demo.target_rows('retinanet', {'AP50': 0.849, 'AP': 0.6}, 13.7, 15.0)
+  assert not ok and rows[1][3] == 'MISSED'

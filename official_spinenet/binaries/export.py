@@ -1,7 +1,7 @@
 r"""spinenet-export: gin config + checkpoint -> SavedModel for TF Serving.
 
   spinenet-export \
-    --gin_file=demo/retinanet_spinenet_shapes.gin \
+    --gin_file=demo/retinanet_spinenet_found_shapes.gin \
     --checkpoint=/tmp/spinenet_demo/model \
     --export_dir=/models/shapes/1 \
     --score_threshold=0.05 --max_detections=100 \

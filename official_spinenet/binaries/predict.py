@@ -7,7 +7,7 @@ From an exported SavedModel:
 
 or from the training gin config and a checkpoint (no export needed):
 
-  spinenet-predict --gin_file=demo/retinanet_spinenet_shapes.gin \
+  spinenet-predict --gin_file=demo/retinanet_spinenet_found_shapes.gin \
     --checkpoint=/tmp/spinenet_demo/model --images=/tmp/spinenet_demo/data/val \
     --annotation_file=/tmp/spinenet_demo/data/annotations/instances_val.json \
     --output_dir=/tmp/predictions
