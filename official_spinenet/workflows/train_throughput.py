@@ -5,8 +5,9 @@ Two configurations (`CONFIGS`):
     gin_configs/retinanet/spinenet49_640.gin; Model Garden's:
     `retinanet_spinenet_coco`): swish, stochastic depth 0.2, anchor size 3, 91
     classes, SGD momentum 0.9.
-  'demo': the demo's model (gin_configs/demo/retinanet_spinenet_shapes.gin) at
-    128 px: SpineNet-49 at a quarter of its widths, 64 endpoint filters, ReLU, no
+  'demo': SpineNet-49 on the shapes protocol the demo builds on
+    (gin_configs/demo/retinanet_spinenet_shapes.gin; the demo itself now trains the
+    found architecture on it) at 128 px: a quarter of SpineNet-49's widths, 64 endpoint filters, ReLU, no
     stochastic depth, a 2-conv head of 64 filters, anchor size 2, 5 classes, Adam.
     Model Garden's configs offer SpineNet-49 only at its published width, so
     theirs is built from their SpineNet class at the same width and put in their
