@@ -7,8 +7,9 @@ Two configurations (`CONFIGS`):
     classes, SGD momentum 0.9.
   'demo': SpineNet-49 on the shapes protocol the demo builds on
     (gin_configs/demo/retinanet_spinenet_shapes.gin; the demo itself now trains the
-    found architecture on it) at 128 px: a quarter of SpineNet-49's widths, 64 endpoint filters, ReLU, no
-    stochastic depth, a 2-conv head of 64 filters, anchor size 2, 5 classes, Adam.
+    found architecture on it) at 128 px: a quarter of SpineNet-49's widths, 64
+    endpoint filters, ReLU, no stochastic depth, a 2-conv head of 64 filters, anchor
+    size 2, 5 classes, Adam.
     Model Garden's configs offer SpineNet-49 only at its published width, so
     theirs is built from their SpineNet class at the same width and put in their
     RetinaNet by their factory (the parameter counts match).
