@@ -134,7 +134,7 @@ def test_tiny_study_runs_resumes_and_plots(tmp_path):
   options = proxy_fidelity.FidelityOptions(
     output_dir=str(tmp_path),
     published=(),  # the published points' jobs are pinned down above; they train as these
-    num_random=2,  # the fewest that still rank; each job is a fresh process
+    num_random=3,
     random_space_options=SMALL_RANDOM,
     proxy_steps=(1,),
     full_gin_files=TINY,
@@ -144,14 +144,14 @@ def test_tiny_study_runs_resumes_and_plots(tmp_path):
     latency_runs=1,
   )
   study = proxy_fidelity.run_study(options)
-  assert [r['architecture'] for r in study['rows']] == ['random0', 'random1']
+  assert [r['architecture'] for r in study['rows']] == ['random0', 'random1', 'random2']
   for row in study['rows']:
     assert row['full/status'] == 'ok' and row['proxy1/status'] == 'ok'
     assert row['params'] > 0 and row['multiply_adds'] > 0
   with open(tmp_path / 'runs' / 'proxy1' / 'random1' / 'log.txt', encoding='utf-8') as f:
     assert 'Proxy trial in' in f.read()
   result_files = sorted(str(p) for p in tmp_path.glob('runs/*/*/result.json'))
-  assert len(result_files) == 4
+  assert len(result_files) == 6
   mtimes = [os.path.getmtime(p) for p in result_files]
 
   again = proxy_fidelity.run_study(options)  # resumes: every job is read back, none rerun
