@@ -280,6 +280,11 @@ def read_trials_csv(path: str) -> List[Dict[str, str]]:
     return list(csv.DictReader(f))
 
 
+def _rows_so_far(csv_path: str) -> List[Dict[str, str]]:
+  """trials.csv's rows; none before the first trial has finished."""
+  return read_trials_csv(csv_path) if os.path.exists(csv_path) else []
+
+
 def _config_json(config: SearchConfig) -> Dict[str, Any]:
   return json.loads(json.dumps(files.json_safe(dataclasses.asdict(config)), sort_keys=True))
 
@@ -452,7 +457,7 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
   _check_proxy_data(config)
   _check_or_write_config(config, output_dir)
   csv_path = os.path.join(output_dir, CSV_FILE)
-  rows = read_trials_csv(csv_path) if os.path.exists(csv_path) else []
+  rows = _rows_so_far(csv_path)
   if len(rows) >= config.num_trials:
     # Finished: its configuration and trials.csv are the whole result (best/ is decoded
     # from the DNA), so a run carried to another machine without Tune's state is
@@ -467,7 +472,7 @@ def run_search(config: SearchConfig, output_dir: str) -> SearchResult:
     finally:
       ray.shutdown()
       shutil.rmtree(temp_dir, ignore_errors=True)
-    rows = read_trials_csv(csv_path) if os.path.exists(csv_path) else []
+    rows = _rows_so_far(csv_path)
   best = write_best(rows, space, output_dir, config.top_k)
   return SearchResult(
     best_reward=float(best[0]['reward']) if best else None,
