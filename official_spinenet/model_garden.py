@@ -71,11 +71,12 @@ def load(name: str) -> ModuleType:
   return sys.modules[path]
 
 
-def spinenet_for_benchmarks() -> type:
-  """Model Garden's SpineNet class, only for benchmarks that time their model against ours.
+def spinenet_for_benchmarks() -> ModuleType:
+  """Model Garden's SpineNet module, only for benchmarks that time their model against ours.
 
-  Their configs offer SpineNet only at the published widths; a benchmark of our
-  demo's narrow SpineNet builds theirs at the same width from the class.
+  Their configs offer SpineNet only at the published widths and blocks; a benchmark
+  of our demo's models builds theirs with the same widths and block specs from its
+  `SpineNet` class and `build_block_specs`.
   """
   __import__('official.vision.modeling.backbones.spinenet')
-  return sys.modules['official.vision.modeling.backbones.spinenet'].SpineNet
+  return sys.modules['official.vision.modeling.backbones.spinenet']

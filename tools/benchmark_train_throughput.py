@@ -3,12 +3,13 @@ r"""Training throughput of RetinaNet-SpineNet: ours vs tf-models-official, same 
   python tools/benchmark_train_throughput.py [--configs=640,demo] [--batch_size=2] [--steps=5]
       [--profile_ops]
 
-For each configuration ('640': SpineNet-49 at 640, COCO settings; 'demo': the
-demo's narrow SpineNet at 128 px, batch --demo_batch_size), both sides train on the
-same batch in interleaved runs; see `official_spinenet.workflows.train_throughput`.
-Prints images/s for both, the ratio ours / Model Garden, and this machine's matmul
-GFLOP/s. --profile_ops adds, per configuration, each side's op time by op kind and
-the ratio's Amdahl ceiling: theirs over ours if our non-convolution ops took no time.
+For each configuration ('640': SpineNet-49 at 640, COCO settings; 'demo': the model
+the demo trains, 128 px, batch --demo_batch_size; 'demo_sn49': SpineNet-49 in its
+place), both sides train on the same batch in interleaved runs; see
+`official_spinenet.workflows.train_throughput`. Prints images/s for both, the ratio
+ours / Model Garden, and this machine's matmul GFLOP/s. --profile_ops adds, per
+configuration, each side's op time by op kind and the ratio's Amdahl ceiling: theirs
+over ours if our non-convolution ops took no time.
 """
 
 import os
@@ -30,7 +31,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_list('configs', ['640', 'demo'], 'Configurations to time.', **fv)
   flags.DEFINE_integer('batch_size', 2, 'Images per step at 640 (one device).', lower_bound=1, **fv)
   flags.DEFINE_integer(
-    'demo_batch_size', 16, "Images per step of the demo configuration (the demo's).", **fv
+    'demo_batch_size', 16, "Images per step of the demo configurations (the demo's).", **fv
   )
   flags.DEFINE_integer('steps', 5, 'Timed steps per run.', lower_bound=1, **fv)
   flags.DEFINE_bool(
@@ -52,7 +53,7 @@ def main(argv) -> None:
   rows = []
   for name in FLAGS.configs:
     config = train_throughput.CONFIGS[name]
-    batch_size = FLAGS.demo_batch_size if name == 'demo' else FLAGS.batch_size
+    batch_size = FLAGS.demo_batch_size if config.demo_width else FLAGS.batch_size
     batch = train_throughput.one_batch(batch_size, config)
     result = train_throughput.compare(
       batch, FLAGS.steps, FLAGS.repeats, config, profile=FLAGS.profile_ops

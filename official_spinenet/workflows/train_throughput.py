@@ -5,14 +5,16 @@ Two configurations (`CONFIGS`):
     gin_configs/retinanet/spinenet49_640.gin; Model Garden's:
     `retinanet_spinenet_coco`): swish, stochastic depth 0.2, anchor size 3, 91
     classes, SGD momentum 0.9.
-  'demo': SpineNet-49 on the shapes protocol the demo builds on
-    (gin_configs/demo/retinanet_spinenet_shapes.gin; the demo itself now trains the
-    found architecture on it) at 128 px: a quarter of SpineNet-49's widths, 64
-    endpoint filters, ReLU, no stochastic depth, a 2-conv head of 64 filters, anchor
-    size 2, 5 classes, Adam.
-    Model Garden's configs offer SpineNet-49 only at its published width, so
-    theirs is built from their SpineNet class at the same width and put in their
-    RetinaNet by their factory (the parameter counts match).
+  'demo': the model `spinenet-demo` trains (gin_configs/demo/
+    retinanet_spinenet_found_shapes.gin): the 15 scale-permuted blocks our search
+    found, at 128 px, a quarter of SpineNet-49's widths, 64 endpoint filters, ReLU,
+    no stochastic depth, a 2-conv head of 64 filters, anchor size 2, 5 classes, Adam.
+  'demo_sn49': SpineNet-49's blocks in the same protocol
+    (gin_configs/demo/retinanet_spinenet_shapes.gin, which the demo file includes).
+    Model Garden's configs offer SpineNet only at its published widths and blocks, so
+    for both demo configurations theirs is built from their SpineNet class with the
+    same widths and block specs and put in their RetinaNet by their factory (the
+    parameter counts match).
 Both sides use plain BN (one device) and float32 and train on the *same* batch (one
 batch of the shapes data, parsed by the shared input pipeline): ours through
 `Trainer`'s compiled step loop (with the config's gradient clipping), Model
@@ -51,17 +53,15 @@ class Config:
   demo_width: bool  # Model Garden's SpineNet built at the demo's width, not from its config
 
 
-_DATA_MACROS = ("TRAIN_FILE_PATTERN='unused'", "EVAL_FILE_PATTERN='unused'")
+_DEMO_MACROS = (
+  "TRAIN_FILE_PATTERN='unused'",
+  "EVAL_FILE_PATTERN='unused'",
+  "ANNOTATION_FILE='unused'",
+)
 CONFIGS: Dict[str, Config] = {
   '640': Config(640, 'retinanet/spinenet49_640.gin', (), 3.0, 91, False),
-  'demo': Config(
-    128,
-    'demo/retinanet_spinenet_shapes.gin',
-    _DATA_MACROS + ("ANNOTATION_FILE='unused'",),
-    2.0,
-    5,
-    True,
-  ),
+  'demo': Config(128, 'demo/retinanet_spinenet_found_shapes.gin', _DEMO_MACROS, 2.0, 5, True),
+  'demo_sn49': Config(128, 'demo/retinanet_spinenet_shapes.gin', _DEMO_MACROS, 2.0, 5, True),
 }
 
 Batch = Tuple[tf.Tensor, dict]
@@ -169,8 +169,14 @@ def _model_garden_model(task, config: Config, task_config) -> tf_keras.Model:
   model_config = task_config.model
   input_specs = tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size))
   l2 = tf_keras.regularizers.l2(task_config.losses.l2_weight_decay / 2.0)  # as their task
-  backbone = model_garden.spinenet_for_benchmarks()(
+  try:
+    block_specs = configurables.gin_value('spinenet.block_specs')
+  except ValueError:  # not bound: SpineNet-49's, their default too
+    block_specs = None
+  spinenet_module = model_garden.spinenet_for_benchmarks()
+  backbone = spinenet_module.SpineNet(
     input_specs=input_specs,
+    block_specs=spinenet_module.build_block_specs(block_specs),
     min_level=3,
     max_level=7,
     endpoints_num_filters=configurables.gin_value('spinenet.endpoints_num_filters'),
