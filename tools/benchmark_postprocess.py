@@ -28,10 +28,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   fv = dict(flag_values=flag_values)
   flags.DEFINE_integer('image_size', 640, 'Square input size in pixels.', **fv)
   flags.DEFINE_integer('num_classes', 91, 'Head classes, background included.', **fv)
-  flags.DEFINE_list('batch_sizes', ['1', '4'], 'Batch sizes to time.', **fv)
-  flags.DEFINE_list(
+  flag_groups.define_integer_list(
+    'batch_sizes', [1, 4], 'Batch sizes to time.', lower_bound=1, **fv
+  )
+  flag_groups.define_integer_list(
     'candidates',
-    ['1000', '10000'],
+    [1000, 10000],
     'Target (class, anchor) pairs per image above the score threshold.',
     **fv,
   )
@@ -48,7 +50,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv) -> None:
   """Times every (candidates, batch size); prints each, then a Markdown table."""
   flag_groups.no_positional_arguments(argv)
-  batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+  batch_sizes = FLAGS.batch_sizes
   setup = postprocess_benchmark.build(
     FLAGS.image_size,
     FLAGS.num_classes,
@@ -58,7 +60,7 @@ def main(argv) -> None:
     FLAGS.box_delta_stddev,
   )
   rows = []
-  for target in (int(c) for c in FLAGS.candidates):
+  for target in FLAGS.candidates:
     for batch_size in batch_sizes:
       r = postprocess_benchmark.compare(
         setup,

@@ -27,7 +27,9 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags (at run time, never at import)."""
   fv = dict(flag_values=flag_values)
-  flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes (one export per side each).', **fv)
+  flag_groups.define_integer_list(
+    'batch_sizes', [1, 8], 'Batch sizes (one export per side each).', lower_bound=1, **fv
+  )
   flags.DEFINE_integer('calls', 10, 'Timed calls per side and batch size.', lower_bound=1, **fv)
   flags.DEFINE_integer('warmup', 2, 'Untimed calls per side first.', lower_bound=1, **fv)
   flags.DEFINE_string('work_dir', None, 'Checkpoints, exports, images (default: a temp dir).', **fv)
@@ -56,7 +58,7 @@ def main(argv) -> None:
   work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix='serving_benchmark_')
   gflops = timing.matmul_gflops()
   rows, notes = [], []
-  for batch_size in [int(b) for b in FLAGS.batch_sizes]:
+  for batch_size in FLAGS.batch_sizes:
     export_dirs = sb.export_both(work_dir, batch_size)
     images = sb.write_jpegs(os.path.join(work_dir, 'images'), batch_size)
     result = sb.serve_both(export_dirs, images, FLAGS.calls, FLAGS.warmup)

@@ -35,7 +35,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flag_values.set_default('gin_file', list(d.gin_files))
   flags.DEFINE_string('output_dir', d.output_dir, 'One search per <algorithm>/seed<k>.', **fv)
   flags.DEFINE_list('algorithms', list(d.algorithms), 'Algorithms to compare.', **fv)
-  flags.DEFINE_list('seeds', [str(s) for s in d.seeds], 'One search per seed.', **fv)
+  flag_groups.define_integer_list('seeds', d.seeds, 'One search per seed.', lower_bound=0, **fv)
   flags.DEFINE_integer('num_trials', d.num_trials, 'Trials of every search.', **fv)
   flags.DEFINE_string(
     'docs_dir', DOCS_DIR, 'Where search_algorithms.png goes (empty: nowhere).', **fv
@@ -52,7 +52,7 @@ def main(argv) -> None:
       gin_files=tuple(FLAGS.gin_file),
       gin_params=tuple(FLAGS.gin_param),
       algorithms=tuple(FLAGS.algorithms),
-      seeds=tuple(int(s) for s in FLAGS.seeds),
+      seeds=tuple(FLAGS.seeds),
       num_trials=FLAGS.num_trials,
     )
     try:

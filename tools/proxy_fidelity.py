@@ -31,14 +31,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('output_dir', d.output_dir, 'Data, jobs and fidelity.json / .md.', **fv)
   flags.DEFINE_integer('num_random', d.num_random, 'Random SpineNet-space points.', **fv)
   flags.DEFINE_integer('seed', d.seed, 'Seed of the random points.', **fv)
-  flags.DEFINE_list(
+  flag_groups.define_integer_list(
     'random_intermediate_levels',
     [],
     "Intermediate base levels of the random points' space (empty: SpineNet's 11 blocks).",
     **fv,
   )
-  flags.DEFINE_list(
-    'proxy_steps', [str(s) for s in d.proxy_steps], 'One proxy per step count.', **fv
+  flag_groups.define_integer_list(
+    'proxy_steps', d.proxy_steps, 'One proxy per step count.', lower_bound=1, **fv
   )
   flags.DEFINE_multi_string(
     'gin_param', [], 'Bindings for every job (before data and architecture).', **fv
@@ -52,13 +52,13 @@ def main(argv) -> None:
   """flags -> proxy_fidelity.run_study(); prints the tables."""
   flag_groups.no_positional_arguments(argv)
   with flag_groups.usage_errors((ValueError,)):
-    levels = tuple(int(level) for level in FLAGS.random_intermediate_levels)
+    levels = tuple(FLAGS.random_intermediate_levels)
     options = proxy_fidelity.FidelityOptions(
       output_dir=FLAGS.output_dir,
       num_random=FLAGS.num_random,
       seed=FLAGS.seed,
       random_space_options={'intermediate_block_levels': levels} if levels else {},
-      proxy_steps=tuple(int(s) for s in FLAGS.proxy_steps),
+      proxy_steps=tuple(FLAGS.proxy_steps),
       gin_params=tuple(FLAGS.gin_param),
       workers=FLAGS.workers,
       threads_per_job=FLAGS.threads_per_job,

@@ -29,8 +29,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer('batch_size', d.batch_size, 'Images per measured step.', **fv)
   flags.DEFINE_integer('steps', d.steps, 'Steps per timed run.', **fv)
   flags.DEFINE_integer('repeats', d.repeats, 'Timed runs (median).', **fv)
-  flags.DEFINE_list('num_trials', [str(n) for n in d.num_trials], 'Search sizes.', **fv)
-  flags.DEFINE_list('machines', [str(n) for n in d.machines], 'Cluster sizes.', **fv)
+  flag_groups.define_integer_list('num_trials', d.num_trials, 'Search sizes.', lower_bound=1, **fv)
+  flag_groups.define_integer_list('machines', d.machines, 'Cluster sizes.', lower_bound=1, **fv)
   flags.DEFINE_string('trials_csv', None, "A search's trials.csv: the spread of trial times.", **fv)
 
 
@@ -44,8 +44,8 @@ def main(argv) -> None:
       batch_size=FLAGS.batch_size,
       steps=FLAGS.steps,
       repeats=FLAGS.repeats,
-      num_trials=tuple(int(n) for n in FLAGS.num_trials),
-      machines=tuple(int(n) for n in FLAGS.machines),
+      num_trials=tuple(FLAGS.num_trials),
+      machines=tuple(FLAGS.machines),
       trials_csv=FLAGS.trials_csv,
     )
     result = search_cost.estimate(options)

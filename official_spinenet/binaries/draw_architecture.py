@@ -40,7 +40,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     'Optional JSON block-spec (cell-spec for nasfpn) file; replaces the built-in table.',
     **fv,
   )
-  flags.DEFINE_list(
+  flag_groups.define_integer_list(
     'stem_levels', None, "Stem block levels instead of the family's, e.g. 2,2,3,3.", **fv
   )
   flags.DEFINE_string(
@@ -63,7 +63,7 @@ def main(argv) -> None:
     title=FLAGS.title,
     min_level=FLAGS.min_level,
     max_level=FLAGS.max_level,
-    stem_levels=[int(level) for level in FLAGS.stem_levels or ()],
+    stem_levels=list(FLAGS.stem_levels or ()),
   )
   for path in paths:
     print(path)

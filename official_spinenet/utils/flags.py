@@ -1,4 +1,4 @@
-"""Flag groups the binaries share: gin, checkpoint, NMS options.
+"""Flag groups the binaries share: gin, checkpoint, NMS options; lists of integers.
 
 Each `define_*` takes the FlagValues to define into (tests pass their own), and is
 called from a binary's `define_flags()`, never at import. `no_positional_arguments`
@@ -7,7 +7,7 @@ absl usage errors (the message, the usage line, exit status 1).
 """
 
 import contextlib
-from typing import Iterator, Sequence, Tuple, Type
+from typing import Iterator, List, Optional, Sequence, Tuple, Type
 
 from absl import app
 from absl import flags
@@ -29,6 +29,50 @@ def define_gin_flags(
     [],
     'Gin bindings applied after the files, e.g. "TrainerConfig.train_steps = 100".',
     flag_values=flag_values,
+  )
+
+
+class IntegerListParser(flags.ArgumentParser):
+  """Comma-separated integers, each >= lower_bound: absl parses lists of strings only."""
+
+  def __init__(self, lower_bound: Optional[int] = None):
+    super().__init__()
+    self.lower_bound = lower_bound
+
+  def parse(self, argument) -> List[int]:
+    """'1,2, 3' (or a list, as defaults are given) -> [1, 2, 3]; ValueError names the bad item."""
+    if isinstance(argument, str):
+      argument = [item for item in argument.split(',') if item.strip()]
+    values = []
+    for item in argument:
+      try:
+        value = int(item)
+      except (TypeError, ValueError):
+        raise ValueError(f'{item!r} is not an integer (expected e.g. 1,2,3)') from None
+      if self.lower_bound is not None and value < self.lower_bound:
+        raise ValueError(f'{value} is below the lowest allowed, {self.lower_bound}')
+      values.append(value)
+    return values
+
+  def flag_type(self) -> str:
+    return 'comma-separated list of integers'
+
+
+def define_integer_list(
+  name: str,
+  default: Optional[Sequence[int]],
+  help_text: str,
+  lower_bound: Optional[int] = None,
+  flag_values: flags.FlagValues = flags.FLAGS,
+) -> None:
+  """--name=1,2,3: a list of ints, checked (the flag named) when the flags are parsed."""
+  flags.DEFINE(
+    IntegerListParser(lower_bound),
+    name,
+    None if default is None else list(default),
+    help_text,
+    flag_values=flag_values,
+    serializer=flags.CsvListSerializer(','),
   )
 
 
