@@ -7,6 +7,8 @@ are in pyproject.toml ([tool.pytest.ini_options]).
 
 import os
 
+import pytest
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Under pytest-xdist every worker process (and each process its tests start, which
 # inherit the environment) would get one intra-op thread per core: with 2 workers on
@@ -15,8 +17,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 _WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 if _WORKERS > 1:
   os.environ.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, (os.cpu_count() or 1) // _WORKERS)))
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def pytest_collection_modifyitems(config, items):

@@ -40,7 +40,8 @@ def launch(
     strategy: one of distribute.STRATEGIES.
     num_gpus: GPUs for one_device / mirrored (0: CPU, or all visible for mirrored).
     tpu: TPU name or address for strategy 'tpu'.
-    mixed_precision: one of distribute.PRECISIONS.
+    mixed_precision: one of distribute.PRECISIONS, or 'auto' (see
+      distribute.resolve_precision).
 
   Returns:
     The final metrics (modes with evaluation) or training losses ('train').
@@ -48,6 +49,7 @@ def launch(
   Raises:
     ValueError: a bad gin binding, data file, input size, mode or strategy.
   """
+  mixed_precision = distribute.resolve_precision(mixed_precision, strategy)
   configurables.parse_gin(gin_files, gin_params)
   experiment = configurables.build_experiment()
   task = experiment['task']
