@@ -1,6 +1,6 @@
 """Training throughput of RetinaNet-SpineNet: ours vs tf-models-official, same model.
 
-Two configurations (`CONFIGS`):
+Three configurations (`CONFIGS`):
   '640': SpineNet-49 at 640 from the COCO configurations (ours:
     gin_configs/retinanet/spinenet49_640.gin; Model Garden's:
     `retinanet_spinenet_coco`): swish, stochastic depth 0.2, anchor size 3, 91
