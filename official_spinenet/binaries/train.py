@@ -49,7 +49,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum(
     'mixed_precision',
     'float32',
-    distribute.PRECISIONS + (distribute.AUTO_PRECISION,),
+    distribute.PRECISION_CHOICES,
     'Compute dtype: bfloat16 on TPU, float16 (with loss scaling) on GPU; auto: bfloat16 on '
     'TPUs and on CPUs with native bfloat16 (AVX512-BF16, AMX), float32 elsewhere.',
     **fv,

@@ -18,6 +18,7 @@ from official_spinenet.utils import cpu_features
 STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 PRECISIONS = ('float32', 'float16', 'bfloat16')
 AUTO_PRECISION = 'auto'  # resolved by `resolve_precision`
+PRECISION_CHOICES = PRECISIONS + (AUTO_PRECISION,)  # what --mixed_precision accepts
 
 
 def build_strategy(
@@ -79,17 +80,15 @@ def resolve_precision(precision: str, strategy: str, native_bfloat16: Optional[b
   CPUs that would emulate bfloat16.
 
   Args:
-    precision: one of PRECISIONS or AUTO_PRECISION.
+    precision: one of PRECISION_CHOICES.
     strategy: the strategy's name (one of STRATEGIES).
     native_bfloat16: whether the CPU has native bfloat16 (default: detected).
 
   Raises:
     ValueError: an unknown precision.
   """
-  if precision not in PRECISIONS + (AUTO_PRECISION,):
-    raise ValueError(
-      f'Unknown --mixed_precision {precision!r}; choose one of {PRECISIONS + (AUTO_PRECISION,)}.'
-    )
+  if precision not in PRECISION_CHOICES:
+    raise ValueError(f'Unknown --mixed_precision {precision!r}; choose one of {PRECISION_CHOICES}.')
   on_cpu = strategy != 'tpu' and not tf.config.list_physical_devices('GPU')
   if on_cpu and precision in ('bfloat16', AUTO_PRECISION):
     if native_bfloat16 is None:
