@@ -2,12 +2,14 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from official_spinenet.workflows import search
 from official_spinenet.workflows import search_comparison
+from tests import paths
 
 SYNTHETIC = ('testing/search_synthetic.gin',)
 
@@ -115,3 +117,20 @@ def test_a_stopped_search_stops_the_comparison_and_says_how_to_resume(tmp_path, 
   with pytest.raises(search.SearchStoppedError, match=stopped):
     search_comparison.run_comparison(options)
   assert [c[:2] for c in calls] == [('random', 0), ('evolution', 0)]  # nothing after it
+
+
+def test_docs_table_is_what_the_committed_searches_give(tmp_path, monkeypatch):
+  """docs/search.md section 2 against docs/search_comparison/: the nine searches, as
+  committed, are reported without searching again, and their table is in the docs."""
+  shutil.copytree(os.path.join(paths.DOCS, 'search_comparison'), tmp_path, dirs_exist_ok=True)
+
+  def no_search(*unused_args, **unused_kwargs):
+    raise AssertionError('A committed search is unfinished: it would search again.')
+
+  monkeypatch.setattr(search, '_start_ray', no_search)
+  options = search_comparison.ComparisonOptions(output_dir=str(tmp_path), num_trials=16)
+  study = search_comparison.run_comparison(options)
+  with open(os.path.join(paths.DOCS, 'search.md'), encoding='utf-8') as f:
+    docs = f.read()
+  for line in study['markdown'].splitlines():
+    assert line in docs
