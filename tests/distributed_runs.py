@@ -62,19 +62,29 @@ def _exact_params(data_dir):
 
 
 def _maskrcnn_exact_params(data_dir):
-  """The tiny Mask R-CNN without randomness: no augmentation, and every sampler
-  (RPN anchors in the parser, RoIs, masks) keeps all of its candidates, so the
-  sampled sets do not depend on how the batch is split over replicas; every BN
-  layer synchronised, the heads' too."""
+  """The tiny Mask R-CNN without randomness: no augmentation, and every selection
+  (RPN anchors in the parser, proposals, RoIs, masks) keeps all of its candidates,
+  so the selected sets do not depend on how the batch is split over replicas; every
+  BN layer synchronised, the heads' too.
+
+  Proposals: at initialisation the RPN's objectness logits are ~1e-4, so the 1008
+  sigmoid scores of an image lie within a few float32 ulps of 0.5, most of them
+  tied with a neighbour. A top-k of them would be decided by the last bit of
+  each run's rounding (measured: the stem's update 3% apart, on one CI machine), so
+  every anchor is a proposal, without NMS.
+  """
   return [
     f"TRAIN_FILE_PATTERN = '{data_dir}/tfrecords/train-*'",
     'train/InputConfig.aug_rand_hflip = False',
     'train/InputConfig.aug_scale_min = 1.0',
     'train/InputConfig.aug_scale_max = 1.0',
     'MaskRCNNTask.rpn_batch_size_per_im = 4096',  # > a 128 px image's anchors (1008 at P3-P5)
-    'ROISampler.num_sampled_rois = 132',  # all of 32 proposals + 100 padded ground-truth boxes
+    'MultilevelROIGenerator.pre_nms_top_k = 1008',
+    'MultilevelROIGenerator.nms_iou_threshold = 0.0',  # 0: no NMS
+    'MultilevelROIGenerator.num_proposals = 1008',
+    'ROISampler.num_sampled_rois = 1108',  # all of 1008 proposals + 100 padded ground-truth boxes
     'ROISampler.foreground_fraction = 1.0',
-    'MaskRCNNTask.num_sampled_masks = 132',
+    'MaskRCNNTask.num_sampled_masks = 1108',
     *MINIMAL_MODEL,
     'spinenet.use_sync_bn = True',
     'RPNHead.use_sync_bn = True',
