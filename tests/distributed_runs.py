@@ -209,6 +209,7 @@ def _compare_strategies(gin_file, params, output, training_forward, in_float64, 
       'losses': losses,
       # Every weight: the trained ones and BN's moving statistics.
       'names': [w.name for w in trainer.model.weights],
+      'dtypes': [w.dtype.name for w in trainer.model.weights],
       'weights': [w.numpy().tolist() for w in trainer.model.weights],
       'initial': [w0.tolist() for w0 in initial],
     }
